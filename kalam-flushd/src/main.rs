@@ -1,0 +1,207 @@
+//! kalam-flushd: the flush daemon of KalamDB.
+//!
+//! In: flush job ids (from kalamd through the `Flusher` service, and at start from kalamd's list
+//! of unfinished jobs). Out: Parquet files in the table's storage, and commit/fail calls to
+//! kalamd. It reads only the per-job RocksDB checkpoints kalamd creates and keeps no state of
+//! its own between jobs, so a crash loses nothing: kalamd still has every row and every job.
+
+mod writer;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use kalam_config::KalamConfig;
+use kalam_rpc::transport::{bind, connect_engine, context_with_timeout, socket_path, sockets};
+use kalam_rpc::{EngineClient, Health, RpcError};
+use kalam_types::ErrorCode;
+use tarpc::context::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Jobs waiting for a worker, at most.
+const MAX_QUEUED_JOBS: usize = 10_000;
+/// Deadline of a commit call (kalamd compares every flushed row with the live buffer).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Parser)]
+#[command(name = "kalam-flushd", version, about = "KalamDB flush daemon (Parquet writer)")]
+struct Args {
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Job ids queued or running here, so one job is never run twice at once.
+type InFlight = Arc<Mutex<HashSet<String>>>;
+
+#[derive(Clone)]
+struct FlusherService {
+    queue: mpsc::Sender<String>,
+    in_flight: InFlight,
+}
+
+impl FlusherService {
+    fn enqueue(&self, job_id: String) -> Result<(), RpcError> {
+        if !self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(job_id.clone()) {
+            return Ok(());
+        }
+        self.queue.try_send(job_id.clone()).map_err(|_| {
+            self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&job_id);
+            RpcError::new(ErrorCode::ServiceUnavailable, "flush queue is full")
+        })
+    }
+}
+
+impl kalam_rpc::Flusher for FlusherService {
+    async fn health(self, _: Context) -> Health {
+        Health::of("kalam-flushd")
+    }
+
+    async fn run_job(self, _: Context, job_id: String) -> Result<(), RpcError> {
+        self.enqueue(job_id)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut cfg = KalamConfig::load(args.config.as_deref())?;
+    cfg.resolve_paths()?;
+    let _log = kalam_config::logging::init(&cfg.logging, "kalam-flushd");
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cfg))
+}
+
+async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
+    let run_dir = cfg.run_dir();
+    let (tx, rx) = mpsc::channel(MAX_QUEUED_JOBS);
+    let service = FlusherService { queue: tx, in_flight: Arc::default() };
+    let rpc_listener = bind(&socket_path(&run_dir, sockets::FLUSHER))?;
+    let rpc_task = tokio::spawn(kalam_rpc::serve_on!(rpc_listener, service.clone()));
+    let shutdown = CancellationToken::new();
+    let workers = tokio::spawn(run_workers(run_dir.clone(), cfg.flush.max_concurrent_jobs.max(1), rx, service.in_flight.clone(), shutdown.clone()));
+    tokio::spawn(resume_jobs(run_dir.clone(), service.clone(), shutdown.clone()));
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "kalam-flushd serving");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("kalam-flushd stopping; waiting for running jobs");
+    shutdown.cancel();
+    let _ = workers.await;
+    rpc_task.abort();
+    Ok(())
+}
+
+/// Asks kalamd (retrying until it answers) for every unfinished flush job and queues it.
+async fn resume_jobs(run_dir: PathBuf, service: FlusherService, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        if let Ok(client) = connect_engine(&run_dir).await
+            && let Ok(Ok(jobs)) = client.runnable_flush_jobs(tarpc::context::current()).await
+        {
+            if !jobs.is_empty() {
+                tracing::info!(count = jobs.len(), "resuming unfinished flush jobs");
+            }
+            for job in jobs {
+                if let Err(e) = service.enqueue(job) {
+                    tracing::warn!(error = %e, "could not queue resumed job");
+                }
+            }
+            return;
+        }
+        tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn run_workers(
+    run_dir: PathBuf,
+    max_jobs: usize,
+    mut rx: mpsc::Receiver<String>,
+    in_flight: InFlight,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(max_jobs));
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        let job_id = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = running.join_next(), if !running.is_empty() => continue,
+            job = rx.recv() => match job { Some(j) => j, None => break },
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let run_dir = run_dir.clone();
+        let in_flight = in_flight.clone();
+        running.spawn(async move {
+            run_one(&run_dir, &job_id).await;
+            in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&job_id);
+            drop(permit);
+        });
+    }
+    while running.join_next().await.is_some() {}
+}
+
+async fn engine(run_dir: &std::path::Path) -> Option<EngineClient> {
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..20 {
+        if let Ok(c) = connect_engine(run_dir).await {
+            return Some(c);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    None
+}
+
+/// Runs one attempt of a job. Failures leave every row in kalamd's buffer.
+async fn run_one(run_dir: &std::path::Path, job_id: &str) {
+    let Some(client) = engine(run_dir).await else {
+        tracing::error!(job_id, "kalamd unreachable; the job stays queued until the next start");
+        return;
+    };
+    let plan = match client.begin_flush(tarpc::context::current(), job_id.to_owned()).await {
+        Ok(Ok(plan)) => plan,
+        Ok(Err(e)) => {
+            tracing::warn!(job_id, error = %e, "kalamd refused to start the job");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(job_id, error = %e, "lost kalamd while starting the job");
+            return;
+        }
+    };
+    tracing::info!(job_id, table = %plan.table.qualified_name(), namespace = %plan.table.namespace, "Flush job started");
+    let written = {
+        let plan = plan.clone();
+        tokio::task::spawn_blocking(move || writer::write_job(&plan)).await
+    };
+    let files = match written {
+        Ok(Ok(files)) => files,
+        Ok(Err(e)) => {
+            tracing::error!(job_id, error = %e, "flush write failed");
+            let _ = client.fail_flush(tarpc::context::current(), job_id.to_owned(), e.to_string()).await;
+            return;
+        }
+        Err(e) => {
+            tracing::error!(job_id, error = %e, "flush task panicked");
+            let _ = client.fail_flush(tarpc::context::current(), job_id.to_owned(), "flush task failed".into()).await;
+            return;
+        }
+    };
+    match client.commit_flush(context_with_timeout(COMMIT_TIMEOUT), job_id.to_owned(), files).await {
+        Ok(Ok(summary)) => tracing::info!(
+            job_id,
+            table = %plan.table.qualified_name(),
+            records_flushed = summary.records_flushed,
+            files = summary.files,
+            "Flush job completed"
+        ),
+        Ok(Err(e)) => tracing::warn!(job_id, error = %e, "kalamd refused the commit"),
+        Err(e) => tracing::warn!(job_id, error = %e, "lost kalamd during commit; the job will be resumed"),
+    }
+}

@@ -1,0 +1,172 @@
+//! The change pump: long-polls kalamd's change log from the last sequence it handled and fans
+//! each record out to the subscriptions of its partition. It survives kalamd restarts (it
+//! reconnects and continues from its cursor, so nothing is skipped or repeated) and persists
+//! the cursor so that a kalam-lived restart continues from the last sequence it delivered.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use kalam_rpc::{ChangeRecord, EngineClient};
+use serde_json::{Map, Value as Json};
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::{Outgoing, Registry};
+
+/// Records fetched per poll.
+const POLL_BATCH: u32 = 1_000;
+/// How long one poll waits on kalamd for new records.
+const POLL_WAIT_MS: u32 = 5_000;
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+pub struct Pump {
+    pub registry: Arc<Registry>,
+    pub run_dir: PathBuf,
+    pub cursor_file: PathBuf,
+}
+
+impl Pump {
+    fn load_cursor(&self) -> Option<u64> {
+        std::fs::read_to_string(&self.cursor_file).ok()?.trim().parse().ok()
+    }
+
+    fn save_cursor(&self, seq: u64) {
+        let tmp = self.cursor_file.with_extension("tmp");
+        if std::fs::write(&tmp, seq.to_string()).and_then(|_| std::fs::rename(&tmp, &self.cursor_file)).is_err() {
+            tracing::warn!(path = %self.cursor_file.display(), "could not persist change-log cursor");
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut cursor: Option<u64> = self.load_cursor();
+        let mut saved = cursor;
+        let mut backoff = RECONNECT_MIN;
+        let mut client: Option<EngineClient> = None;
+        while !shutdown.is_cancelled() {
+            let c = match &client {
+                Some(c) => c.clone(),
+                None => match kalam_rpc::transport::connect_engine(&self.run_dir).await {
+                    Ok(c) => {
+                        client = Some(c.clone());
+                        c
+                    }
+                    Err(_) => {
+                        tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(backoff) => {} }
+                        backoff = (backoff * 2).min(RECONNECT_MAX);
+                        continue;
+                    }
+                },
+            };
+            let after = cursor.unwrap_or(u64::MAX);
+            let wait = if cursor.is_none() { 0 } else { POLL_WAIT_MS };
+            let ctx = kalam_rpc::transport::context_with_timeout(Duration::from_millis(wait as u64 + 10_000));
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = c.poll_changes(ctx, after, POLL_BATCH, wait) => r,
+            };
+            match result {
+                Ok(Ok(batch)) => {
+                    backoff = RECONNECT_MIN;
+                    if cursor.is_none() {
+                        // First start: begin at the head of the log.
+                        cursor = Some(batch.head_seq);
+                        continue;
+                    }
+                    for record in &batch.records {
+                        self.dispatch(record);
+                        cursor = Some(record.commit_seq);
+                    }
+                    if cursor != saved {
+                        if let Some(seq) = cursor {
+                            self.save_cursor(seq);
+                        }
+                        saved = cursor;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "change-log poll refused");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "lost kalamd; reconnecting");
+                    client = None;
+                }
+            }
+        }
+        if let Some(seq) = cursor {
+            self.save_cursor(seq);
+        }
+    }
+
+    fn dispatch(&self, record: &ChangeRecord) {
+        let Some(user) = &record.user_id else { return };
+        let key = (record.namespace.clone(), record.table.clone(), user.clone());
+        let subs = self.registry.subscribers(&key);
+        if subs.is_empty() {
+            return;
+        }
+        let new_row = record.new_row.as_deref().and_then(|r| serde_json::from_str::<Map<String, Json>>(r).ok());
+        let old_row = record.old_row.as_deref().and_then(|r| serde_json::from_str::<Map<String, Json>>(r).ok());
+        let timestamp = kalam_types::time::format_timestamp_micros(record.commit_time_us);
+        for sub in subs {
+            let project = |row: &Map<String, Json>| {
+                let fields = sub.columns.iter().map(String::as_str).chain(["_updated", "_deleted"]);
+                vec![Ordered(fields.map(|c| (c.to_owned(), row.get(c).cloned().unwrap_or(Json::Null))).collect())]
+            };
+            let seq = sub.seq.fetch_add(1, Ordering::SeqCst) + 1;
+            let msg = ChangeMessage {
+                kind: "change",
+                subscription_id: &sub.subscription_id,
+                change_type: record.kind.as_str(),
+                seq,
+                commit_seq: record.commit_seq,
+                timestamp: &timestamp,
+                rows: new_row.as_ref().map(project),
+                old_values: old_row.as_ref().map(project),
+            };
+            let Ok(text) = serde_json::to_string(&msg) else { continue };
+            match sub.tx.try_send(Outgoing::Text(text)) {
+                Ok(()) => {
+                    sub.changes.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(live_id = %sub.live_id(), "slow consumer; closing connection");
+                    sub.close.cancel();
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+}
+
+/// A JSON object that keeps its key order (columns in table order).
+struct Ordered(Vec<(String, Json)>);
+
+impl serde::Serialize for Ordered {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ChangeMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    subscription_id: &'a str,
+    change_type: &'static str,
+    seq: u64,
+    commit_seq: u64,
+    timestamp: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows: Option<Vec<Ordered>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_values: Option<Vec<Ordered>>,
+}

@@ -1,0 +1,156 @@
+//! The process table: how each daemon is started, checked and restarted.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kalam_config::KalamConfig;
+use kalam_rpc::transport;
+use tokio::process::{Child, Command};
+
+/// First restart delay; doubles up to [`RESTART_BACKOFF_MAX`].
+pub const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A child healthy this long gets its back-off reset.
+pub const HEALTHY_RESET: Duration = Duration::from_secs(60);
+/// More restarts than this within [`RESTART_WINDOW`] and the supervisor gives up on the child.
+pub const MAX_RESTARTS_IN_WINDOW: usize = 5;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// Health-check period; three missed checks in a row and the child is killed.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub const HEALTH_MISSES: u32 = 3;
+/// How long a starting child has to answer `health`.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Kalamd,
+    Flushd,
+    Lived,
+}
+
+impl Kind {
+    pub fn binary(self) -> &'static str {
+        match self {
+            Kind::Kalamd => "kalamd",
+            Kind::Flushd => "kalam-flushd",
+            Kind::Lived => "kalam-lived",
+        }
+    }
+
+    /// How long the child gets to stop after SIGTERM before SIGKILL.
+    pub fn stop_deadline(self) -> Duration {
+        match self {
+            Kind::Flushd => Duration::from_secs(60),
+            _ => Duration::from_secs(15),
+        }
+    }
+
+    /// One `health` call over the child's own service.
+    pub async fn health(self, run_dir: &Path) -> bool {
+        let ctx = || transport::context_with_timeout(Duration::from_secs(2));
+        let call = async {
+            match self {
+                Kind::Kalamd => transport::connect_engine(run_dir).await.ok()?.health(ctx()).await.ok(),
+                Kind::Flushd => transport::connect_flusher(run_dir).await.ok()?.health(ctx()).await.ok(),
+                Kind::Lived => transport::connect_live(run_dir).await.ok()?.health(ctx()).await.ok(),
+            }
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(3), call).await, Ok(Some(_)))
+    }
+}
+
+/// Where the daemon binaries are: `KALAMDB_BIN_DIR`, else next to this executable.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KALAMDB_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Starts one daemon. kalamd receives the public listener as fd 3 (LISTEN_FDS=1).
+pub fn spawn(kind: Kind, cfg: &KalamConfig, config_file: Option<&Path>, listener_fd: RawFd, started_ms: i64) -> std::io::Result<Child> {
+    let mut cmd = Command::new(bin_dir().join(kind.binary()));
+    if let Some(file) = config_file {
+        cmd.arg("--config").arg(file);
+    }
+    cmd.envs(cfg.child_env())
+        .env("KALAMDB_SUPERVISOR_STARTED_MS", started_ms.to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let pass_listener = kind == Kind::Kalamd;
+    if pass_listener {
+        cmd.env("LISTEN_FDS", "1").env_remove("LISTEN_PID");
+    }
+    // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)?;
+            if pass_listener {
+                if listener_fd == 3 {
+                    let flags = nix::fcntl::fcntl(3, nix::fcntl::FcntlArg::F_GETFD).map_err(std::io::Error::from)?;
+                    let flags = nix::fcntl::FdFlag::from_bits_truncate(flags) - nix::fcntl::FdFlag::FD_CLOEXEC;
+                    nix::fcntl::fcntl(3, nix::fcntl::FcntlArg::F_SETFD(flags)).map_err(std::io::Error::from)?;
+                } else if nix::libc::dup2(listener_fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Restart bookkeeping of one child.
+#[derive(Debug)]
+pub struct RestartPolicy {
+    backoff: Duration,
+    recent: Vec<Instant>,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self { backoff: RESTART_BACKOFF_MIN, recent: Vec::new() }
+    }
+}
+
+impl RestartPolicy {
+    /// Records a crash; returns the delay before the next start, or `None` to give up.
+    pub fn on_exit(&mut self, ran_for: Duration) -> Option<Duration> {
+        if ran_for >= HEALTHY_RESET {
+            self.backoff = RESTART_BACKOFF_MIN;
+        }
+        let now = Instant::now();
+        self.recent.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        self.recent.push(now);
+        if self.recent.len() > MAX_RESTARTS_IN_WINDOW {
+            return None;
+        }
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(RESTART_BACKOFF_MAX);
+        Some(delay)
+    }
+}
+
+pub fn raw(l: &std::net::TcpListener) -> RawFd {
+    l.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_gives_up_after_too_many_restarts() {
+        let mut p = RestartPolicy::default();
+        let delays: Vec<_> = (0..5).map(|_| p.on_exit(Duration::from_secs(1))).collect();
+        assert_eq!(delays[0], Some(Duration::from_millis(100)));
+        assert_eq!(delays[1], Some(Duration::from_millis(200)));
+        assert_eq!(delays[4], Some(Duration::from_millis(1600)));
+        assert_eq!(p.on_exit(Duration::from_secs(1)), None);
+    }
+}

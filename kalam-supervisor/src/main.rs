@@ -1,0 +1,304 @@
+//! kalam-supervisor: starts and keeps alive the three KalamDB daemons.
+//!
+//! In: configuration (defaults → `kalam.toml` → `KALAMDB_*` → flags) and signals. Out: the
+//! bound public port (handed to kalamd as fd 3, and held across kalamd restarts), the child
+//! processes kalamd → kalam-flushd, kalam-lived (each counted as started once its `health`
+//! answers), restarts with back-off, and the `Supervisor` service. It is never on the data path.
+
+mod children;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use children::{Kind, RestartPolicy};
+use clap::Parser;
+use kalam_config::KalamConfig;
+use kalam_rpc::transport::{bind, socket_path, sockets};
+use kalam_rpc::{Health, ProcessInfo};
+use tarpc::context::Context;
+use tokio::process::Child;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "kalam-supervisor", version, about = "Runs the KalamDB daemons (kalamd, kalam-flushd, kalam-lived)")]
+struct Args {
+    /// Configuration file (default: ./kalam.toml if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen host (overrides server.host).
+    #[arg(long)]
+    host: Option<String>,
+    /// Listen port (overrides server.port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Data directory (overrides storage.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+type Table = Arc<Mutex<Vec<ProcessInfo>>>;
+
+fn set_state(table: &Table, kind: Kind, f: impl FnOnce(&mut ProcessInfo)) {
+    let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = t.iter_mut().find(|p| p.name == kind.binary()) {
+        f(p);
+    }
+}
+
+#[derive(Clone)]
+struct SupervisorService(Table);
+
+impl kalam_rpc::Supervisor for SupervisorService {
+    async fn health(self, _: Context) -> Health {
+        Health::of("kalam-supervisor")
+    }
+
+    async fn processes(self, _: Context) -> Vec<ProcessInfo> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    match start(args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("kalam-supervisor: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn start(args: Args) -> anyhow::Result<i32> {
+    let config_file = args.config.clone().or_else(|| {
+        let default = PathBuf::from("kalam.toml");
+        default.exists().then_some(default)
+    });
+    let config_file = match config_file {
+        Some(f) => Some(std::fs::canonicalize(&f).with_context(|| format!("config file {}", f.display()))?),
+        None => None,
+    };
+    let mut cfg = KalamConfig::load(config_file.as_deref())?;
+    cfg.merge_flags(args.host, args.port, args.data_dir);
+    cfg.validate()?;
+    cfg.resolve_paths()?;
+
+    // The port first: a busy port must fail before any daemon opens RocksDB.
+    let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
+    let listener = match std::net::TcpListener::bind(&addr) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            anyhow::bail!("Port {} is already in use ({addr}): address in use", cfg.server.port);
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
+    };
+    std::fs::create_dir_all(&cfg.storage.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.storage.data_dir.display()))?;
+    let _log = kalam_config::logging::init(&cfg.logging, "kalam-supervisor");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), %addr, data_dir = %cfg.storage.data_dir.display(), "kalam-supervisor starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(supervise_all(cfg, config_file, listener))
+}
+
+struct Ctx {
+    cfg: KalamConfig,
+    config_file: Option<PathBuf>,
+    listener: std::net::TcpListener,
+    started_ms: i64,
+    table: Table,
+}
+
+enum Outcome {
+    Stopped,
+    GaveUp,
+}
+
+async fn supervise_all(cfg: KalamConfig, config_file: Option<PathBuf>, listener: std::net::TcpListener) -> anyhow::Result<i32> {
+    let table: Table = Arc::new(Mutex::new(
+        [Kind::Kalamd, Kind::Flushd, Kind::Lived]
+            .iter()
+            .map(|k| ProcessInfo { name: k.binary().into(), pid: None, state: "stopped".into(), restarts: 0 })
+            .collect(),
+    ));
+    let run_dir = cfg.run_dir();
+    let rpc_listener = bind(&socket_path(&run_dir, sockets::SUPERVISOR))?;
+    let rpc_task = tokio::spawn(kalam_rpc::serve_on!(rpc_listener, SupervisorService(table.clone())));
+    let ctx = Arc::new(Ctx { cfg, config_file, listener, started_ms: chrono::Utc::now().timestamp_millis(), table });
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let stops: Vec<CancellationToken> = (0..3).map(|_| CancellationToken::new()).collect();
+
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let mut kalamd = tokio::spawn(supervise(Kind::Kalamd, ctx.clone(), Some(ready_tx), stops[0].clone()));
+    let mut others: Vec<(Kind, tokio::task::JoinHandle<Outcome>)> = Vec::new();
+    let mut exit_code = 0;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        r = ready_rx => {
+            if r.is_ok() {
+                others.push((Kind::Flushd, tokio::spawn(supervise(Kind::Flushd, ctx.clone(), None, stops[1].clone()))));
+                others.push((Kind::Lived, tokio::spawn(supervise(Kind::Lived, ctx.clone(), None, stops[2].clone()))));
+                tracing::info!("kalamd is up; started kalam-flushd and kalam-lived");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                    outcome = &mut kalamd => {
+                        if matches!(outcome, Ok(Outcome::GaveUp)) {
+                            tracing::error!("kalamd keeps failing; shutting down");
+                            exit_code = 1;
+                        }
+                    }
+                }
+            } else {
+                tracing::error!("kalamd never became healthy; shutting down");
+                exit_code = 1;
+            }
+        }
+    }
+    tracing::info!("kalam-supervisor stopping daemons");
+    // Reverse start order: kalam-lived, kalam-flushd, then kalamd.
+    for (kind, handle) in others.into_iter().rev() {
+        let idx = if kind == Kind::Flushd { 1 } else { 2 };
+        stops[idx].cancel();
+        let _ = handle.await;
+    }
+    stops[0].cancel();
+    if !kalamd.is_finished() {
+        let _ = kalamd.await;
+    }
+    rpc_task.abort();
+    tracing::info!(exit_code, "kalam-supervisor stopped");
+    Ok(exit_code)
+}
+
+/// Runs one child until `stop`: start, wait for health, watch, restart with back-off.
+async fn supervise(kind: Kind, ctx: Arc<Ctx>, mut ready: Option<oneshot::Sender<()>>, stop: CancellationToken) -> Outcome {
+    let mut policy = RestartPolicy::default();
+    let run_dir = ctx.cfg.run_dir();
+    loop {
+        let started = Instant::now();
+        let spawned = children::spawn(kind, &ctx.cfg, ctx.config_file.as_deref(), children::raw(&ctx.listener), ctx.started_ms);
+        let reason = match spawned {
+            Ok(mut child) => {
+                let pid = child.id();
+                set_state(&ctx.table, kind, |p| {
+                    p.pid = pid;
+                    p.state = "starting".into();
+                });
+                tracing::info!(process = kind.binary(), ?pid, "started");
+                let reason = watch(kind, &mut child, &run_dir, &stop, &ctx.table, &mut ready).await;
+                if matches!(reason, Watch::Stop) {
+                    stop_child(kind, &mut child).await;
+                    set_state(&ctx.table, kind, |p| {
+                        p.pid = None;
+                        p.state = "stopped".into();
+                    });
+                    return Outcome::Stopped;
+                }
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                reason
+            }
+            Err(e) => {
+                tracing::error!(process = kind.binary(), error = %e, "cannot start");
+                Watch::Exited
+            }
+        };
+        tracing::warn!(process = kind.binary(), reason = ?reason, "daemon went down");
+        let Some(delay) = policy.on_exit(started.elapsed()) else {
+            tracing::error!(process = kind.binary(), "too many restarts; giving up");
+            set_state(&ctx.table, kind, |p| {
+                p.pid = None;
+                p.state = "failed".into();
+            });
+            return Outcome::GaveUp;
+        };
+        set_state(&ctx.table, kind, |p| {
+            p.pid = None;
+            p.state = "backoff".into();
+            p.restarts += 1;
+        });
+        tokio::select! {
+            _ = stop.cancelled() => return Outcome::Stopped,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Watch {
+    Stop,
+    Exited,
+    Unhealthy,
+}
+
+async fn watch(
+    kind: Kind,
+    child: &mut Child,
+    run_dir: &std::path::Path,
+    stop: &CancellationToken,
+    table: &Table,
+    ready: &mut Option<oneshot::Sender<()>>,
+) -> Watch {
+    // Starting: poll health until it answers, the child dies, or the start times out.
+    let deadline = tokio::time::Instant::now() + children::STARTUP_TIMEOUT;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Watch::Stop,
+            _ = child.wait() => return Watch::Exited,
+            healthy = kind.health(run_dir) => {
+                if healthy {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Watch::Unhealthy;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    set_state(table, kind, |p| p.state = "running".into());
+    tracing::info!(process = kind.binary(), "healthy");
+    if let Some(tx) = ready.take() {
+        let _ = tx.send(());
+    }
+    let mut misses = 0;
+    let mut ticker = tokio::time::interval(children::HEALTH_INTERVAL);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Watch::Stop,
+            _ = child.wait() => return Watch::Exited,
+            _ = ticker.tick() => {
+                if kind.health(run_dir).await {
+                    misses = 0;
+                } else {
+                    misses += 1;
+                    if misses >= children::HEALTH_MISSES {
+                        return Watch::Unhealthy;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after the child's deadline.
+async fn stop_child(kind: Kind, child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    }
+    match tokio::time::timeout(kind.stop_deadline(), child.wait()).await {
+        Ok(_) => tracing::info!(process = kind.binary(), "stopped"),
+        Err(_) => {
+            tracing::warn!(process = kind.binary(), "did not stop in time; killing");
+            let _ = child.kill().await;
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! kalamd's error type and its mapping onto the stable error codes.
+
+use kalam_types::error::{ErrorCode, KalamError};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A client mistake or a documented refusal, already phrased for the client.
+    #[error("{0}")]
+    User(#[from] KalamError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("query engine: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("parquet: {0}")]
+    Parquet(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    pub fn corrupt(cf: &'static str, e: impl std::fmt::Display) -> Self {
+        EngineError::Store(StoreError::Corrupt { cf, detail: e.to_string() })
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        EngineError::Internal(e.to_string())
+    }
+
+    pub fn user(code: ErrorCode, message: impl Into<String>) -> Self {
+        EngineError::User(KalamError::new(code, message))
+    }
+
+    /// The error as a client sees it. Internal detail is logged here, once, and replaced by
+    /// the generic text.
+    pub fn to_client(&self) -> KalamError {
+        match self {
+            EngineError::User(e) => e.clone(),
+            EngineError::DataFusion(e) => datafusion_to_client(e),
+            EngineError::Store(_) | EngineError::Parquet(_) => {
+                tracing::error!(error = %self, "storage failure");
+                KalamError::storage()
+            }
+            EngineError::Internal(_) => {
+                tracing::error!(error = %self, "internal failure");
+                KalamError::internal()
+            }
+        }
+    }
+}
+
+/// DataFusion reports planning mistakes (unknown columns, type mismatches) as plan or schema
+/// errors: those are the client's. Execution failures are ours.
+fn datafusion_to_client(e: &datafusion::error::DataFusionError) -> KalamError {
+    use datafusion::error::DataFusionError as D;
+    match e.find_root() {
+        D::SchemaError(inner, _) => {
+            let code = match inner.as_ref() {
+                datafusion::common::SchemaError::FieldNotFound { .. } => ErrorCode::ColumnNotFound,
+                _ => ErrorCode::InvalidSql,
+            };
+            KalamError::new(code, inner.to_string())
+        }
+        D::Plan(msg) => KalamError::new(ErrorCode::InvalidSql, msg.clone()),
+        D::SQL(err, _) => KalamError::new(ErrorCode::InvalidSql, err.to_string()),
+        D::NotImplemented(msg) => KalamError::new(ErrorCode::UnsupportedStatement, msg.clone()),
+        D::External(inner) => match inner.downcast_ref::<KalamError>() {
+            Some(k) => k.clone(),
+            None => {
+                tracing::error!(error = %e, "query execution failed");
+                KalamError::internal()
+            }
+        },
+        _ => {
+            tracing::error!(error = %e, "query execution failed");
+            KalamError::internal()
+        }
+    }
+}

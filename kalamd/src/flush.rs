@@ -1,0 +1,302 @@
+//! Flush jobs on kalamd's side (storage.md §6): job records, checkpoints, and the one-batch
+//! commit that publishes a flush's files and removes exactly the row versions it flushed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kalam_rpc::{FlushPlan, FlushSummary, FlushedFile};
+use kalam_types::codec;
+use kalam_types::error::{ErrorCode, KalamError};
+use kalam_types::ids::JobId;
+use kalam_types::schema::{TableDefinition, TableType};
+use rocksdb::{DB, IteratorMode, Options};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::wall_clock_us;
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::store::{cf, counter_key, manifest_prefix, table_cf_name};
+
+/// Job statuses of spec/storage.md §11.
+pub mod status {
+    pub const QUEUED: &str = "queued";
+    pub const RUNNING: &str = "running";
+    pub const COMPLETED: &str = "completed";
+    pub const FAILED: &str = "failed";
+    pub const ACTIVE: [&str; 4] = ["new", QUEUED, RUNNING, "retrying"];
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub job_type: String,
+    pub namespace_id: String,
+    pub table_name: String,
+    pub status: String,
+    pub attempts: u32,
+    pub created_at_us: i64,
+    pub started_at_us: Option<i64>,
+    pub completed_at_us: Option<i64>,
+    pub error_message: Option<String>,
+    /// JSON text: `{"records_flushed", "parquet_files", ...}`.
+    pub result: Option<String>,
+}
+
+/// A flushed file as recorded in the `table_files` manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub storage_id: String,
+    /// Relative to the storage base.
+    pub path: String,
+    pub size_bytes: u64,
+    pub row_count: u64,
+    pub min_updated_us: i64,
+    pub max_updated_us: i64,
+    pub schema_version: u32,
+    pub job_id: String,
+    pub created_at_us: i64,
+}
+
+fn job_not_found(job_id: &str) -> EngineError {
+    EngineError::user(ErrorCode::JobNotFound, format!("Job not found: {job_id}"))
+}
+
+impl Engine {
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, EngineError> {
+        self.store
+            .scan_prefix(cf::JOBS, b"")?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::JOBS, e)))
+            .collect()
+    }
+
+    pub fn job(&self, job_id: &str) -> Result<JobRecord, EngineError> {
+        let bytes = self.store.get(cf::JOBS, job_id.as_bytes())?.ok_or_else(|| job_not_found(job_id))?;
+        serde_json::from_slice(&bytes).map_err(|e| EngineError::corrupt(cf::JOBS, e))
+    }
+
+    fn put_job(&self, batch: &mut rocksdb::WriteBatch, job: &JobRecord) -> Result<(), EngineError> {
+        let cf = self.store.cf(cf::JOBS)?;
+        batch.put_cf(&cf, job.job_id.as_bytes(), serde_json::to_vec(job).map_err(EngineError::internal)?);
+        Ok(())
+    }
+
+    /// Creates a flush job for `def`, or returns the active one (`true` = already running).
+    pub fn create_flush_job(self: &Arc<Self>, def: &TableDefinition) -> Result<(String, bool), EngineError> {
+        if def.table_type == TableType::Stream {
+            return Err(EngineError::user(
+                ErrorCode::InvalidOperation,
+                format!(
+                    "Cannot flush stream table '{}'. Only user and shared tables support flushing.",
+                    def.qualified_name()
+                ),
+            ));
+        }
+        let mut guard = self.store.begin();
+        let active = self.jobs()?.into_iter().find(|j| {
+            j.job_type == "flush"
+                && j.namespace_id == def.namespace.as_str()
+                && j.table_name == def.name.as_str()
+                && status::ACTIVE.contains(&j.status.as_str())
+        });
+        if let Some(job) = active {
+            return Ok((job.job_id, true));
+        }
+        let now = wall_clock_us();
+        let job_id = JobId::flush(&def.name, now / 1000, random_suffix()).to_string();
+        let job = JobRecord {
+            job_id: job_id.clone(),
+            job_type: "flush".into(),
+            namespace_id: def.namespace.to_string(),
+            table_name: def.name.to_string(),
+            status: status::QUEUED.into(),
+            attempts: 0,
+            created_at_us: now,
+            started_at_us: None,
+            completed_at_us: None,
+            error_message: None,
+            result: None,
+        };
+        self.put_job(&mut guard.batch, &job)?;
+        guard.write()?;
+        tracing::info!(job_id, table = %def.qualified_name(), "flush job queued");
+        self.notify_flusher(job_id.clone());
+        Ok((job_id, false))
+    }
+
+    fn checkpoint_path(&self, job_id: &str) -> PathBuf {
+        self.cfg.checkpoint_dir().join(job_id)
+    }
+
+    /// Marks the job running and creates the checkpoint its rows are read from.
+    pub fn begin_flush(&self, job_id: &str) -> Result<FlushPlan, EngineError> {
+        let mut guard = self.store.begin();
+        let mut job = self.job(job_id)?;
+        if !status::ACTIVE.contains(&job.status.as_str()) {
+            return Err(EngineError::user(
+                ErrorCode::InvalidOperation,
+                format!("Job '{job_id}' cannot be run (status: {})", job.status),
+            ));
+        }
+        let def = self.catalog.require_table(&job.namespace_id, &job.table_name)?;
+        let checkpoint = self.checkpoint_path(job_id);
+        if checkpoint.exists() {
+            std::fs::remove_dir_all(&checkpoint).map_err(crate::store::StoreError::Io)?;
+        }
+        std::fs::create_dir_all(self.cfg.checkpoint_dir()).map_err(crate::store::StoreError::Io)?;
+        rocksdb::checkpoint::Checkpoint::new(self.store.db())
+            .and_then(|c| c.create_checkpoint(&checkpoint))
+            .map_err(crate::store::StoreError::Rocks)?;
+        job.status = status::RUNNING.into();
+        job.attempts += 1;
+        job.started_at_us = Some(wall_clock_us());
+        self.put_job(&mut guard.batch, &job)?;
+        guard.write()?;
+        tracing::info!(job_id, table = %def.qualified_name(), attempt = job.attempts, "flush started");
+        Ok(FlushPlan {
+            job_id: job_id.to_owned(),
+            table: (*def).clone(),
+            checkpoint_path: checkpoint.display().to_string(),
+            column_family: table_cf_name(&def),
+            storage_base: self.storage_base().display().to_string(),
+            job_created_at_us: job.created_at_us,
+        })
+    }
+
+    /// Publishes the files and removes the flushed row versions, in one write batch.
+    pub fn commit_flush(&self, job_id: &str, files: &[FlushedFile]) -> Result<FlushSummary, EngineError> {
+        let checkpoint = self.checkpoint_path(job_id);
+        let mut guard = self.store.begin();
+        let mut job = self.job(job_id)?;
+        if job.status != status::RUNNING {
+            return Err(EngineError::user(
+                ErrorCode::InvalidOperation,
+                format!("Job '{job_id}' cannot be committed (status: {})", job.status),
+            ));
+        }
+        let def = self.catalog.require_table(&job.namespace_id, &job.table_name)?;
+        let cf_name = table_cf_name(&def);
+        let (ns, table) = (def.namespace.as_str(), def.name.as_str());
+
+        // Delete exactly the versions the checkpoint held; a row written since keeps its newer
+        // buffered version.
+        let snapshot = open_checkpoint(&checkpoint, &cf_name)?;
+        let snap_cf = snapshot.cf_handle(&cf_name).ok_or_else(|| EngineError::internal("checkpoint lacks table"))?;
+        let live_cf = self.store.cf(&cf_name)?;
+        let mut removed_per_user: std::collections::BTreeMap<Option<String>, i64> = Default::default();
+        let mut records = 0u64;
+        for item in snapshot.iterator_cf(&snap_cf, IteratorMode::Start) {
+            let (key, value) = item.map_err(crate::store::StoreError::Rocks)?;
+            records += 1;
+            if self.store.db().get_cf(&live_cf, &key).map_err(crate::store::StoreError::Rocks)?.as_deref()
+                == Some(&value[..])
+            {
+                guard.batch.delete_cf(&live_cf, &key);
+                let user = match def.table_type {
+                    TableType::Shared => None,
+                    _ => Some(codec::split_user_row_key(&key).map_err(EngineError::internal)?.0.to_owned()),
+                };
+                *removed_per_user.entry(user).or_default() += 1;
+            }
+        }
+        drop(snap_cf);
+        drop(snapshot);
+
+        let mut total_removed = 0;
+        for (user, n) in &removed_per_user {
+            if let Some(u) = user {
+                guard.add_counter(&counter_key(ns, table, Some(u)), -n)?;
+            }
+            total_removed += n;
+        }
+        guard.add_counter(&counter_key(ns, table, None), -total_removed)?;
+
+        let files_cf = self.store.cf(cf::TABLE_FILES)?;
+        let now = wall_clock_us();
+        for f in files {
+            let entry = ManifestEntry {
+                storage_id: def.storage_id.clone(),
+                path: f.path.clone(),
+                size_bytes: f.size_bytes,
+                row_count: f.row_count,
+                min_updated_us: f.min_updated_us,
+                max_updated_us: f.max_updated_us,
+                schema_version: def.schema_version,
+                job_id: job_id.to_owned(),
+                created_at_us: now,
+            };
+            let mut key = manifest_prefix(ns, table, f.user_id.as_deref());
+            key.extend_from_slice(f.path.as_bytes());
+            guard.batch.put_cf(&files_cf, key, serde_json::to_vec(&entry).map_err(EngineError::internal)?);
+        }
+        drop(files_cf);
+        drop(live_cf);
+        let duration_ms = job.started_at_us.map(|s| (now - s) / 1000).unwrap_or(0);
+        let users: std::collections::BTreeSet<_> = files.iter().filter_map(|f| f.user_id.clone()).collect();
+        job.status = status::COMPLETED.into();
+        job.completed_at_us = Some(now);
+        job.result = Some(
+            serde_json::json!({
+                "records_flushed": records,
+                "users_count": users.len(),
+                "parquet_files": files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
+                "storage_location": self.storage_base().display().to_string(),
+                "duration_ms": duration_ms,
+            })
+            .to_string(),
+        );
+        self.put_job(&mut guard.batch, &job)?;
+        guard.write()?;
+        remove_checkpoint(&checkpoint);
+        tracing::info!(job_id, table = %def.qualified_name(), records_flushed = records, duration_ms, "Flush job completed");
+        Ok(FlushSummary { records_flushed: records, files: files.len() as u64 })
+    }
+
+    /// Records a failed attempt. Every row stays in the buffer.
+    pub fn fail_flush(&self, job_id: &str, error: &str) -> Result<(), EngineError> {
+        let mut guard = self.store.begin();
+        let mut job = self.job(job_id)?;
+        job.status = status::FAILED.into();
+        job.error_message = Some(error.to_owned());
+        job.completed_at_us = Some(wall_clock_us());
+        self.put_job(&mut guard.batch, &job)?;
+        guard.write()?;
+        remove_checkpoint(&self.checkpoint_path(job_id));
+        tracing::warn!(job_id, error, "flush job failed");
+        Ok(())
+    }
+
+    pub fn runnable_flush_jobs(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self
+            .jobs()?
+            .into_iter()
+            .filter(|j| j.job_type == "flush" && status::ACTIVE.contains(&j.status.as_str()))
+            .map(|j| j.job_id)
+            .collect())
+    }
+}
+
+fn open_checkpoint(path: &std::path::Path, cf_name: &str) -> Result<DB, EngineError> {
+    let opts = Options::default();
+    DB::open_cf_for_read_only(&opts, path, [cf_name], false).map_err(|e| {
+        EngineError::User(KalamError::new(
+            ErrorCode::InvalidOperation,
+            format!("checkpoint of this job is unusable; run the job again ({e})"),
+        ))
+    })
+}
+
+fn remove_checkpoint(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_dir_all(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove checkpoint");
+    }
+}
+
+fn random_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(wall_clock_us());
+    h.finish() as u32
+}

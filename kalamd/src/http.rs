@@ -1,0 +1,234 @@
+//! The HTTP API (api.md §2–3): `POST /v1/api/sql` and the health check. Authentication in
+//! this version is the loopback bypass: a request from a loopback peer without `Origin` or
+//! forwarding headers acts as `auth.localhost_default_user`, or as `X-USER-ID` when given.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kalam_types::error::{ErrorCode, KalamError};
+use kalam_types::ids::UserId;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::engine::Engine;
+use crate::sql::{StatementResult, execute_batch};
+
+/// The TCP peer of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+pub fn router(engine: Arc<Engine>) -> Router {
+    let limit = engine.cfg.limits.max_message_size;
+    Router::new()
+        .route("/v1/api/sql", post(sql))
+        .route("/v1/api/healthcheck", get(health))
+        .route("/health", get(health))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(engine)
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    code: String,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    statement_index: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct Envelope {
+    status: &'static str,
+    results: Vec<StatementResult>,
+    took_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorBody>,
+}
+
+/// The error envelope with the status derived from the code.
+pub fn error_response(error: &KalamError, took_ms: u64) -> Response {
+    let body = Envelope {
+        status: "error",
+        results: vec![],
+        took_ms,
+        error: Some(ErrorBody { code: error.code.as_str(), message: error.message.clone(), details: None, statement_index: None }),
+    };
+    let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct SqlRequest {
+    sql: String,
+}
+
+/// Resolves the acting user of a request (api.md §1).
+pub fn acting_user(
+    engine: &Engine,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    query_user: Option<&str>,
+) -> Result<UserId, KalamError> {
+    let relayed = ["origin", "x-forwarded-for", "forwarded", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
+    let bypass = engine.cfg.auth.localhost_bypass && peer.ip().is_loopback() && !relayed;
+    if !bypass {
+        return Err(KalamError::new(ErrorCode::Unauthorized, "Authentication required"));
+    }
+    let requested = headers.get("x-user-id").and_then(|v| v.to_str().ok()).or(query_user);
+    match requested {
+        Some(u) => UserId::parse(u.trim()),
+        None => UserId::parse(&engine.cfg.auth.localhost_default_user),
+    }
+}
+
+async fn sql(
+    State(engine): State<Arc<Engine>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let took = || started.elapsed().as_millis() as u64;
+    if engine.is_shutting_down() {
+        return error_response(&KalamError::new(ErrorCode::ShuttingDown, "Server is shutting down"), took());
+    }
+    let user = match acting_user(&engine, peer, &headers, None) {
+        Ok(u) => u,
+        Err(e) => return error_response(&e, took()),
+    };
+    let request: SqlRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(&KalamError::new(ErrorCode::InvalidRequest, format!("Invalid request body: {e}")), took());
+        }
+    };
+    let (results, failure) = execute_batch(&engine, &request.sql, &user).await;
+    match failure {
+        None => (StatusCode::OK, axum::Json(Envelope { status: "success", results, took_ms: took(), error: None }))
+            .into_response(),
+        Some(f) => {
+            let status = StatusCode::from_u16(f.error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = Envelope {
+                status: "error",
+                results,
+                took_ms: took(),
+                error: Some(ErrorBody {
+                    code: f.error.code.as_str(),
+                    message: f.error.message,
+                    details: f.statement,
+                    statement_index: f.statement_index,
+                }),
+            };
+            (status, axum::Json(body)).into_response()
+        }
+    }
+}
+
+async fn health(State(engine): State<Arc<Engine>>) -> Response {
+    let now = chrono::Utc::now();
+    let uptime = ((now.timestamp_millis() - engine.uptime_origin_ms) / 1000).max(0);
+    let timestamp = kalam_types::time::format_timestamp_micros(now.timestamp_micros());
+    if engine.is_shutting_down() {
+        let body = json!({"status": "unhealthy", "error": "shutting down", "version": env!("CARGO_PKG_VERSION"),
+            "api_version": "v1", "uptime_seconds": uptime, "timestamp": timestamp});
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    let body = json!({"status": "healthy", "version": env!("CARGO_PKG_VERSION"), "api_version": "v1",
+        "uptime_seconds": uptime, "timestamp": timestamp});
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn call(app: &Router, peer: &str, sql: &str, user: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::post("/v1/api/sql").header("content-type", "application/json");
+        if let Some(u) = user {
+            req = req.header("x-user-id", u);
+        }
+        let mut req = req.body(Body::from(json!({ "sql": sql }).to_string())).unwrap();
+        req.extensions_mut().insert(Peer(peer.parse().unwrap()));
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn engine() -> (tempfile::TempDir, Arc<Engine>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = kalam_config::KalamConfig::test_config(dir.path(), 1);
+        cfg.resolve_paths().unwrap();
+        let engine = Engine::open(cfg).unwrap();
+        (dir, engine)
+    }
+
+    #[tokio::test]
+    async fn user_tables_partition_rows_by_acting_user() {
+        let (_dir, engine) = engine();
+        let app = router(engine);
+        let lo = "127.0.0.1:5000";
+        let (s, body) = call(&app, lo, "CREATE NAMESPACE app; CREATE USER TABLE app.t (id BIGINT PRIMARY KEY, body TEXT)", None).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(body["results"][1]["message"], "Table 'app.t' created successfully");
+        let (s, body) = call(&app, lo, "INSERT INTO app.t (id, body) VALUES (1, 'a'), (2, 'b')", Some("alice")).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(body["results"][0]["row_count"], 2);
+        call(&app, lo, "INSERT INTO app.t VALUES (1, 'bob-1')", Some("bob")).await;
+        let (_, body) = call(&app, lo, "SELECT * FROM app.t ORDER BY id", Some("alice")).await;
+        assert_eq!(body["results"][0]["columns"], json!(["id", "body"]));
+        assert_eq!(body["results"][0]["rows"], json!([{"id": 1, "body": "a"}, {"id": 2, "body": "b"}]));
+        let (_, body) = call(&app, lo, "SELECT body FROM app.t", Some("bob")).await;
+        assert_eq!(body["results"][0]["rows"], json!([{"body": "bob-1"}]));
+    }
+
+    #[tokio::test]
+    async fn errors_use_the_envelope_and_keep_earlier_results() {
+        let (_dir, engine) = engine();
+        let app = router(engine);
+        let lo = "127.0.0.1:5000";
+        let (s, body) = call(&app, lo, "CREATE NAMESPACE app; SELECT * FROM app.missing", None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(body["status"], "error");
+        assert_eq!(body["results"].as_array().unwrap().len(), 1);
+        assert_eq!(body["error"]["code"], "TABLE_NOT_FOUND");
+        assert_eq!(body["error"]["statement_index"], 2);
+        assert_eq!(body["error"]["message"], "Statement 2 failed: relation \"app.missing\" does not exist");
+        let (s, body) = call(&app, lo, "  -- nothing\n", None).await;
+        assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("EMPTY_SQL")));
+        let (s, body) = call(&app, "10.1.2.3:5000", "SELECT 1", None).await;
+        assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("UNAUTHORIZED")));
+        let (s, body) = call(&app, lo, "CREATE USER TABLE app.d (id DECIMAL PRIMARY KEY)", None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body["error"]["message"],
+            "Statement 1 failed: Data type DECIMAL not supported. Use DOUBLE for floating point or BIGINT for large integers"
+        );
+    }
+
+    #[tokio::test]
+    async fn duplicate_keys_fail_the_whole_statement() {
+        let (_dir, engine) = engine();
+        let app = router(engine);
+        let lo = "127.0.0.1:5000";
+        call(&app, lo, "CREATE NAMESPACE app; CREATE SHARED TABLE app.s (k TEXT PRIMARY KEY, n BIGINT)", None).await;
+        call(&app, lo, "INSERT INTO app.s VALUES ('a', 1)", None).await;
+        let (s, body) = call(&app, lo, "INSERT INTO app.s VALUES ('b', 2), ('a', 3)", None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["message"], "Statement 1 failed: Duplicate primary key value 'a' for table 'app.s'");
+        let (_, body) = call(&app, lo, "SELECT count(*) AS n FROM app.s", None).await;
+        assert_eq!(body["results"][0]["rows"], json!([{"n": 1}]));
+    }
+}

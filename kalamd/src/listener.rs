@@ -1,0 +1,148 @@
+//! The public socket: accept, peek at the request line, and either hand a `GET /v1/ws`
+//! connection to kalam-lived or serve HTTP here. The listening socket normally comes from the
+//! supervisor (LISTEN_FDS convention, fd 3) so that the port is held across restarts.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::http::Peer;
+
+/// Longest time a client may take to send its request line.
+const REQUEST_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes peeked to classify a connection.
+const PEEK_BYTES: usize = 512;
+
+/// The listener passed by the supervisor or systemd (fd 3), if any.
+pub fn inherited_listener() -> std::io::Result<Option<std::net::TcpListener>> {
+    let fds: usize = std::env::var("LISTEN_FDS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if fds == 0 {
+        return Ok(None);
+    }
+    if let Some(pid) = std::env::var("LISTEN_PID").ok().and_then(|v| v.parse::<u32>().ok())
+        && pid != std::process::id()
+    {
+        return Ok(None);
+    }
+    // SAFETY: by the LISTEN_FDS convention fd 3 is a listening socket handed to this process.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(3) };
+    listener.set_nonblocking(true)?;
+    // SAFETY: these variables are read once at startup before other threads use the env.
+    unsafe {
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_PID");
+    }
+    Ok(Some(listener))
+}
+
+enum Route {
+    WebSocket,
+    Http,
+    Closed,
+}
+
+async fn classify(stream: &TcpStream) -> Route {
+    let mut buf = [0u8; PEEK_BYTES];
+    let deadline = tokio::time::Instant::now() + REQUEST_LINE_TIMEOUT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Route::Closed,
+            Ok(Ok(n)) => n,
+        };
+        let seen = &buf[..n];
+        if seen.contains(&b'\n') || n == buf.len() {
+            let ws = seen.starts_with(b"GET /v1/ws ") || seen.starts_with(b"GET /v1/ws?");
+            return if ws { Route::WebSocket } else { Route::Http };
+        }
+        // Part of the request line is here; give the rest a moment instead of spinning.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return Route::Closed;
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` fires.
+pub async fn serve(listener: TcpListener, app: Router, handoff_path: PathBuf, shutdown: CancellationToken) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let builder = builder.clone();
+        let handoff_path = handoff_path.clone();
+        tokio::spawn(async move {
+            match classify(&stream).await {
+                Route::Closed => {}
+                Route::WebSocket => hand_off(stream, peer, handoff_path).await,
+                Route::Http => {
+                    let svc = app.map_request(move |mut req: axum::extract::Request| {
+                        req.extensions_mut().insert(Peer(peer));
+                        req
+                    });
+                    let svc = TowerToHyperService::new(svc);
+                    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn hand_off(stream: TcpStream, peer: SocketAddr, handoff_path: PathBuf) {
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot detach WebSocket connection");
+            return;
+        }
+    };
+    let sent = tokio::task::spawn_blocking(move || {
+        let result = std::os::unix::net::UnixStream::connect(&handoff_path)
+            .and_then(|ch| kalam_rpc::handoff::send_socket(&ch, std_stream.as_raw_fd(), peer));
+        (result, std_stream)
+    })
+    .await;
+    let (result, std_stream) = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "hand-off task failed");
+            return;
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(%peer, error = %e, "kalam-lived unavailable; answering 503");
+        if std_stream.set_nonblocking(true).is_ok()
+            && let Ok(mut s) = TcpStream::from_std(std_stream)
+        {
+            let body = r#"{"status":"error","results":[],"took_ms":0,"error":{"code":"SERVICE_UNAVAILABLE","message":"Live queries are temporarily unavailable"}}"#;
+            let resp = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+    }
+}

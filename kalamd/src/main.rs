@@ -1,0 +1,91 @@
+//! kalamd: the data daemon of KalamDB.
+//!
+//! In: HTTP requests on the public socket (inherited from kalam-supervisor, or bound itself when
+//! run alone), `Engine` RPC calls from the other daemons. Out: SQL results, WebSocket sockets
+//! handed to kalam-lived, flush plans and the change log. It owns RocksDB — catalog, buffered
+//! rows, change log, job records and the file manifest — and is its only writer.
+
+mod catalog;
+mod clock;
+mod engine;
+mod error;
+mod flush;
+mod http;
+mod listener;
+mod provider;
+mod read;
+mod rowjson;
+mod rpc;
+mod sql;
+mod store;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use kalam_config::KalamConfig;
+use kalam_rpc::transport::{bind, socket_path, sockets};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "kalamd", version, about = "KalamDB data daemon (SQL, RocksDB, HTTP)")]
+struct Args {
+    /// Configuration file (default: ./kalam.toml if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Read before any thread exists: the inherited socket and its environment.
+    let inherited = listener::inherited_listener().context("inherited listening socket")?;
+    let mut cfg = KalamConfig::load(args.config.as_deref())?;
+    cfg.resolve_paths()?;
+    let _log = kalam_config::logging::init(&cfg.logging, "kalamd");
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cfg, inherited))
+}
+
+async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyhow::Result<()> {
+    let std_listener = match inherited {
+        Some(l) => l,
+        None => {
+            let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
+            let l = std::net::TcpListener::bind(&addr).with_context(|| format!("Port {} is already in use ({addr})", cfg.server.port))?;
+            l.set_nonblocking(true)?;
+            l
+        }
+    };
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), rocksdb = %cfg.storage.rocksdb_path.display(), "kalamd starting");
+    let engine = engine::Engine::open(cfg.clone()).context("opening RocksDB")?;
+
+    let run_dir = cfg.run_dir();
+    let rpc_listener = bind(&socket_path(&run_dir, sockets::ENGINE))?;
+    let rpc_task = tokio::spawn(kalam_rpc::serve_on!(rpc_listener, rpc::EngineService(engine.clone())));
+
+    let shutdown = CancellationToken::new();
+    let app = http::router(engine.clone());
+    let http_task = tokio::spawn(listener::serve(
+        listener,
+        app,
+        socket_path(&run_dir, sockets::WS_HANDOFF),
+        shutdown.clone(),
+    ));
+    tracing::info!(addr = %format!("{}:{}", cfg.server.host, cfg.server.port), "kalamd serving");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("kalamd stopping");
+    engine.begin_shutdown();
+    shutdown.cancel();
+    let _ = http_task.await;
+    rpc_task.abort();
+    drop(engine);
+    tracing::info!("kalamd stopped");
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! The DataFusion table provider of USER and SHARED tables, bound to one acting user. A USER
+//! table provider can only ever read that user's partition: the user is part of every key it
+//! scans and every file path it opens.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::Session;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType as DfTableType};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use kalam_types::arrow::{build_array, table_schema};
+use kalam_types::ids::UserId;
+use kalam_types::schema::TableDefinition;
+use kalam_types::{KalamType, Value};
+
+use crate::engine::Engine;
+use crate::read::read_partition;
+
+pub struct KalamTableProvider {
+    engine: Arc<Engine>,
+    def: Arc<TableDefinition>,
+    user: UserId,
+    schema: SchemaRef,
+    with_system_columns: bool,
+    include_deleted: bool,
+}
+
+impl fmt::Debug for KalamTableProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KalamTableProvider({}, user={})", self.def.qualified_name(), self.user)
+    }
+}
+
+impl KalamTableProvider {
+    /// `with_system_columns` exposes `_updated`/`_deleted` (only when the statement names
+    /// them, so `SELECT *` stays user columns); `include_deleted` keeps soft-deleted rows.
+    pub fn new(
+        engine: Arc<Engine>,
+        def: Arc<TableDefinition>,
+        user: UserId,
+        with_system_columns: bool,
+        include_deleted: bool,
+    ) -> Self {
+        let schema = Arc::new(table_schema(&def, with_system_columns));
+        Self { engine, def, user, schema, with_system_columns, include_deleted }
+    }
+
+    fn batch(&self) -> Result<RecordBatch, crate::error::EngineError> {
+        let rows: Vec<_> = read_partition(&self.engine, &self.def, Some(&self.user))?
+            .into_iter()
+            .filter(|r| self.include_deleted || !r.deleted)
+            .collect();
+        let mut arrays = Vec::with_capacity(self.schema.fields().len());
+        for (i, col) in self.def.columns.iter().enumerate() {
+            arrays.push(build_array(col.data_type, rows.iter().map(|r| &r.values[i])));
+        }
+        if self.with_system_columns {
+            let updated: Vec<Value> = rows.iter().map(|r| Value::Timestamp(r.updated_us)).collect();
+            let deleted: Vec<Value> = rows.iter().map(|r| Value::Boolean(r.deleted)).collect();
+            arrays.push(build_array(KalamType::Timestamp, updated.iter()));
+            arrays.push(build_array(KalamType::Boolean, deleted.iter()));
+        }
+        RecordBatch::try_new(self.schema.clone(), arrays).map_err(crate::error::EngineError::internal)
+    }
+}
+
+#[async_trait]
+impl TableProvider for KalamTableProvider {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> DfTableType {
+        DfTableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let batch = self.batch().map_err(|e| DataFusionError::External(Box::new(e.to_client())))?;
+        let exec = MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?;
+        Ok(exec)
+    }
+}

@@ -1,0 +1,137 @@
+//! The `Engine` service over kalamd's Unix socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, Statement, TableFactor};
+use kalam_rpc::{ChangeBatch, FlushPlan, FlushSummary, FlushedFile, Health, RpcError, SubscriptionPlan, TableStats};
+use kalam_types::error::{ErrorCode, KalamError};
+use kalam_types::ids::UserId;
+use kalam_types::schema::TableType;
+use tarpc::context::Context;
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::read::manifest_entries;
+use crate::sql::parse::{KalamStatement, ident_name, object_parts, parse_statement};
+use crate::store::counter_key;
+
+/// Longest long-poll wait granted to one `poll_changes` call.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
+/// Most change records returned by one poll.
+const MAX_POLL_RECORDS: u32 = 10_000;
+
+#[derive(Clone)]
+pub struct EngineService(pub Arc<Engine>);
+
+fn rpc_err(e: EngineError) -> RpcError {
+    e.to_client()
+}
+
+impl kalam_rpc::Engine for EngineService {
+    async fn health(self, _: Context) -> Health {
+        Health::of("kalamd")
+    }
+
+    async fn begin_flush(self, _: Context, job_id: String) -> Result<FlushPlan, RpcError> {
+        let engine = self.0.clone();
+        tokio::task::spawn_blocking(move || engine.begin_flush(&job_id))
+            .await
+            .map_err(|_| KalamError::internal())?
+            .map_err(rpc_err)
+    }
+
+    async fn commit_flush(self, _: Context, job_id: String, files: Vec<FlushedFile>) -> Result<FlushSummary, RpcError> {
+        let engine = self.0.clone();
+        tokio::task::spawn_blocking(move || engine.commit_flush(&job_id, &files))
+            .await
+            .map_err(|_| KalamError::internal())?
+            .map_err(rpc_err)
+    }
+
+    async fn fail_flush(self, _: Context, job_id: String, error: String) -> Result<(), RpcError> {
+        self.0.fail_flush(&job_id, &error).map_err(rpc_err)
+    }
+
+    async fn runnable_flush_jobs(self, _: Context) -> Result<Vec<String>, RpcError> {
+        self.0.runnable_flush_jobs().map_err(rpc_err)
+    }
+
+    async fn poll_changes(self, _: Context, after_seq: u64, max_records: u32, wait_ms: u32) -> Result<ChangeBatch, RpcError> {
+        let wait = Duration::from_millis(wait_ms.into()).min(MAX_POLL_WAIT);
+        let max = max_records.clamp(1, MAX_POLL_RECORDS) as usize;
+        let (records, head_seq) = self.0.poll_changes(after_seq, max, wait).await.map_err(rpc_err)?;
+        Ok(ChangeBatch { records, head_seq })
+    }
+
+    async fn plan_subscription(self, _: Context, user_id: String, sql: String) -> Result<SubscriptionPlan, RpcError> {
+        UserId::parse(&user_id)?;
+        plan_subscription(&self.0, &sql).map_err(rpc_err)
+    }
+
+    async fn table_stats(self, _: Context, namespace: String, table: String) -> Result<TableStats, RpcError> {
+        let def = self.0.catalog.require_table(&namespace, &table)?;
+        let buffered_rows = self.0.store.read_counter(&counter_key(&namespace, &table, None)).map_err(|e| rpc_err(e.into()))?;
+        let prefix_all = def.table_type != TableType::Shared;
+        let mut files = Vec::new();
+        if prefix_all {
+            // Every user's files: the manifest keys share `<ns>:<table>:`.
+            let prefix = format!("{namespace}:{table}:").into_bytes();
+            for (_, v) in self.0.store.scan_prefix(crate::store::cf::TABLE_FILES, &prefix).map_err(|e| rpc_err(e.into()))? {
+                let entry: crate::flush::ManifestEntry =
+                    serde_json::from_slice(&v).map_err(|e| rpc_err(EngineError::corrupt("table_files", e)))?;
+                files.push(entry.path);
+            }
+        } else {
+            files = manifest_entries(&self.0, &def, None).map_err(rpc_err)?.into_iter().map(|e| e.path).collect();
+        }
+        Ok(TableStats { buffered_rows, files })
+    }
+}
+
+/// Validates a live-query SELECT: one qualified USER table, `*` or plain columns, no WHERE yet.
+fn plan_subscription(engine: &Engine, sql: &str) -> Result<SubscriptionPlan, EngineError> {
+    let unsupported = |m: &str| EngineError::user(ErrorCode::UnsupportedQuery, m.to_owned());
+    let KalamStatement::Query(stmt) = parse_statement(sql)? else {
+        return Err(unsupported("Live queries must be a SELECT"));
+    };
+    let Statement::Query(query) = stmt.as_ref() else { return Err(unsupported("Live queries must be a SELECT")) };
+    if query.order_by.is_some() || query.limit_clause.is_some() || query.with.is_some() {
+        return Err(unsupported("ORDER BY, LIMIT and WITH are not allowed in live queries"));
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return Err(unsupported("Live queries must be a single SELECT"));
+    };
+    if select.from.len() != 1 || !select.from[0].joins.is_empty() {
+        return Err(unsupported("Live queries read exactly one table"));
+    }
+    if select.selection.is_some() {
+        return Err(unsupported("WHERE filters in live queries are not supported in this version"));
+    }
+    let TableFactor::Table { name, .. } = &select.from[0].relation else {
+        return Err(unsupported("Live queries read exactly one table"));
+    };
+    if name.0.len() != 2 {
+        return Err(EngineError::user(ErrorCode::InvalidSql, "Live queries need a qualified table name (namespace.table)"));
+    }
+    let (ns, table) = object_parts(name)?;
+    let def = engine.catalog.require_table(&ns, &table)?;
+    if def.table_type == TableType::Shared {
+        return Err(EngineError::user(ErrorCode::InvalidOperation, "Live query subscriptions not supported on shared tables"));
+    }
+    let mut columns = Vec::new();
+    for item in &select.projection {
+        match item {
+            SelectItem::Wildcard(_) => columns.extend(def.columns.iter().map(|c| c.name.clone())),
+            SelectItem::UnnamedExpr(datafusion::sql::sqlparser::ast::Expr::Identifier(id)) => {
+                let name = ident_name(id);
+                if def.column_index(&name).is_none() {
+                    return Err(EngineError::user(ErrorCode::ColumnNotFound, format!("column \"{name}\" does not exist")));
+                }
+                columns.push(name);
+            }
+            _ => return Err(unsupported("Live queries project plain columns or *")),
+        }
+    }
+    Ok(SubscriptionPlan { namespace: ns, table, table_type: def.table_type, columns })
+}

@@ -1,0 +1,198 @@
+//! INSERT: literal coercion, NOT NULL and primary-key checks, and one atomic write batch with
+//! counters and change-log records.
+
+use std::collections::HashSet;
+
+use datafusion::sql::sqlparser::ast::{
+    Expr, Insert, SetExpr, Statement, TableObject, UnaryOperator, Value as SqlValue,
+};
+use kalam_types::change::{ChangeKind, ChangeRecord};
+use kalam_types::codec::{self, StoredRow};
+use kalam_types::error::{ErrorCode, KalamError};
+use kalam_types::ids::UserId;
+use kalam_types::schema::{TableDefinition, TableType};
+use kalam_types::value::{Literal, Value};
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::rowjson::full_row_json;
+use crate::sql::parse::{ident_name, object_parts};
+use crate::store::{counter_key, table_cf_name};
+
+/// Executes an INSERT as `user`; returns the number of rows written.
+pub fn insert(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<u64, EngineError> {
+    let Statement::Insert(ins) = stmt else {
+        return Err(EngineError::internal("insert() called with another statement"));
+    };
+    let def = target_table(engine, ins)?;
+    let positions = column_positions(&def, ins)?;
+    let rows = literal_rows(ins)?;
+    let mut built = Vec::with_capacity(rows.len());
+    for lits in rows {
+        if lits.len() != positions.len() {
+            return Err(EngineError::user(
+                ErrorCode::InvalidSql,
+                format!("INSERT has {} values but {} columns", lits.len(), positions.len()),
+            ));
+        }
+        let mut values = vec![Value::Null; def.columns.len()];
+        for (lit, &idx) in lits.iter().zip(&positions) {
+            let col = &def.columns[idx];
+            values[idx] = Value::coerce(lit, col.data_type, &col.name)?;
+        }
+        for (col, v) in def.columns.iter().zip(&values) {
+            if v.is_null() && (!col.nullable || col.is_primary_key) {
+                return Err(EngineError::user(
+                    ErrorCode::ConstraintViolation,
+                    format!("NOT NULL violation: column '{}' cannot be null", col.name),
+                ));
+            }
+        }
+        built.push(values);
+    }
+    write_inserts(engine, &def, user, built)
+}
+
+fn target_table(engine: &Engine, ins: &Insert) -> Result<std::sync::Arc<TableDefinition>, EngineError> {
+    let TableObject::TableName(name) = &ins.table else {
+        return Err(EngineError::user(ErrorCode::UnsupportedStatement, "INSERT INTO a table function is not supported"));
+    };
+    let (ns, table) = object_parts(name)?;
+    let def = engine.catalog.require_table(&ns, &table)?;
+    if def.table_type == TableType::Stream {
+        return Err(EngineError::user(ErrorCode::InvalidOperation, "STREAM tables are not available in this version"));
+    }
+    Ok(def)
+}
+
+fn column_positions(def: &TableDefinition, ins: &Insert) -> Result<Vec<usize>, EngineError> {
+    if ins.columns.is_empty() {
+        return Ok((0..def.columns.len()).collect());
+    }
+    let mut seen = HashSet::new();
+    ins.columns
+        .iter()
+        .map(|c| {
+            let name = c.0.last().and_then(|p| p.as_ident()).map(ident_name).unwrap_or_default();
+            if name.starts_with('_') {
+                return Err(EngineError::user(
+                    ErrorCode::InvalidSql,
+                    format!("Column '{name}' is a system column and cannot be written"),
+                ));
+            }
+            let idx = def.column_index(&name).ok_or_else(|| {
+                EngineError::user(ErrorCode::ColumnNotFound, format!("column \"{name}\" does not exist"))
+            })?;
+            if !seen.insert(idx) {
+                return Err(EngineError::user(ErrorCode::InvalidSql, format!("column \"{name}\" specified more than once")));
+            }
+            Ok(idx)
+        })
+        .collect()
+}
+
+fn literal_rows(ins: &Insert) -> Result<Vec<Vec<Literal>>, EngineError> {
+    let source = ins
+        .source
+        .as_ref()
+        .ok_or_else(|| EngineError::user(ErrorCode::InvalidSql, "INSERT needs VALUES"))?;
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        return Err(EngineError::user(ErrorCode::UnsupportedStatement, "INSERT ... SELECT is not supported yet"));
+    };
+    values.rows.iter().map(|row| row.iter().map(literal).collect()).collect()
+}
+
+fn literal(expr: &Expr) -> Result<Literal, EngineError> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            SqlValue::Null => Ok(Literal::Null),
+            SqlValue::Boolean(b) => Ok(Literal::Boolean(*b)),
+            SqlValue::Number(n, _) => Ok(Literal::Number(n.clone())),
+            SqlValue::SingleQuotedString(s) | SqlValue::EscapedStringLiteral(s) => Ok(Literal::String(s.clone())),
+            other => Err(EngineError::user(ErrorCode::InvalidSql, format!("unsupported literal {other}"))),
+        },
+        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match literal(expr)? {
+            Literal::Number(n) => Ok(Literal::Number(format!("-{n}"))),
+            _ => Err(EngineError::user(ErrorCode::InvalidSql, format!("cannot negate {expr}"))),
+        },
+        Expr::Nested(inner) => literal(inner),
+        other => Err(EngineError::user(
+            ErrorCode::UnsupportedStatement,
+            format!("INSERT values must be literals; '{other}' is not supported yet"),
+        )),
+    }
+}
+
+/// Writes new rows in one batch: duplicate keys (in the statement or among the live buffered
+/// rows of the partition) fail the whole statement before anything is written.
+fn write_inserts(
+    engine: &Engine,
+    def: &TableDefinition,
+    user: &UserId,
+    rows: Vec<Vec<Value>>,
+) -> Result<u64, EngineError> {
+    let cf_name = table_cf_name(def);
+    let pk_idx = def.primary_key_index();
+    let types = def.column_types();
+    let partition_user = (def.table_type != TableType::Shared).then_some(user);
+    let mut guard = engine.store.begin();
+    let cf = engine.store.cf(&cf_name)?;
+    let mut keys_in_statement = HashSet::new();
+    let mut new_keys = 0i64;
+    let mut pending = Vec::with_capacity(rows.len());
+    for values in rows {
+        let pk = codec::encode_pk(&values[pk_idx])
+            .ok_or_else(|| EngineError::internal("primary key of a type that cannot be a key"))?;
+        let key = match partition_user {
+            Some(u) => codec::user_row_key(u, &pk),
+            None => pk,
+        };
+        let duplicate = |v: &Value| {
+            EngineError::User(KalamError::new(
+                ErrorCode::ConstraintViolation,
+                format!("Duplicate primary key value '{}' for table '{}'", v.display_key(), def.qualified_name()),
+            ))
+        };
+        if !keys_in_statement.insert(key.clone()) {
+            return Err(duplicate(&values[pk_idx]));
+        }
+        match engine.store.get(&cf_name, &key)? {
+            Some(existing) => {
+                let old = codec::decode_row(&existing, &types).map_err(|e| EngineError::corrupt("table", e))?;
+                if !old.deleted {
+                    return Err(duplicate(&values[pk_idx]));
+                }
+            }
+            None => new_keys += 1,
+        }
+        pending.push((key, values));
+    }
+    let count = pending.len() as u64;
+    for (key, values) in pending {
+        let updated_us = engine.clock.next();
+        let row = StoredRow { schema_version: def.schema_version, values, updated_us, deleted: false };
+        let bytes = codec::encode_row(&row).map_err(EngineError::internal)?;
+        guard.batch.put_cf(&cf, &key, bytes);
+        guard.push_change(ChangeRecord {
+            commit_seq: 0,
+            namespace: def.namespace.to_string(),
+            table: def.name.to_string(),
+            user_id: partition_user.map(|u| u.to_string()),
+            kind: ChangeKind::Insert,
+            old_row: None,
+            new_row: Some(full_row_json(def, &row.values, updated_us, false)),
+            commit_time_us: updated_us,
+        });
+    }
+    if new_keys > 0 {
+        let ns = def.namespace.as_str();
+        let table = def.name.as_str();
+        if let Some(u) = partition_user {
+            guard.add_counter(&counter_key(ns, table, Some(u.as_str())), new_keys)?;
+        }
+        guard.add_counter(&counter_key(ns, table, None), new_keys)?;
+    }
+    drop(cf);
+    guard.write()?;
+    Ok(count)
+}

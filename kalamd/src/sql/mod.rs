@@ -1,0 +1,181 @@
+//! The SQL front: split a request into statements, parse each with the KalamDB dialect, and
+//! run it — DDL against the catalog, INSERT against the store, SELECT through DataFusion.
+
+pub mod dml;
+pub mod parse;
+pub mod query;
+pub mod split;
+pub mod system;
+
+use std::sync::Arc;
+
+use kalam_types::error::{ErrorCode, KalamError};
+use kalam_types::ids::UserId;
+use kalam_types::schema::{ColumnDefinition, FlushPolicy, TableDefinition, TableType};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::clock::wall_clock_us;
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::rowjson::OrderedRow;
+use parse::{CreateTableSpec, KalamStatement};
+
+/// The outcome of one statement (api.md §2.2).
+#[derive(Debug, Default, Serialize)]
+pub struct StatementResult {
+    pub columns: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Vec<OrderedRow>>,
+    pub row_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl StatementResult {
+    fn message(row_count: u64, message: String) -> Self {
+        Self { columns: vec![], rows: None, row_count, message: Some(message) }
+    }
+}
+
+/// A failed statement inside a batch.
+#[derive(Debug)]
+pub struct BatchError {
+    pub error: KalamError,
+    /// 1-based; `None` for request-level errors.
+    pub statement_index: Option<usize>,
+    pub statement: Option<String>,
+}
+
+/// Runs every statement of `sql` in order, stopping at the first failure. Returns the results
+/// of the statements that succeeded, and the failure if there was one.
+pub async fn execute_batch(
+    engine: &Arc<Engine>,
+    sql: &str,
+    user: &UserId,
+) -> (Vec<StatementResult>, Option<BatchError>) {
+    let statements = match split::split_statements(sql) {
+        Ok(s) if s.is_empty() => {
+            let error = KalamError::new(ErrorCode::EmptySql, "No SQL statements provided");
+            return (vec![], Some(BatchError { error, statement_index: None, statement: None }));
+        }
+        Ok(s) => s,
+        Err(error) => return (vec![], Some(BatchError { error, statement_index: None, statement: None })),
+    };
+    let mut results = Vec::with_capacity(statements.len());
+    for (i, text) in statements.iter().enumerate() {
+        match execute_statement(engine, text, user).await {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                let mut error = e.to_client();
+                error.message = format!("Statement {} failed: {}", i + 1, error.message);
+                let statement = (!error.code.is_internal()).then(|| text.clone());
+                return (results, Some(BatchError { error, statement_index: Some(i + 1), statement }));
+            }
+        }
+    }
+    (results, None)
+}
+
+async fn execute_statement(engine: &Arc<Engine>, sql: &str, user: &UserId) -> Result<StatementResult, EngineError> {
+    match parse::parse_statement(sql)? {
+        KalamStatement::CreateNamespace { name, if_not_exists } => {
+            if engine.catalog.create_namespace(&name, wall_clock_us())? {
+                Ok(StatementResult::message(0, format!("Namespace '{name}' created successfully")))
+            } else if if_not_exists {
+                Ok(StatementResult::message(0, format!("Namespace '{name}' already exists (skipped)")))
+            } else {
+                Err(EngineError::user(ErrorCode::AlreadyExists, format!("Namespace '{name}' already exists")))
+            }
+        }
+        KalamStatement::CreateTable(spec) => create_table(engine, spec),
+        KalamStatement::FlushTable { namespace, table } => {
+            let def = engine.catalog.require_table(namespace.as_str(), table.as_str())?;
+            let (job_id, existing) = engine.create_flush_job(&def)?;
+            let message = if existing {
+                format!("Flush already in progress for table '{}'. Job ID: {job_id}", def.qualified_name())
+            } else {
+                format!("Flush started for table '{}'. Job ID: {job_id}", def.qualified_name())
+            };
+            let status = engine.job(&job_id)?.status;
+            let row = OrderedRow(vec![
+                ("job_id".into(), Json::String(job_id)),
+                ("namespace_id".into(), Json::String(namespace.to_string())),
+                ("table_name".into(), Json::String(table.to_string())),
+                ("status".into(), Json::String(status)),
+            ]);
+            Ok(StatementResult {
+                columns: ["job_id", "namespace_id", "table_name", "status"].map(String::from).to_vec(),
+                rows: Some(vec![row]),
+                row_count: 1,
+                message: Some(message),
+            })
+        }
+        KalamStatement::Insert(stmt) => {
+            let n = dml::insert(engine, &stmt, user)?;
+            Ok(StatementResult::message(n, format!("Inserted {n} row(s)")))
+        }
+        KalamStatement::Query(stmt) => {
+            let out = query::run_query(engine, &stmt, user).await?;
+            let n = out.rows.len() as u64;
+            Ok(StatementResult { columns: out.columns, rows: Some(out.rows), row_count: n, message: None })
+        }
+    }
+}
+
+fn create_table(engine: &Engine, spec: CreateTableSpec) -> Result<StatementResult, EngineError> {
+    let qualified = format!("{}.{}", spec.namespace, spec.name);
+    if !engine.catalog.namespace_exists(spec.namespace.as_str()) {
+        return Err(EngineError::user(
+            ErrorCode::NamespaceNotFound,
+            format!("Namespace '{}' does not exist. Create it first with CREATE NAMESPACE.", spec.namespace),
+        ));
+    }
+    if spec.table_type == TableType::Stream {
+        return Err(EngineError::user(ErrorCode::UnsupportedStatement, "STREAM tables are not available in this version"));
+    }
+    if let Some(storage) = &spec.storage
+        && storage != "local"
+    {
+        return Err(EngineError::user(
+            ErrorCode::InvalidOperation,
+            format!("Storage '{storage}' does not exist in system.storages"),
+        ));
+    }
+    let flush_policy = if spec.flush_row_threshold.is_none() && spec.flush_interval_seconds.is_none() {
+        FlushPolicy {
+            row_threshold: Some(engine.cfg.flush.default_row_limit),
+            interval_seconds: Some(engine.cfg.flush.default_time_interval),
+        }
+    } else {
+        FlushPolicy { row_threshold: spec.flush_row_threshold, interval_seconds: spec.flush_interval_seconds }
+    };
+    let def = TableDefinition {
+        namespace: spec.namespace,
+        name: spec.name,
+        table_type: spec.table_type,
+        columns: spec
+            .columns
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| ColumnDefinition {
+                name: c.name,
+                column_id: i as u32 + 1,
+                data_type: c.data_type,
+                nullable: c.nullable,
+                is_primary_key: c.is_primary_key,
+            })
+            .collect(),
+        schema_version: 1,
+        storage_id: spec.storage.unwrap_or_else(|| "local".into()),
+        flush_policy,
+        created_at_us: wall_clock_us(),
+    };
+    if engine.catalog.create_table(def)? {
+        Ok(StatementResult::message(0, format!("Table '{qualified}' created successfully")))
+    } else if spec.if_not_exists {
+        Ok(StatementResult::message(0, format!("Table '{qualified}' already exists (skipped)")))
+    } else {
+        Err(EngineError::user(ErrorCode::AlreadyExists, format!("Table '{qualified}' already exists")))
+    }
+}

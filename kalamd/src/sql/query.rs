@@ -1,0 +1,185 @@
+//! SELECT through DataFusion. Each request gets a session in which exactly the tables the
+//! statement names are registered, bound to the acting user.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::TableReference;
+use datafusion::sql::sqlparser::ast::{Expr, Statement, visit_expressions, visit_relations};
+use kalam_types::error::{ErrorCode, KalamError};
+use kalam_types::ids::UserId;
+use kalam_types::schema::{DELETED_COLUMN, UPDATED_COLUMN};
+use kalam_types::value::{double_to_json, encode_hex};
+use kalam_types::{KalamType, Value, arrow::value_at};
+use serde_json::Value as Json;
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::provider::KalamTableProvider;
+use crate::rowjson::OrderedRow;
+use crate::sql::parse::{DEFAULT_NAMESPACE, object_parts};
+use crate::sql::system;
+
+/// Rows of a query, ready for the envelope.
+#[derive(Debug, Default)]
+pub struct QueryOutput {
+    pub columns: Vec<String>,
+    pub rows: Vec<OrderedRow>,
+}
+
+pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) -> Result<QueryOutput, EngineError> {
+    let mut relations = BTreeSet::new();
+    let _ = visit_relations(stmt, |name| {
+        relations.insert(name.clone());
+        ControlFlow::<()>::Continue(())
+    });
+    let mut names_system_columns = false;
+    let _ = visit_expressions(stmt, |expr| {
+        let id = match expr {
+            Expr::Identifier(id) => Some(id),
+            Expr::CompoundIdentifier(parts) => parts.last(),
+            _ => None,
+        };
+        if id.is_some_and(|i| i.value == UPDATED_COLUMN || i.value == DELETED_COLUMN) {
+            names_system_columns = true;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+
+    let config = SessionConfig::new().with_default_catalog_and_schema("datafusion", DEFAULT_NAMESPACE);
+    let ctx = SessionContext::new_with_config(config);
+    let catalog = ctx.catalog("datafusion").ok_or_else(|| EngineError::internal("default catalog missing"))?;
+    catalog.register_schema(DEFAULT_NAMESPACE, Arc::new(MemorySchemaProvider::new()))?;
+    for name in &relations {
+        let qualified = name.0.len() > 1;
+        let (ns, table) = object_parts(name)?;
+        if catalog.schema(&ns).is_none() {
+            catalog.register_schema(&ns, Arc::new(MemorySchemaProvider::new()))?;
+        }
+        let reference = TableReference::partial(ns.clone(), table.clone());
+        if ns == system::NAMESPACE {
+            let (schema, batch) = system::table(engine, &table)?;
+            ctx.register_table(reference, Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))?;
+            continue;
+        }
+        match engine.catalog.table(&ns, &table) {
+            Some(def) => {
+                let provider = KalamTableProvider::new(
+                    engine.clone(),
+                    def,
+                    user.clone(),
+                    names_system_columns,
+                    names_system_columns,
+                );
+                ctx.register_table(reference, Arc::new(provider))?;
+            }
+            // An unqualified name may be a CTE; DataFusion reports it if it is not.
+            None if !qualified => {}
+            None => {
+                return Err(EngineError::User(KalamError::new(
+                    ErrorCode::TableNotFound,
+                    format!("relation \"{ns}.{table}\" does not exist"),
+                )));
+            }
+        }
+    }
+    let plan = ctx
+        .state()
+        .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone())))
+        .await?;
+    let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+    encode_batches(&batches)
+}
+
+/// Encodes result batches per sql.md §2.3; duplicate column names get `_2`, `_3`, ... .
+pub fn encode_batches(batches: &[RecordBatch]) -> Result<QueryOutput, EngineError> {
+    let Some(first) = batches.first() else { return Ok(QueryOutput::default()) };
+    let mut columns: Vec<String> = Vec::new();
+    for field in first.schema().fields() {
+        let base = field.name().clone();
+        let mut name = base.clone();
+        let mut n = 2;
+        while columns.contains(&name) {
+            name = format!("{base}_{n}");
+            n += 1;
+        }
+        columns.push(name);
+    }
+    let mut rows = Vec::new();
+    for batch in batches {
+        for r in 0..batch.num_rows() {
+            let row = columns
+                .iter()
+                .zip(batch.columns())
+                .map(|(name, col)| Ok((name.clone(), cell_json(col, r)?)))
+                .collect::<Result<Vec<_>, EngineError>>()?;
+            rows.push(OrderedRow(row));
+        }
+    }
+    Ok(QueryOutput { columns, rows })
+}
+
+fn cell_json(array: &ArrayRef, row: usize) -> Result<Json, EngineError> {
+    if array.is_null(row) {
+        return Ok(Json::Null);
+    }
+    let as_type = |ty: KalamType| value_at(array.as_ref(), row, ty).map(|v| v.to_json()).unwrap_or(Json::Null);
+    let cast_to = |to: &DataType| {
+        datafusion::arrow::compute::cast(&array.slice(row, 1), to).map_err(EngineError::internal)
+    };
+    Ok(match array.data_type() {
+        DataType::Boolean => as_type(KalamType::Boolean),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+            let a = cast_to(&DataType::Int64)?;
+            value_at(a.as_ref(), 0, KalamType::BigInt).map(|v| v.to_json()).unwrap_or(Json::Null)
+        }
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+            let a = cast_to(&DataType::UInt64)?;
+            let a = a.as_any().downcast_ref::<datafusion::arrow::array::UInt64Array>();
+            a.map(|a| Json::from(a.value(0))).unwrap_or(Json::Null)
+        }
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+            let a = cast_to(&DataType::Float64)?;
+            match value_at(a.as_ref(), 0, KalamType::Double) {
+                Some(Value::Double(d)) => double_to_json(d),
+                _ => Json::Null,
+            }
+        }
+        DataType::Utf8 => as_type(KalamType::Text),
+        DataType::LargeUtf8 | DataType::Utf8View => {
+            let a = cast_to(&DataType::Utf8)?;
+            value_at(a.as_ref(), 0, KalamType::Text).map(|v| v.to_json()).unwrap_or(Json::Null)
+        }
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+            let a = cast_to(&DataType::Binary)?;
+            match value_at(a.as_ref(), 0, KalamType::Bytes) {
+                Some(Value::Bytes(b)) => Json::String(encode_hex(&b)),
+                _ => Json::Null,
+            }
+        }
+        DataType::Timestamp(_, _) | DataType::Date64 => {
+            let a = cast_to(&DataType::Timestamp(TimeUnit::Microsecond, None))?;
+            as_type_of(&a, KalamType::Timestamp)
+        }
+        DataType::Date32 => as_type(KalamType::Date),
+        DataType::Time32(_) | DataType::Time64(_) => {
+            let a = cast_to(&DataType::Time64(TimeUnit::Microsecond))?;
+            as_type_of(&a, KalamType::Time)
+        }
+        _ => {
+            let fmt = ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()).map_err(EngineError::internal)?;
+            Json::String(fmt.value(row).to_string())
+        }
+    })
+}
+
+fn as_type_of(array: &ArrayRef, ty: KalamType) -> Json {
+    value_at(array.as_ref(), 0, ty).map(|v| v.to_json()).unwrap_or(Json::Null)
+}

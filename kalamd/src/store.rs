@@ -1,0 +1,225 @@
+//! The RocksDB store: the only place kalamd opens, names and writes column families.
+//!
+//! Every write goes through [`Store::commit`], which holds the commit lock, assigns consecutive
+//! commit sequences to the change-log records of the batch, writes data, counters, change log
+//! and the sequence high-water mark in one RocksDB write batch, and then wakes the change-log
+//! waiters. Column-family names are built here and nowhere else.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kalam_types::change::ChangeRecord;
+use kalam_types::schema::{TableDefinition, TableType};
+use rocksdb::{BoundColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
+use tokio::sync::watch;
+
+/// System column families (storage.md §2).
+pub mod cf {
+    pub const NAMESPACES: &str = "system_namespaces";
+    pub const TABLES: &str = "information_schema_tables";
+    pub const JOBS: &str = "system_jobs";
+    pub const TABLE_FILES: &str = "table_files";
+    pub const COUNTERS: &str = "user_table_counters";
+    pub const CHANGE_LOG: &str = "change_log";
+    pub const META: &str = "system_meta";
+    pub const ALL: [&str; 7] = [NAMESPACES, TABLES, JOBS, TABLE_FILES, COUNTERS, CHANGE_LOG, META];
+}
+
+const META_COMMIT_SEQ: &[u8] = b"commit_seq";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("column family {0} is missing")]
+    MissingColumnFamily(String),
+    #[error("corrupt record in {cf}: {detail}")]
+    Corrupt { cf: &'static str, detail: String },
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The column family holding a table's buffered rows.
+pub fn table_cf_name(def: &TableDefinition) -> String {
+    table_cf_name_of(def.table_type, def.namespace.as_str(), def.name.as_str())
+}
+
+pub fn table_cf_name_of(table_type: TableType, namespace: &str, table: &str) -> String {
+    match table_type {
+        TableType::User | TableType::Stream => format!("user_table:{namespace}:{table}"),
+        TableType::Shared => format!("shared_table:{namespace}:{table}"),
+    }
+}
+
+/// `<ns>:<table>:<user_id or empty>` — counter key of one partition; the table total uses an
+/// empty user.
+pub fn counter_key(namespace: &str, table: &str, user: Option<&str>) -> Vec<u8> {
+    format!("{namespace}:{table}:{}", user.unwrap_or("")).into_bytes()
+}
+
+/// Prefix of a partition's manifest entries; the file path follows it.
+pub fn manifest_prefix(namespace: &str, table: &str, user: Option<&str>) -> Vec<u8> {
+    format!("{namespace}:{table}:{}:", user.unwrap_or("")).into_bytes()
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    commit_lock: Mutex<u64>,
+    head_tx: watch::Sender<u64>,
+}
+
+/// A batch being prepared under the commit lock.
+pub struct CommitGuard<'a> {
+    store: &'a Store,
+    last_seq: MutexGuard<'a, u64>,
+    pub batch: WriteBatch,
+    changes: Vec<ChangeRecord>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
+        std::fs::create_dir_all(path)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let mut names: Vec<String> = DB::list_cf(&opts, path).unwrap_or_default();
+        for name in cf::ALL {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+        }
+        let descriptors = names.iter().map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, descriptors)?;
+        let last_seq = match db.get_cf(&handle(&db, cf::META)?, META_COMMIT_SEQ)? {
+            Some(v) => u64_from_be(&v).ok_or(StoreError::Corrupt { cf: cf::META, detail: "commit_seq".into() })?,
+            None => 0,
+        };
+        let (head_tx, _) = watch::channel(last_seq);
+        Ok(Arc::new(Store { db, path: path.to_path_buf(), commit_lock: Mutex::new(last_seq), head_tx }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub fn cf(&self, name: &str) -> Result<Arc<BoundColumnFamily<'_>>, StoreError> {
+        handle(&self.db, name)
+    }
+
+    pub fn ensure_cf(&self, name: &str) -> Result<(), StoreError> {
+        if self.db.cf_handle(name).is_none() {
+            self.db.create_cf(name, &Options::default())?;
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(&self.cf(cf)?, key)?)
+    }
+
+    /// All entries whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, cf: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let handle = self.cf(cf)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(&handle, IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` entries with key ≥ `from`, in key order.
+    pub fn scan_from(&self, cf: &str, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let handle = self.cf(cf)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(&handle, IteratorMode::From(from, Direction::Forward)).take(limit) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn read_counter(&self, key: &[u8]) -> Result<u64, StoreError> {
+        Ok(self.get(cf::COUNTERS, key)?.and_then(|v| u64_from_le(&v)).unwrap_or(0))
+    }
+
+    /// Starts a commit: takes the commit lock, so reads done through the guard see a stable
+    /// buffer until [`CommitGuard::write`].
+    pub fn begin(&self) -> CommitGuard<'_> {
+        let last_seq = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        CommitGuard { store: self, last_seq, batch: WriteBatch::default(), changes: Vec::new() }
+    }
+
+    /// Newest committed sequence, and a receiver that changes when it moves.
+    pub fn head(&self) -> watch::Receiver<u64> {
+        self.head_tx.subscribe()
+    }
+
+    pub fn head_seq(&self) -> u64 {
+        *self.head_tx.borrow()
+    }
+}
+
+impl CommitGuard<'_> {
+    /// Appends a change-log record; its sequence is assigned here (consecutive per batch).
+    pub fn push_change(&mut self, mut record: ChangeRecord) -> u64 {
+        let seq = *self.last_seq + self.changes.len() as u64 + 1;
+        record.commit_seq = seq;
+        self.changes.push(record);
+        seq
+    }
+
+    /// Adds `delta` to a counter, reading its current value under the lock.
+    pub fn add_counter(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
+        let current = self.store.read_counter(key)? as i64;
+        let next = (current + delta).max(0) as u64;
+        let cf = self.store.cf(cf::COUNTERS)?;
+        self.batch.put_cf(&cf, key, next.to_le_bytes());
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
+    /// Writes the batch (data, counters, change log, sequence mark) atomically.
+    pub fn write(mut self) -> Result<u64, StoreError> {
+        let log = self.store.cf(cf::CHANGE_LOG)?;
+        for rec in &self.changes {
+            let bytes = serde_json::to_vec(rec)
+                .map_err(|e| StoreError::Corrupt { cf: cf::CHANGE_LOG, detail: e.to_string() })?;
+            self.batch.put_cf(&log, rec.commit_seq.to_be_bytes(), bytes);
+        }
+        let new_last = *self.last_seq + self.changes.len() as u64;
+        if !self.changes.is_empty() {
+            let meta = self.store.cf(cf::META)?;
+            self.batch.put_cf(&meta, META_COMMIT_SEQ, new_last.to_be_bytes());
+        }
+        self.store.db.write(std::mem::take(&mut self.batch))?;
+        *self.last_seq = new_last;
+        if !self.changes.is_empty() {
+            self.store.head_tx.send_replace(new_last);
+        }
+        Ok(new_last)
+    }
+}
+
+fn handle<'a>(db: &'a DB, name: &str) -> Result<Arc<BoundColumnFamily<'a>>, StoreError> {
+    db.cf_handle(name).ok_or_else(|| StoreError::MissingColumnFamily(name.to_owned()))
+}
+
+pub fn u64_from_be(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.try_into().ok()?))
+}
+
+pub fn u64_from_le(v: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(v.try_into().ok()?))
+}

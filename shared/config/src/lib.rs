@@ -1,0 +1,318 @@
+//! kalam-config: the one typed configuration shared by the four processes.
+//!
+//! In: built-in defaults, then `kalam.toml`, then `KALAMDB_*` environment variables, then
+//! command-line flags (each layer wins over the previous one). Out: [`KalamConfig`], with every
+//! path made absolute by [`KalamConfig::resolve_paths`] (kalam-supervisor does it once and hands
+//! absolute paths to the daemons through the environment), and [`logging::init`], which sets up
+//! the per-process rotating log file and stderr output.
+
+pub mod logging;
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Figment(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("cannot resolve working directory: {0}")]
+    WorkingDir(#[source] std::io::Error),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub node_id: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { host: "127.0.0.1".into(), port: 8080, node_id: "node-1".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Loopback requests without credentials act as `localhost_default_user`.
+    pub localhost_bypass: bool,
+    pub localhost_default_user: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { localhost_bypass: true, localhost_default_user: "system".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// Holds `rocksdb/`, `storage/`, `logs/`, `run/` and `checkpoints/`.
+    pub data_dir: PathBuf,
+    /// Empty = `<data_dir>/rocksdb`.
+    pub rocksdb_path: PathBuf,
+    /// Base directory of storage `local`; empty = `<data_dir>/storage`.
+    pub default_storage_path: PathBuf,
+    /// Change-log records older than this are trimmed.
+    pub change_log_retention_seconds: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            rocksdb_path: PathBuf::new(),
+            default_storage_path: PathBuf::new(),
+            change_log_retention_seconds: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FlushConfig {
+    pub default_row_limit: u64,
+    pub default_time_interval: u64,
+    pub max_concurrent_jobs: usize,
+}
+
+impl Default for FlushConfig {
+    fn default() -> Self {
+        Self { default_row_limit: 10_000, default_time_interval: 300, max_concurrent_jobs: 4 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebSocketConfig {
+    pub heartbeat_interval_seconds: u64,
+    pub client_timeout_seconds: u64,
+    pub max_subscriptions_per_connection: usize,
+    /// Messages queued for one client before it is closed as a slow consumer.
+    pub max_pending_messages: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_seconds: 5,
+            client_timeout_seconds: 10,
+            max_subscriptions_per_connection: 50,
+            max_pending_messages: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Largest HTTP body and WebSocket message, in bytes.
+    pub max_message_size: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_message_size: 64 * 1024 * 1024 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoggingConfig {
+    pub level: String,
+    /// Empty = `<data_dir>/logs`.
+    pub dir: PathBuf,
+    pub log_to_console: bool,
+    /// Rotated files kept per process.
+    pub max_files: usize,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), dir: PathBuf::new(), log_to_console: true, max_files: 10 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KalamConfig {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub storage: StorageConfig,
+    pub flush: FlushConfig,
+    pub websocket: WebSocketConfig,
+    pub limits: LimitsConfig,
+    pub logging: LoggingConfig,
+}
+
+/// Environment variables with their own spelling; everything else is `KALAMDB_<SECTION>_<KEY>`.
+const ENV_ALIASES: [(&str, &str); 10] = [
+    ("host", "server.host"),
+    ("port", "server.port"),
+    ("data_dir", "storage.data_dir"),
+    ("log_level", "logging.level"),
+    ("log_dir", "logging.dir"),
+    ("log_to_console", "logging.log_to_console"),
+    ("max_connections", "performance.max_connections"),
+    ("jwt_secret", "auth.jwt_secret"),
+    ("localhost_bypass", "auth.localhost_bypass"),
+    ("server_host", "server.host"),
+];
+
+fn env_key(lower: &str) -> String {
+    if let Some((_, key)) = ENV_ALIASES.iter().find(|(alias, _)| *alias == lower) {
+        return (*key).to_owned();
+    }
+    match lower.split_once('_') {
+        Some((section, key)) => format!("{section}.{key}"),
+        None => lower.to_owned(),
+    }
+}
+
+impl KalamConfig {
+    /// Loads defaults → `file` (if it exists) → `KALAMDB_*` environment. Flags are merged by the
+    /// caller with [`KalamConfig::merge_flags`].
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(KalamConfig::default()));
+        let file = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("kalam.toml"));
+        fig = fig.merge(Toml::file(file));
+        let env = Env::prefixed("KALAMDB_").map(|k| env_key(&k.as_str().to_ascii_lowercase()).into());
+        let cfg: KalamConfig = fig.merge(env).extract().map_err(|e| ConfigError::Figment(Box::new(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Applies command-line flags, which win over everything else.
+    pub fn merge_flags(&mut self, host: Option<String>, port: Option<u16>, data_dir: Option<PathBuf>) {
+        if let Some(h) = host {
+            self.server.host = h;
+        }
+        if let Some(p) = port {
+            self.server.port = p;
+        }
+        if let Some(d) = data_dir {
+            self.storage.data_dir = d;
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.port == 0 {
+            return Err(ConfigError::Invalid { key: "server.port", reason: "must not be 0".into() });
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.logging.level.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "logging.level",
+                reason: format!("'{}' is not one of error, warn, info, debug, trace", self.logging.level),
+            });
+        }
+        if self.websocket.max_pending_messages == 0 || self.limits.max_message_size == 0 {
+            return Err(ConfigError::Invalid { key: "limits", reason: "sizes must be > 0".into() });
+        }
+        Ok(())
+    }
+
+    /// Makes every path absolute (against the working directory) and fills the derived ones.
+    pub fn resolve_paths(&mut self) -> Result<(), ConfigError> {
+        let cwd = std::env::current_dir().map_err(ConfigError::WorkingDir)?;
+        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+        self.storage.data_dir = normalize(&abs(&self.storage.data_dir));
+        let data = self.storage.data_dir.clone();
+        let or_default = |p: &Path, sub: &str| {
+            if p.as_os_str().is_empty() { data.join(sub) } else { normalize(&abs(p)) }
+        };
+        self.storage.rocksdb_path = or_default(&self.storage.rocksdb_path, "rocksdb");
+        self.storage.default_storage_path = or_default(&self.storage.default_storage_path, "storage");
+        self.logging.dir = or_default(&self.logging.dir, "logs");
+        Ok(())
+    }
+
+    /// Directory of the internal Unix sockets.
+    pub fn run_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("run")
+    }
+
+    /// Directory of per-job RocksDB checkpoints (same filesystem as RocksDB for hard links).
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("checkpoints")
+    }
+
+    /// Environment that hands the resolved configuration to a child process.
+    pub fn child_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("KALAMDB_SERVER_HOST".into(), self.server.host.clone()),
+            ("KALAMDB_SERVER_PORT".into(), self.server.port.to_string()),
+            ("KALAMDB_DATA_DIR".into(), self.storage.data_dir.display().to_string()),
+            ("KALAMDB_STORAGE_ROCKSDB_PATH".into(), self.storage.rocksdb_path.display().to_string()),
+            (
+                "KALAMDB_STORAGE_DEFAULT_STORAGE_PATH".into(),
+                self.storage.default_storage_path.display().to_string(),
+            ),
+            ("KALAMDB_LOG_DIR".into(), self.logging.dir.display().to_string()),
+            ("KALAMDB_LOG_LEVEL".into(), self.logging.level.clone()),
+        ]
+    }
+
+    /// A configuration for tests: everything under `data_dir`, the given port.
+    pub fn test_config(data_dir: &Path, port: u16) -> Self {
+        let mut cfg = KalamConfig::default();
+        cfg.server.port = port;
+        cfg.storage.data_dir = data_dir.to_path_buf();
+        cfg.logging.log_to_console = false;
+        cfg
+    }
+}
+
+/// Removes `.` components (`/x/./data` → `/x/data`) without touching the filesystem.
+fn normalize(p: &Path) -> PathBuf {
+    p.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn layers_apply_in_order_file_then_env() {
+        Jail::expect_with(|jail| {
+            jail.create_file("kalam.toml", "[server]\nport = 9000\nhost = \"0.0.0.0\"\n[flush]\ndefault_row_limit = 5\n")?;
+            jail.set_env("KALAMDB_SERVER_PORT", "9100");
+            jail.set_env("KALAMDB_DATA_DIR", "/tmp/kalam-x");
+            jail.set_env("KALAMDB_FLUSH_MAX_CONCURRENT_JOBS", "2");
+            let cfg = KalamConfig::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.server.port, 9100);
+            assert_eq!(cfg.server.host, "0.0.0.0");
+            assert_eq!(cfg.storage.data_dir, PathBuf::from("/tmp/kalam-x"));
+            assert_eq!(cfg.flush.default_row_limit, 5);
+            assert_eq!(cfg.flush.max_concurrent_jobs, 2);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("KALAMDB_LOG_LEVEL", "loud");
+            let err = KalamConfig::load(None).unwrap_err().to_string();
+            assert!(err.contains("logging.level"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn derived_paths_hang_off_the_data_dir() {
+        let mut cfg = KalamConfig::test_config(Path::new("/srv/kalam"), 1);
+        cfg.resolve_paths().unwrap();
+        assert_eq!(cfg.storage.rocksdb_path, PathBuf::from("/srv/kalam/rocksdb"));
+        assert_eq!(cfg.storage.default_storage_path, PathBuf::from("/srv/kalam/storage"));
+        assert_eq!(cfg.logging.dir, PathBuf::from("/srv/kalam/logs"));
+    }
+}

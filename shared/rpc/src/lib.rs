@@ -1,0 +1,57 @@
+//! kalam-rpc: the internal services of KalamDB and how they travel.
+//!
+//! In: nothing of ours but `kalam-types`. Out: the four tarpc services (`Engine` served by
+//! kalamd, `Flusher` by kalam-flushd, `Live` by kalam-lived, `Supervisor` by kalam-supervisor),
+//! their wire types, and the Unix-socket transport ([`transport`]): sockets live in
+//! `<data_dir>/run/`, are mode 0600, and only peers with our uid are served. Every service is
+//! declared here once; each process gets a typed client for the others.
+
+pub mod handoff;
+pub mod transport;
+pub mod wire;
+
+pub use kalam_types::error::KalamError as RpcError;
+pub use wire::*;
+
+/// The engine: SQL data, change log, job records. Served by kalamd.
+#[tarpc::service]
+pub trait Engine {
+    async fn health() -> Health;
+    /// Marks a flush job running, creates its RocksDB checkpoint and says what to write.
+    async fn begin_flush(job_id: String) -> Result<FlushPlan, RpcError>;
+    /// Commits a flush in one write batch: manifest entries plus removal of exactly the
+    /// buffered row versions the checkpoint held.
+    async fn commit_flush(job_id: String, files: Vec<FlushedFile>) -> Result<FlushSummary, RpcError>;
+    /// Records a failed attempt; the job keeps every row in the buffer.
+    async fn fail_flush(job_id: String, error: String) -> Result<(), RpcError>;
+    /// Flush jobs that are new, queued, running or retrying (resumed by kalam-flushd at start).
+    async fn runnable_flush_jobs() -> Result<Vec<String>, RpcError>;
+    /// Change-log records after `after_seq`, waiting up to `wait_ms` for one to arrive.
+    async fn poll_changes(after_seq: u64, max_records: u32, wait_ms: u32) -> Result<ChangeBatch, RpcError>;
+    /// Checks a live-query SELECT for `user_id` and says what it subscribes to.
+    async fn plan_subscription(user_id: String, sql: String) -> Result<SubscriptionPlan, RpcError>;
+    /// Buffered rows and manifest files of one table.
+    async fn table_stats(namespace: String, table: String) -> Result<TableStats, RpcError>;
+}
+
+/// The flush runner. Served by kalam-flushd.
+#[tarpc::service]
+pub trait Flusher {
+    async fn health() -> Health;
+    /// Queues a job kalamd has created; returns at once.
+    async fn run_job(job_id: String) -> Result<(), RpcError>;
+}
+
+/// The WebSocket sessions. Served by kalam-lived.
+#[tarpc::service]
+pub trait Live {
+    async fn health() -> Health;
+    async fn list_subscriptions() -> Vec<LiveSubscription>;
+}
+
+/// The process table. Served by kalam-supervisor.
+#[tarpc::service]
+pub trait Supervisor {
+    async fn health() -> Health;
+    async fn processes() -> Vec<ProcessInfo>;
+}

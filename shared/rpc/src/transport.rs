@@ -1,0 +1,186 @@
+//! Unix-socket transport for the services: bincode frames up to [`MAX_FRAME_BYTES`], sockets
+//! in the run directory with mode 0600, peers checked by uid.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tarpc::serde_transport::Transport;
+use tarpc::tokio_serde::formats::Bincode;
+use tarpc::tokio_util::codec::LengthDelimitedCodec;
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::{EngineClient, FlusherClient, LiveClient, SupervisorClient};
+
+/// Largest RPC frame (requests and responses).
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// Socket file names inside the run directory.
+pub mod sockets {
+    pub const ENGINE: &str = "kalamd.sock";
+    pub const FLUSHER: &str = "kalam-flushd.sock";
+    pub const LIVE: &str = "kalam-lived.sock";
+    pub const SUPERVISOR: &str = "kalam-supervisor.sock";
+    /// Plain socket on which kalamd hands accepted WebSocket connections to kalam-lived.
+    pub const WS_HANDOFF: &str = "kalam-lived-handoff.sock";
+}
+
+pub type RpcTransport<Item, SinkItem> = Transport<UnixStream, Item, SinkItem, Bincode<Item, SinkItem>>;
+
+/// Wraps a connected stream into a framed bincode transport.
+pub fn framed<Item, SinkItem>(stream: UnixStream) -> RpcTransport<Item, SinkItem>
+where
+    Item: for<'de> serde::Deserialize<'de>,
+    SinkItem: serde::Serialize,
+{
+    let framed = LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_framed(stream);
+    tarpc::serde_transport::new(framed, Bincode::default())
+}
+
+/// Binds a service socket: removes a stale file, binds, restricts it to the owner.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts the next connection from a process running as our own uid; others are dropped.
+pub async fn accept(listener: &UnixListener) -> io::Result<UnixStream> {
+    let me = nix::unistd::getuid().as_raw();
+    loop {
+        let (stream, _) = listener.accept().await?;
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == me => return Ok(stream),
+            Ok(cred) => tracing::warn!(peer_uid = cred.uid(), "refused RPC peer with another uid"),
+            Err(e) => tracing::warn!(error = %e, "refused RPC peer without credentials"),
+        }
+    }
+}
+
+/// Serves one tarpc service on a listener until the listener fails. Each connection and each
+/// request runs on its own task.
+#[macro_export]
+macro_rules! serve_on {
+    ($listener:expr, $server:expr) => {{
+        use ::futures::StreamExt as _;
+        use ::tarpc::server::Channel as _;
+        let listener = $listener;
+        let server = $server;
+        async move {
+            loop {
+                let stream = match $crate::transport::accept(&listener).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        ::tracing::error!(error = %e, "RPC accept failed");
+                        break;
+                    }
+                };
+                let channel = ::tarpc::server::BaseChannel::with_defaults($crate::transport::framed(stream));
+                let server = server.clone();
+                ::tokio::spawn(
+                    channel
+                        .execute(server.serve())
+                        .for_each(|request| async move {
+                            ::tokio::spawn(request);
+                        }),
+                );
+            }
+        }
+    }};
+}
+
+async fn connect_stream(path: &Path) -> io::Result<UnixStream> {
+    UnixStream::connect(path).await
+}
+
+pub fn socket_path(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(name)
+}
+
+pub async fn connect_engine(run_dir: &Path) -> io::Result<EngineClient> {
+    let s = connect_stream(&socket_path(run_dir, sockets::ENGINE)).await?;
+    Ok(EngineClient::new(tarpc::client::Config::default(), framed(s)).spawn())
+}
+
+pub async fn connect_flusher(run_dir: &Path) -> io::Result<FlusherClient> {
+    let s = connect_stream(&socket_path(run_dir, sockets::FLUSHER)).await?;
+    Ok(FlusherClient::new(tarpc::client::Config::default(), framed(s)).spawn())
+}
+
+pub async fn connect_live(run_dir: &Path) -> io::Result<LiveClient> {
+    let s = connect_stream(&socket_path(run_dir, sockets::LIVE)).await?;
+    Ok(LiveClient::new(tarpc::client::Config::default(), framed(s)).spawn())
+}
+
+pub async fn connect_supervisor(run_dir: &Path) -> io::Result<SupervisorClient> {
+    let s = connect_stream(&socket_path(run_dir, sockets::SUPERVISOR)).await?;
+    Ok(SupervisorClient::new(tarpc::client::Config::default(), framed(s)).spawn())
+}
+
+/// A deadline for a call that may legitimately wait (long polls).
+pub fn context_with_timeout(timeout: std::time::Duration) -> tarpc::context::Context {
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = std::time::Instant::now() + timeout;
+    ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Engine, Health};
+
+    #[derive(Clone)]
+    struct FakeEngine;
+
+    impl Engine for FakeEngine {
+        async fn health(self, _: tarpc::context::Context) -> Health {
+            Health::of("fake")
+        }
+        async fn begin_flush(self, _: tarpc::context::Context, job: String) -> Result<crate::FlushPlan, crate::RpcError> {
+            Err(crate::RpcError::new(kalam_types::ErrorCode::JobNotFound, format!("Job not found: {job}")))
+        }
+        async fn commit_flush(self, _: tarpc::context::Context, _: String, _: Vec<crate::FlushedFile>) -> Result<crate::FlushSummary, crate::RpcError> {
+            Ok(crate::FlushSummary { records_flushed: 0, files: 0 })
+        }
+        async fn fail_flush(self, _: tarpc::context::Context, _: String, _: String) -> Result<(), crate::RpcError> {
+            Ok(())
+        }
+        async fn runnable_flush_jobs(self, _: tarpc::context::Context) -> Result<Vec<String>, crate::RpcError> {
+            Ok(vec![])
+        }
+        async fn poll_changes(self, _: tarpc::context::Context, after: u64, _: u32, _: u32) -> Result<crate::ChangeBatch, crate::RpcError> {
+            Ok(crate::ChangeBatch { records: vec![], head_seq: after })
+        }
+        async fn plan_subscription(self, _: tarpc::context::Context, _: String, _: String) -> Result<crate::SubscriptionPlan, crate::RpcError> {
+            Err(crate::RpcError::internal())
+        }
+        async fn table_stats(self, _: tarpc::context::Context, _: String, _: String) -> Result<crate::TableStats, crate::RpcError> {
+            Ok(crate::TableStats { buffered_rows: 0, files: vec![] })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_answers_over_its_unix_socket_with_typed_errors() {
+        let dir = std::env::temp_dir().join(format!("kalam-rpc-test-{}", std::process::id()));
+        let listener = bind(&socket_path(&dir, sockets::ENGINE)).unwrap();
+        let mode = std::fs::metadata(socket_path(&dir, sockets::ENGINE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let server = tokio::spawn(crate::serve_on!(listener, FakeEngine));
+        let client = connect_engine(&dir).await.unwrap();
+        let health = client.health(tarpc::context::current()).await.unwrap();
+        assert_eq!(health.process, "fake");
+        let err = client.begin_flush(tarpc::context::current(), "j1".into()).await.unwrap().unwrap_err();
+        assert_eq!(err.code, kalam_types::ErrorCode::JobNotFound);
+        server.abort();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,96 @@
+//! Wire types of the internal services. bincode carries them, so no untagged enums, no
+//! `serde_json::Value` and no `flatten`: rows travel as JSON text.
+
+use serde::{Deserialize, Serialize};
+
+pub use kalam_types::change::{ChangeKind, ChangeRecord};
+use kalam_types::schema::{TableDefinition, TableType};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub process: String,
+    pub pid: u32,
+    pub version: String,
+}
+
+impl Health {
+    pub fn of(process: &str) -> Self {
+        Self { process: process.to_owned(), pid: std::process::id(), version: env!("CARGO_PKG_VERSION").to_owned() }
+    }
+}
+
+/// What a flush attempt must write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlushPlan {
+    pub job_id: String,
+    pub table: TableDefinition,
+    /// RocksDB checkpoint holding the rows to flush (open read-only).
+    pub checkpoint_path: String,
+    /// Column family of the table inside the checkpoint.
+    pub column_family: String,
+    /// Base directory of the table's storage.
+    pub storage_base: String,
+    /// The job's creation time, microseconds since the epoch (used in file names).
+    pub job_created_at_us: i64,
+}
+
+/// One Parquet file a flush attempt wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushedFile {
+    /// Owner of the rows (USER tables).
+    pub user_id: Option<String>,
+    /// Path relative to the storage base.
+    pub path: String,
+    pub size_bytes: u64,
+    pub row_count: u64,
+    pub min_updated_us: i64,
+    pub max_updated_us: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushSummary {
+    pub records_flushed: u64,
+    pub files: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeBatch {
+    pub records: Vec<ChangeRecord>,
+    /// Newest committed sequence at the time of the answer.
+    pub head_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionPlan {
+    pub namespace: String,
+    pub table: String,
+    pub table_type: TableType,
+    /// Projected columns, in output order.
+    pub columns: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableStats {
+    pub buffered_rows: u64,
+    /// Manifest paths, relative to the storage base.
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveSubscription {
+    pub live_id: String,
+    pub user_id: String,
+    pub namespace: String,
+    pub table: String,
+    pub sql: String,
+    pub changes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub name: String,
+    pub pid: Option<u32>,
+    /// `starting`, `running`, `backoff`, `stopped` or `failed`.
+    pub state: String,
+    pub restarts: u32,
+}

@@ -1,0 +1,161 @@
+//! End-to-end harness: starts the real binaries through kalam-supervisor on a free port and a
+//! temporary data directory, and talks to them over HTTP, WebSocket and the internal RPC
+//! services. Tests wait on observable events (health, process table, job status) with
+//! deadlines, never on fixed sleeps.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kalam_link::KalamLinkClient;
+use kalam_rpc::ProcessInfo;
+
+/// Directory holding the workspace binaries (`target/<profile>`), found from the test binary
+/// (`target/<profile>/deps/<test>`), or `KALAMDB_BIN_DIR`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KALAMDB_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running KalamDB (supervisor + daemons) owned by one test.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    supervisor: Child,
+}
+
+impl Cluster {
+    /// Starts a supervisor in a fresh data directory and waits for the health check.
+    pub async fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let supervisor = spawn_supervisor(dir.path(), port);
+        let cluster = Cluster { dir, port, supervisor };
+        cluster.wait_healthy().await;
+        cluster
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self, user: &str) -> KalamLinkClient {
+        KalamLinkClient::new(self.url()).with_user(user)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir().join("run")
+    }
+
+    pub async fn wait_healthy(&self) {
+        let client = KalamLinkClient::new(self.url());
+        wait_for(Duration::from_secs(180), "health check", || {
+            let client = client.clone();
+            async move { client.health().await.ok().filter(|ok| *ok) }
+        })
+        .await;
+    }
+
+    /// The supervisor's process table.
+    pub async fn processes(&self) -> Option<Vec<ProcessInfo>> {
+        let client = kalam_rpc::transport::connect_supervisor(&self.run_dir()).await.ok()?;
+        client.processes(tarpc::context::current()).await.ok()
+    }
+
+    /// Waits until `name` runs (healthy) and returns its pid.
+    pub async fn running_pid(&self, name: &str) -> u32 {
+        self.running_pid_other_than(name, None).await
+    }
+
+    /// Waits until `name` runs with a pid other than `old` (after a restart).
+    pub async fn running_pid_other_than(&self, name: &str, old: Option<u32>) -> u32 {
+        wait_for(Duration::from_secs(60), &format!("{name} running"), || async {
+            let procs = self.processes().await?;
+            let p = procs.into_iter().find(|p| p.name == name)?;
+            (p.state == "running" && p.pid.is_some() && p.pid != old).then_some(p.pid?)
+        })
+        .await
+    }
+
+    /// SIGKILLs a daemon and waits for the supervisor to bring it back; returns the new pid.
+    pub async fn kill_and_wait_restart(&self, name: &str) -> u32 {
+        let old = self.running_pid(name).await;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGKILL)
+            .expect("kill -9");
+        self.running_pid_other_than(name, Some(old)).await
+    }
+
+    pub fn supervisor_pid(&self) -> u32 {
+        self.supervisor.id()
+    }
+
+    /// True while the supervisor process is alive.
+    pub fn supervisor_alive(&mut self) -> bool {
+        matches!(self.supervisor.try_wait(), Ok(None))
+    }
+}
+
+/// Starts `kalam-supervisor` for `dir` on `port`; output goes to `<dir>/supervisor.out`.
+pub fn spawn_supervisor(dir: &Path, port: u16) -> Child {
+    let out = std::fs::File::create(dir.join(format!("supervisor-{port}.out"))).expect("log file");
+    let bin = bin_dir().join("kalam-supervisor");
+    assert!(bin.exists(), "{} is missing: build the workspace binaries first (cargo build --workspace)", bin.display());
+    Command::new(bin)
+        .current_dir(dir)
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("KALAMDB_LOG_LEVEL", "info")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out)
+        .spawn()
+        .expect("start kalam-supervisor")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.supervisor.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.supervisor.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.supervisor.kill();
+        let _ = self.supervisor.wait();
+    }
+}

@@ -1,0 +1,208 @@
+//! End-to-end: one request through each of the four processes, and their crash recovery.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use kalam_e2e::{Cluster, spawn_supervisor, wait_for};
+use kalam_link::KalamLinkClient;
+use kalam_link::live::LiveConnection;
+use serde_json::Value as Json;
+
+const SETUP: &str = "CREATE NAMESPACE app; CREATE USER TABLE app.notes (id BIGINT PRIMARY KEY, body TEXT)";
+
+async fn ids(client: &KalamLinkClient, table: &str) -> Vec<i64> {
+    let resp = client.query(&format!("SELECT id FROM {table} ORDER BY id")).await.expect("select");
+    resp.results[0].rows.as_ref().expect("rows").iter().map(|r| r["id"].as_i64().expect("id")).collect()
+}
+
+/// Runs `sql`, retrying while the server restarts (connection errors), until it succeeds.
+async fn query_eventually(client: &KalamLinkClient, sql: &str) {
+    wait_for(Duration::from_secs(60), sql, || async { client.query(sql).await.ok() }).await;
+}
+
+async fn next_message(ws: &mut LiveConnection) -> Json {
+    tokio::time::timeout(Duration::from_secs(15), ws.next_message())
+        .await
+        .expect("a message within 15 s")
+        .expect("WebSocket read")
+        .expect("connection open")
+}
+
+async fn subscribe(ws: &mut LiveConnection, id: &str, sql: &str) {
+    ws.subscribe(id, sql).await.expect("send subscribe");
+    let ack = next_message(ws).await;
+    assert_eq!(ack["type"], "subscription_ack", "{ack}");
+    assert_eq!(ack["subscription_id"], id);
+}
+
+async fn wait_job_completed(client: &KalamLinkClient, job_id: &str) {
+    let sql = format!("SELECT status FROM system.jobs WHERE job_id = '{job_id}'");
+    wait_for(Duration::from_secs(60), "flush job completed", || async {
+        let resp = client.query(&sql).await.ok()?;
+        let status = resp.results[0].rows.as_ref()?.first()?["status"].as_str()?.to_owned();
+        assert_ne!(status, "failed", "flush job failed");
+        (status == "completed").then_some(())
+    })
+    .await;
+}
+
+async fn flush(client: &KalamLinkClient, table: &str) -> String {
+    let resp = client.query(&format!("FLUSH TABLE {table}")).await.expect("flush");
+    let job_id = resp.results[0].rows.as_ref().expect("rows")[0]["job_id"].as_str().expect("job id").to_owned();
+    wait_job_completed(client, &job_id).await;
+    job_id
+}
+
+fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_see_only_their_own_rows() {
+    let cluster = Cluster::start().await;
+    let admin = cluster.client("system");
+    admin.query(SETUP).await.expect("setup");
+    let alice = cluster.client("alice");
+    let bob = cluster.client("bob");
+    alice.query("INSERT INTO app.notes (id, body) VALUES (1, 'a1'), (2, 'a2'), (3, 'a3')").await.expect("alice");
+    bob.query("INSERT INTO app.notes (id, body) VALUES (1, 'b1'), (2, 'b2')").await.expect("bob");
+    assert_eq!(ids(&alice, "app.notes").await, vec![1, 2, 3]);
+    assert_eq!(ids(&bob, "app.notes").await, vec![1, 2]);
+    let resp = bob.query("SELECT body FROM app.notes ORDER BY id").await.expect("select");
+    let bodies: Vec<_> = resp.results[0].rows.as_ref().unwrap().iter().map(|r| r["body"].clone()).collect();
+    assert_eq!(bodies, vec![Json::from("b1"), Json::from("b2")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_subscribers_get_their_own_inserts_only() {
+    let cluster = Cluster::start().await;
+    cluster.client("system").query(SETUP).await.expect("setup");
+    let mut ws = cluster.client("alice").connect_live().await.expect("connect");
+    subscribe(&mut ws, "notes", "SELECT * FROM app.notes").await;
+    let alice = cluster.client("alice");
+    let bob = cluster.client("bob");
+    bob.query("INSERT INTO app.notes (id, body) VALUES (100, 'bob')").await.expect("bob");
+    for id in 1..=3 {
+        alice.query(&format!("INSERT INTO app.notes (id, body) VALUES ({id}, 'hi {id}')")).await.expect("alice");
+    }
+    for (n, id) in (1..=3).enumerate() {
+        let msg = next_message(&mut ws).await;
+        assert_eq!(msg["type"], "change", "{msg}");
+        assert_eq!(msg["subscription_id"], "notes");
+        assert_eq!(msg["change_type"], "insert");
+        assert_eq!(msg["seq"], n as u64 + 1);
+        let row = &msg["rows"][0];
+        assert_eq!(row["id"], id, "bob's row must not reach alice: {msg}");
+        assert_eq!(row["body"], format!("hi {id}"));
+        assert_eq!(row["_deleted"], false);
+        assert!(row["_updated"].is_string());
+        assert!(msg["commit_seq"].as_u64().unwrap() > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_moves_rows_to_parquet_without_changing_results() {
+    let cluster = Cluster::start().await;
+    cluster.client("system").query(SETUP).await.expect("setup");
+    let alice = cluster.client("alice");
+    let bob = cluster.client("bob");
+    alice.query("INSERT INTO app.notes VALUES (1, 'a1'), (2, 'a2'), (3, 'a3')").await.expect("alice");
+    bob.query("INSERT INTO app.notes VALUES (7, 'b7')").await.expect("bob");
+    let job_id = flush(&alice, "app.notes").await;
+
+    let users_dir = cluster.data_dir().join("storage/app/users/notes");
+    for user in ["alice", "bob"] {
+        let files = parquet_files(&users_dir.join(user));
+        assert_eq!(files.len(), 1, "one Parquet file for {user}: {files:?}");
+        let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.contains(&job_id), "file name {name} carries the job id");
+    }
+    let engine = kalam_rpc::transport::connect_engine(&cluster.run_dir()).await.expect("engine rpc");
+    let stats = engine
+        .table_stats(tarpc::context::current(), "app".into(), "notes".into())
+        .await
+        .expect("rpc")
+        .expect("stats");
+    assert_eq!(stats.buffered_rows, 0, "buffer is empty after the flush");
+    assert_eq!(stats.files.len(), 2);
+
+    assert_eq!(ids(&alice, "app.notes").await, vec![1, 2, 3]);
+    assert_eq!(ids(&bob, "app.notes").await, vec![7]);
+    alice.query("INSERT INTO app.notes VALUES (4, 'a4')").await.expect("insert after flush");
+    assert_eq!(ids(&alice, "app.notes").await, vec![1, 2, 3, 4]);
+    let resp = alice.query("SELECT id, body, _updated, _deleted FROM app.notes WHERE id = 2").await.expect("select");
+    let row = &resp.results[0].rows.as_ref().unwrap()[0];
+    assert_eq!((row["body"].as_str(), row["_deleted"].as_bool()), (Some("a2"), Some(false)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_daemon_recovers_from_kill_9_without_losing_rows() {
+    let cluster = Cluster::start().await;
+    let admin = cluster.client("system");
+    admin.query(SETUP).await.expect("setup");
+    let alice = cluster.client("alice");
+    alice.query("INSERT INTO app.notes VALUES (1, 'before')").await.expect("insert");
+    let mut ws = alice.connect_live().await.expect("connect");
+    subscribe(&mut ws, "notes", "SELECT * FROM app.notes").await;
+
+    // kalamd: the subscribed socket lives in kalam-lived and must survive.
+    cluster.kill_and_wait_restart("kalamd").await;
+    query_eventually(&alice, "INSERT INTO app.notes VALUES (2, 'after kalamd restart')").await;
+    let msg = next_message(&mut ws).await;
+    assert_eq!(msg["type"], "change", "{msg}");
+    assert_eq!(msg["rows"][0]["id"], 2);
+    assert_eq!(msg["seq"], 1);
+    assert_eq!(ids(&alice, "app.notes").await, vec![1, 2]);
+
+    // kalam-flushd: flushing works again after the restart.
+    cluster.kill_and_wait_restart("kalam-flushd").await;
+    flush(&alice, "app.notes").await;
+    assert_eq!(ids(&alice, "app.notes").await, vec![1, 2]);
+    alice.query("INSERT INTO app.notes VALUES (3, 'after flushd restart')").await.expect("insert");
+
+    // kalam-lived: its sockets die with it; a new connection works.
+    cluster.kill_and_wait_restart("kalam-lived").await;
+    let mut ws2 = wait_for(Duration::from_secs(30), "WebSocket after lived restart", || async {
+        alice.connect_live().await.ok()
+    })
+    .await;
+    subscribe(&mut ws2, "again", "SELECT * FROM app.notes").await;
+    alice.query("INSERT INTO app.notes VALUES (4, 'after lived restart')").await.expect("insert");
+    let msg = next_message(&mut ws2).await;
+    assert_eq!(msg["rows"][0]["id"], 4, "{msg}");
+
+    // Nothing acknowledged was lost, nothing duplicated, across all three restarts.
+    assert_eq!(ids(&alice, "app.notes").await, vec![1, 2, 3, 4]);
+    let resp = alice.query("SELECT count(*) AS n FROM app.notes").await.expect("count");
+    assert_eq!(resp.results[0].rows.as_ref().unwrap()[0]["n"], 4);
+    let procs = cluster.processes().await.expect("process table");
+    let names: BTreeSet<_> = procs.iter().filter(|p| p.state == "running").map(|p| p.name.clone()).collect();
+    assert_eq!(names.len(), 3, "all daemons running: {procs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_supervisor_on_a_busy_port_fails_fast() {
+    let mut cluster = Cluster::start().await;
+    let other_dir = tempfile::tempdir().expect("dir");
+    let started = Instant::now();
+    let mut second = spawn_supervisor(other_dir.path(), cluster.port);
+    let status = wait_for(Duration::from_secs(5), "second supervisor exit", || {
+        let s = second.try_wait().ok().flatten();
+        async move { s }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert!(!status.success());
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    let out = std::fs::read_to_string(other_dir.path().join(format!("supervisor-{}.out", cluster.port))).unwrap();
+    assert!(out.contains("address in use"), "message: {out}");
+    assert!(!other_dir.path().join("data/rocksdb").exists(), "the second supervisor opened no database");
+    assert!(cluster.supervisor_alive());
+    assert!(KalamLinkClient::new(cluster.url()).health().await.expect("health"));
+}
