@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::Parser;
 use kalam_config::KalamConfig;
 use kalam_rpc::transport::{bind, connect_engine, context_with_timeout, socket_path, sockets};
-use kalam_rpc::{EngineClient, Health, RpcError};
+use kalam_rpc::{EngineClient, Flusher as _, Health, RpcError};
 use kalam_types::ErrorCode;
 use tarpc::context::Context;
 use tokio::signal::unix::{SignalKind, signal};

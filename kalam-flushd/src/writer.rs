@@ -25,6 +25,8 @@ use rocksdb::{DB, IteratorMode, Options};
 pub enum FlushError {
     #[error("checkpoint {path}: {source}")]
     Checkpoint { path: String, source: rocksdb::Error },
+    #[error("checkpoint {0} lacks the table's column family")]
+    MissingColumnFamily(String),
     #[error("row codec: {0}")]
     Codec(#[from] codec::CodecError),
     #[error("storage path: {0}")]
@@ -42,10 +44,9 @@ pub fn write_job(plan: &FlushPlan) -> Result<Vec<FlushedFile>, FlushError> {
     let def = &plan.table;
     let db = DB::open_cf_for_read_only(&Options::default(), &plan.checkpoint_path, [plan.column_family.as_str()], false)
         .map_err(|source| FlushError::Checkpoint { path: plan.checkpoint_path.clone(), source })?;
-    let cf = db.cf_handle(&plan.column_family).ok_or_else(|| FlushError::Checkpoint {
-        path: plan.checkpoint_path.clone(),
-        source: rocksdb::Error::new("table column family missing from checkpoint".into()),
-    })?;
+    let cf = db
+        .cf_handle(&plan.column_family)
+        .ok_or_else(|| FlushError::MissingColumnFamily(plan.checkpoint_path.clone()))?;
     let types = def.column_types();
     let schema: SchemaRef = Arc::new(table_schema(def, true));
     let mut files = Vec::new();

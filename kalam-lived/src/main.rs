@@ -15,7 +15,7 @@ use std::sync::Arc;
 use clap::Parser;
 use kalam_config::KalamConfig;
 use kalam_rpc::transport::{bind, socket_path, sockets};
-use kalam_rpc::{Health, LiveSubscription};
+use kalam_rpc::{Health, Live as _, LiveSubscription};
 use tarpc::context::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;

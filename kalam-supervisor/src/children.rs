@@ -91,11 +91,13 @@ pub fn spawn(kind: Kind, cfg: &KalamConfig, config_file: Option<&Path>, listener
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)?;
             if pass_listener {
-                if listener_fd == 3 {
-                    let flags = nix::fcntl::fcntl(3, nix::fcntl::FcntlArg::F_GETFD).map_err(std::io::Error::from)?;
-                    let flags = nix::fcntl::FdFlag::from_bits_truncate(flags) - nix::fcntl::FdFlag::FD_CLOEXEC;
-                    nix::fcntl::fcntl(3, nix::fcntl::FcntlArg::F_SETFD(flags)).map_err(std::io::Error::from)?;
-                } else if nix::libc::dup2(listener_fd, 3) < 0 {
+                // fd 3 without FD_CLOEXEC: dup2 gives a fresh one, or clear the flag in place.
+                let failed = if listener_fd == 3 {
+                    nix::libc::fcntl(3, nix::libc::F_SETFD, 0) < 0
+                } else {
+                    nix::libc::dup2(listener_fd, 3) < 0
+                };
+                if failed {
                     return Err(std::io::Error::last_os_error());
                 }
             }

@@ -16,7 +16,7 @@ use children::{Kind, RestartPolicy};
 use clap::Parser;
 use kalam_config::KalamConfig;
 use kalam_rpc::transport::{bind, socket_path, sockets};
-use kalam_rpc::{Health, ProcessInfo};
+use kalam_rpc::{Health, ProcessInfo, Supervisor as _};
 use tarpc::context::Context;
 use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};

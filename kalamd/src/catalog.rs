@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use kalam_types::error::{ErrorCode, KalamError};
-use kalam_types::ids::{NamespaceId, TableName};
+use kalam_types::ids::NamespaceId;
 use kalam_types::schema::TableDefinition;
 use serde::{Deserialize, Serialize};
 
@@ -80,10 +80,6 @@ impl Catalog {
         })
     }
 
-    pub fn tables(&self) -> Vec<Arc<TableDefinition>> {
-        self.tables.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
-    }
-
     /// Creates the table's column family and stores its definition; `Ok(false)` if it existed.
     pub fn create_table(&self, def: TableDefinition) -> Result<bool, EngineError> {
         let mut guard = self.store.begin();
@@ -99,9 +95,4 @@ impl Catalog {
         self.tables.write().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::new(def));
         Ok(true)
     }
-}
-
-/// Parses `ns.table` parts that were already split.
-pub fn parse_names(ns: &str, table: &str) -> Result<(NamespaceId, TableName), KalamError> {
-    Ok((NamespaceId::parse(ns)?, TableName::parse(table)?))
 }

@@ -96,7 +96,7 @@ pub async fn serve(listener: TcpListener, app: Router, handoff_path: PathBuf, sh
                 Route::Closed => {}
                 Route::WebSocket => hand_off(stream, peer, handoff_path).await,
                 Route::Http => {
-                    let svc = app.map_request(move |mut req: axum::extract::Request| {
+                    let svc = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
                         req.extensions_mut().insert(Peer(peer));
                         req
                     });
@@ -144,5 +144,47 @@ async fn hand_off(stream: TcpStream, peer: SocketAddr, handoff_path: PathBuf) {
             let _ = s.write_all(resp.as_bytes()).await;
             let _ = s.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn roundtrip(addr: SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn websocket_requests_get_503_when_lived_is_down_and_http_still_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = kalam_config::KalamConfig::test_config(dir.path(), 1);
+        cfg.resolve_paths().unwrap();
+        let engine = crate::engine::Engine::open(cfg).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let missing = dir.path().join("no-lived.sock");
+        let task = tokio::spawn(serve(listener, crate::http::router(engine), missing, shutdown.clone()));
+
+        let ws = "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let resp = roundtrip(addr, ws).await;
+        assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+        assert!(resp.contains("SERVICE_UNAVAILABLE"));
+
+        let health = "GET /v1/api/healthcheck HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let resp = roundtrip(addr, health).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.contains("\"status\":\"healthy\""));
+
+        shutdown.cancel();
+        task.await.unwrap();
     }
 }

@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use kalam_config::KalamConfig;
+use kalam_rpc::Engine as _;
 use kalam_rpc::transport::{bind, socket_path, sockets};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -73,6 +74,12 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
         shutdown.clone(),
     ));
     tracing::info!(addr = %format!("{}:{}", cfg.server.host, cfg.server.port), "kalamd serving");
+    // A running kalam-flushd does not know that this kalamd restarted: hand it every unfinished
+    // flush job again (it ignores the ones it already has).
+    match engine.runnable_flush_jobs() {
+        Ok(jobs) => jobs.into_iter().for_each(|job| engine.notify_flusher(job)),
+        Err(e) => tracing::error!(error = %e, "cannot list unfinished flush jobs"),
+    }
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

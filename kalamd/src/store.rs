@@ -5,7 +5,7 @@
 //! and the sequence high-water mark in one RocksDB write batch, and then wakes the change-log
 //! waiters. Column-family names are built here and nowhere else.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kalam_types::change::ChangeRecord;
@@ -64,7 +64,6 @@ pub fn manifest_prefix(namespace: &str, table: &str, user: Option<&str>) -> Vec<
 
 pub struct Store {
     db: DB,
-    path: PathBuf,
     commit_lock: Mutex<u64>,
     head_tx: watch::Sender<u64>,
 }
@@ -96,11 +95,7 @@ impl Store {
             None => 0,
         };
         let (head_tx, _) = watch::channel(last_seq);
-        Ok(Arc::new(Store { db, path: path.to_path_buf(), commit_lock: Mutex::new(last_seq), head_tx }))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Arc::new(Store { db, commit_lock: Mutex::new(last_seq), head_tx }))
     }
 
     pub fn db(&self) -> &DB {
@@ -163,6 +158,7 @@ impl Store {
         self.head_tx.subscribe()
     }
 
+    #[cfg(test)]
     pub fn head_seq(&self) -> u64 {
         *self.head_tx.borrow()
     }
@@ -184,10 +180,6 @@ impl CommitGuard<'_> {
         let cf = self.store.cf(cf::COUNTERS)?;
         self.batch.put_cf(&cf, key, next.to_le_bytes());
         Ok(())
-    }
-
-    pub fn store(&self) -> &Store {
-        self.store
     }
 
     /// Writes the batch (data, counters, change log, sequence mark) atomically.

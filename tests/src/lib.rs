@@ -119,6 +119,20 @@ impl Cluster {
         self.supervisor.id()
     }
 
+    /// Sends SIGTERM to the supervisor and waits (up to `timeout`) for it to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.supervisor.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).ok()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.supervisor.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// True while the supervisor process is alive.
     pub fn supervisor_alive(&mut self) -> bool {
         matches!(self.supervisor.try_wait(), Ok(None))

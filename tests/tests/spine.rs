@@ -206,3 +206,21 @@ async fn a_second_supervisor_on_a_busy_port_fails_fast() {
     assert!(cluster.supervisor_alive());
     assert!(KalamLinkClient::new(cluster.url()).health().await.expect("health"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_every_daemon_and_exits_zero() {
+    let mut cluster = Cluster::start().await;
+    let procs = wait_for(Duration::from_secs(60), "all daemons running", || async {
+        let procs = cluster.processes().await?;
+        procs.iter().all(|p| p.state == "running").then_some(procs)
+    })
+    .await;
+    let pids: Vec<i32> = procs.iter().filter_map(|p| p.pid).map(|p| p as i32).collect();
+    assert_eq!(pids.len(), 3);
+    let status = tokio::task::block_in_place(|| cluster.terminate(Duration::from_secs(60))).expect("supervisor exited");
+    assert!(status.success(), "exit status {status:?}");
+    for pid in pids {
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        assert!(!alive, "daemon {pid} still running after shutdown");
+    }
+}

@@ -11,7 +11,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::TableReference;
+use datafusion::common::TableReference;
 use datafusion::sql::sqlparser::ast::{Expr, Statement, visit_expressions, visit_relations};
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
