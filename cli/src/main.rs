@@ -28,24 +28,32 @@ struct Args {
 
 fn print(resp: &QueryResponse, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-            "status": resp.status,
-            "results": resp.results.iter().map(|r| serde_json::json!({
-                "columns": r.columns, "rows": r.rows, "row_count": r.row_count, "message": r.message
-            })).collect::<Vec<_>>(),
-            "took_ms": resp.took_ms,
-        })).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "status": resp.status,
+                "results": resp.results.iter().map(|r| serde_json::json!({
+                    "columns": r.columns, "rows": r.rows, "row_count": r.row_count, "message": r.message
+                })).collect::<Vec<_>>(),
+                "took_ms": resp.took_ms,
+            }))
+            .unwrap_or_default()
+        );
         return;
     }
     for r in &resp.results {
         if let Some(rows) = &r.rows {
             println!("{}", r.columns.join(" | "));
             for row in rows {
-                let cells: Vec<String> = r.columns.iter().map(|c| match row.get(c) {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(v) => v.to_string(),
-                    None => String::new(),
-                }).collect();
+                let cells: Vec<String> = r
+                    .columns
+                    .iter()
+                    .map(|c| match row.get(c) {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(v) => v.to_string(),
+                        None => String::new(),
+                    })
+                    .collect();
                 println!("{}", cells.join(" | "));
             }
             println!("({} row{})", r.row_count, if r.row_count == 1 { "" } else { "s" });

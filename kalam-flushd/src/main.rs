@@ -80,7 +80,13 @@ async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
     let rpc_listener = bind(&socket_path(&run_dir, sockets::FLUSHER))?;
     let rpc_task = tokio::spawn(kalam_rpc::serve_on!(rpc_listener, service.clone()));
     let shutdown = CancellationToken::new();
-    let workers = tokio::spawn(run_workers(run_dir.clone(), cfg.flush.max_concurrent_jobs.max(1), rx, service.in_flight.clone(), shutdown.clone()));
+    let workers = tokio::spawn(run_workers(
+        run_dir.clone(),
+        cfg.flush.max_concurrent_jobs.max(1),
+        rx,
+        service.in_flight.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(resume_jobs(run_dir.clone(), service.clone(), shutdown.clone()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "kalam-flushd serving");
 

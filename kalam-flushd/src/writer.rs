@@ -42,8 +42,9 @@ pub enum FlushError {
 /// Writes every group of the plan and returns the files, ready for kalamd's commit.
 pub fn write_job(plan: &FlushPlan) -> Result<Vec<FlushedFile>, FlushError> {
     let def = &plan.table;
-    let db = DB::open_cf_for_read_only(&Options::default(), &plan.checkpoint_path, [plan.column_family.as_str()], false)
-        .map_err(|source| FlushError::Checkpoint { path: plan.checkpoint_path.clone(), source })?;
+    let db =
+        DB::open_cf_for_read_only(&Options::default(), &plan.checkpoint_path, [plan.column_family.as_str()], false)
+            .map_err(|source| FlushError::Checkpoint { path: plan.checkpoint_path.clone(), source })?;
     let cf = db
         .cf_handle(&plan.column_family)
         .ok_or_else(|| FlushError::MissingColumnFamily(plan.checkpoint_path.clone()))?;
@@ -53,7 +54,8 @@ pub fn write_job(plan: &FlushPlan) -> Result<Vec<FlushedFile>, FlushError> {
     let mut group: Vec<StoredRow> = Vec::new();
     let mut group_user: Option<String> = None;
     for item in db.iterator_cf(&cf, IteratorMode::Start) {
-        let (key, value) = item.map_err(|source| FlushError::Checkpoint { path: plan.checkpoint_path.clone(), source })?;
+        let (key, value) =
+            item.map_err(|source| FlushError::Checkpoint { path: plan.checkpoint_path.clone(), source })?;
         let user = match def.table_type {
             TableType::Shared => None,
             _ => Some(codec::split_user_row_key(&key)?.0.to_owned()),
@@ -70,7 +72,12 @@ pub fn write_job(plan: &FlushPlan) -> Result<Vec<FlushedFile>, FlushError> {
     Ok(files)
 }
 
-fn write_group(plan: &FlushPlan, schema: &SchemaRef, user: Option<&str>, rows: &[StoredRow]) -> Result<FlushedFile, FlushError> {
+fn write_group(
+    plan: &FlushPlan,
+    schema: &SchemaRef,
+    user: Option<&str>,
+    rows: &[StoredRow],
+) -> Result<FlushedFile, FlushError> {
     let def = &plan.table;
     let rel_dir = group_dir(def.table_type, def.namespace.as_str(), def.name.as_str(), user)?;
     let dir = Path::new(&plan.storage_base).join(&rel_dir);

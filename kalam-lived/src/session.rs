@@ -74,9 +74,8 @@ fn authenticate(cfg: &KalamConfig, peer: SocketAddr, req: &Request) -> Result<Us
     if !(cfg.auth.localhost_bypass && peer.ip().is_loopback() && !relayed) {
         return Err(reject(401, ErrorCode::Unauthorized, "Authentication required"));
     }
-    let from_query = req.uri().query().and_then(|q| {
-        q.split('&').find_map(|kv| kv.strip_prefix("user_id=")).map(str::to_owned)
-    });
+    let from_query =
+        req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user_id=")).map(str::to_owned));
     let requested = headers.get("x-user-id").and_then(|v| v.to_str().ok()).map(str::to_owned).or(from_query);
     let raw = requested.unwrap_or_else(|| cfg.auth.localhost_default_user.clone());
     UserId::parse(raw.trim()).map_err(|e| reject(400, e.code, &e.message))
@@ -158,9 +157,8 @@ impl Connection {
         let mut heartbeat = tokio::time::interval(Duration::from_secs(cfg.heartbeat_interval_seconds.max(1)));
         let client_timeout = Duration::from_secs(cfg.client_timeout_seconds.max(1));
         let mut last_seen = Instant::now();
-        let close_with = |code: CloseCode, reason: &'static str| {
-            Message::Close(Some(CloseFrame { code, reason: reason.into() }))
-        };
+        let close_with =
+            |code: CloseCode, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
         loop {
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => {
@@ -210,14 +208,22 @@ impl Connection {
         let msg: ClientMessage = match serde_json::from_str(text) {
             Ok(m) => m,
             Err(e) => {
-                return vec![error_msg("*", ErrorCode::InvalidSubscription, &format!("Failed to parse subscription request: {e}"))];
+                return vec![error_msg(
+                    "*",
+                    ErrorCode::InvalidSubscription,
+                    &format!("Failed to parse subscription request: {e}"),
+                )];
             }
         };
         let kind = msg.kind.as_deref().unwrap_or(if msg.subscriptions.is_some() { "subscribe" } else { "" });
         match kind {
             "subscribe" => {
                 let Some(subs) = msg.subscriptions else {
-                    return vec![error_msg("*", ErrorCode::InvalidSubscription, "Failed to parse subscription request: missing field `subscriptions`")];
+                    return vec![error_msg(
+                        "*",
+                        ErrorCode::InvalidSubscription,
+                        "Failed to parse subscription request: missing field `subscriptions`",
+                    )];
                 };
                 let mut out = Vec::new();
                 for sub in subs {
@@ -244,13 +250,22 @@ impl Connection {
         }
     }
 
-    async fn subscribe(&mut self, req: SubscriptionRequest, tx: &mpsc::Sender<Outgoing>, close: &CancellationToken) -> String {
+    async fn subscribe(
+        &mut self,
+        req: SubscriptionRequest,
+        tx: &mpsc::Sender<Outgoing>,
+        close: &CancellationToken,
+    ) -> String {
         let id = req.id;
         if id.is_empty() || id.chars().count() > MAX_SUBSCRIPTION_ID_LEN {
             return error_msg(&id, ErrorCode::InvalidSubscription, "Subscription id must be 1-128 characters");
         }
         if self.subscriptions.contains(&id) {
-            return error_msg(&id, ErrorCode::DuplicateSubscriptionId, &format!("Subscription id '{id}' is already in use"));
+            return error_msg(
+                &id,
+                ErrorCode::DuplicateSubscriptionId,
+                &format!("Subscription id '{id}' is already in use"),
+            );
         }
         if self.subscriptions.len() >= self.shared.cfg.websocket.max_subscriptions_per_connection {
             return error_msg(&id, ErrorCode::SubscriptionLimitExceeded, "Too many subscriptions on this connection");
@@ -258,19 +273,24 @@ impl Connection {
         let options = req.options.unwrap_or_default();
         let snapshot_requested = options.iter().any(|(k, v)| !(k == "last_rows" && v.as_u64() == Some(0)));
         if snapshot_requested {
-            return error_msg(&id, ErrorCode::InvalidSubscription, "Subscription options are not supported in this version");
+            return error_msg(
+                &id,
+                ErrorCode::InvalidSubscription,
+                "Subscription options are not supported in this version",
+            );
         }
         let Some(engine) = self.shared.engine().await else {
             return error_msg(&id, ErrorCode::ServiceUnavailable, "The database is restarting; try again");
         };
-        let plan = match engine.plan_subscription(tarpc::context::current(), self.user.to_string(), req.sql.clone()).await {
-            Ok(Ok(plan)) => plan,
-            Ok(Err(e)) => return error_msg(&id, e.code, &e.message),
-            Err(_) => {
-                self.shared.forget_engine().await;
-                return error_msg(&id, ErrorCode::ServiceUnavailable, "The database is restarting; try again");
-            }
-        };
+        let plan =
+            match engine.plan_subscription(tarpc::context::current(), self.user.to_string(), req.sql.clone()).await {
+                Ok(Ok(plan)) => plan,
+                Ok(Err(e)) => return error_msg(&id, e.code, &e.message),
+                Err(_) => {
+                    self.shared.forget_engine().await;
+                    return error_msg(&id, ErrorCode::ServiceUnavailable, "The database is restarting; try again");
+                }
+            };
         let sub = Arc::new(Subscription {
             connection_id: self.connection_id.clone(),
             subscription_id: id.clone(),

@@ -66,14 +66,17 @@ pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("KALAMDB_BIN_DIR") {
         return PathBuf::from(dir);
     }
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."))
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Starts one daemon. kalamd receives the public listener as fd 3 (LISTEN_FDS=1).
-pub fn spawn(kind: Kind, cfg: &KalamConfig, config_file: Option<&Path>, listener_fd: RawFd, started_ms: i64) -> std::io::Result<Child> {
+pub fn spawn(
+    kind: Kind,
+    cfg: &KalamConfig,
+    config_file: Option<&Path>,
+    listener_fd: RawFd,
+    started_ms: i64,
+) -> std::io::Result<Child> {
     let mut cmd = Command::new(bin_dir().join(kind.binary()));
     if let Some(file) = config_file {
         cmd.arg("--config").arg(file);

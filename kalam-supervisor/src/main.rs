@@ -117,7 +117,11 @@ enum Outcome {
     GaveUp,
 }
 
-async fn supervise_all(cfg: KalamConfig, config_file: Option<PathBuf>, listener: std::net::TcpListener) -> anyhow::Result<i32> {
+async fn supervise_all(
+    cfg: KalamConfig,
+    config_file: Option<PathBuf>,
+    listener: std::net::TcpListener,
+) -> anyhow::Result<i32> {
     let table: Table = Arc::new(Mutex::new(
         [Kind::Kalamd, Kind::Flushd, Kind::Lived]
             .iter()
@@ -178,12 +182,18 @@ async fn supervise_all(cfg: KalamConfig, config_file: Option<PathBuf>, listener:
 }
 
 /// Runs one child until `stop`: start, wait for health, watch, restart with back-off.
-async fn supervise(kind: Kind, ctx: Arc<Ctx>, mut ready: Option<oneshot::Sender<()>>, stop: CancellationToken) -> Outcome {
+async fn supervise(
+    kind: Kind,
+    ctx: Arc<Ctx>,
+    mut ready: Option<oneshot::Sender<()>>,
+    stop: CancellationToken,
+) -> Outcome {
     let mut policy = RestartPolicy::default();
     let run_dir = ctx.cfg.run_dir();
     loop {
         let started = Instant::now();
-        let spawned = children::spawn(kind, &ctx.cfg, ctx.config_file.as_deref(), children::raw(&ctx.listener), ctx.started_ms);
+        let spawned =
+            children::spawn(kind, &ctx.cfg, ctx.config_file.as_deref(), children::raw(&ctx.listener), ctx.started_ms);
         let reason = match spawned {
             Ok(mut child) => {
                 let pid = child.id();

@@ -34,7 +34,8 @@ impl Catalog {
     pub fn load(store: Arc<Store>) -> Result<Catalog, EngineError> {
         let mut namespaces = BTreeMap::new();
         for (_, v) in store.scan_prefix(cf::NAMESPACES, b"")? {
-            let rec: NamespaceRecord = serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::NAMESPACES, e))?;
+            let rec: NamespaceRecord =
+                serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::NAMESPACES, e))?;
             namespaces.insert(rec.name.clone(), rec);
         }
         let mut tables = BTreeMap::new();
@@ -66,11 +67,7 @@ impl Catalog {
     }
 
     pub fn table(&self, ns: &str, table: &str) -> Option<Arc<TableDefinition>> {
-        self.tables
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(ns.to_owned(), table.to_owned()))
-            .cloned()
+        self.tables.read().unwrap_or_else(|p| p.into_inner()).get(&(ns.to_owned(), table.to_owned())).cloned()
     }
 
     /// The table or `TABLE_NOT_FOUND` with the catalogue message.

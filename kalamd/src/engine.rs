@@ -171,7 +171,8 @@ mod tests {
         let user = UserId::parse("u1").unwrap();
         let head = {
             let engine = Engine::open(cfg.clone()).unwrap();
-            let sql = "CREATE NAMESPACE a; CREATE SHARED TABLE a.s (k TEXT PRIMARY KEY); INSERT INTO a.s VALUES ('x'), ('y')";
+            let sql =
+                "CREATE NAMESPACE a; CREATE SHARED TABLE a.s (k TEXT PRIMARY KEY); INSERT INTO a.s VALUES ('x'), ('y')";
             assert!(crate::sql::execute_batch(&engine, sql, &user).await.1.is_none());
             engine.store.head_seq()
         };

@@ -59,7 +59,12 @@ pub fn error_response(error: &KalamError, took_ms: u64) -> Response {
         status: "error",
         results: vec![],
         took_ms,
-        error: Some(ErrorBody { code: error.code.as_str(), message: error.message.clone(), details: None, statement_index: None }),
+        error: Some(ErrorBody {
+            code: error.code.as_str(),
+            message: error.message.clone(),
+            details: None,
+            statement_index: None,
+        }),
     };
     let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(body)).into_response()
@@ -107,7 +112,10 @@ async fn sql(
     let request: SqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return error_response(&KalamError::new(ErrorCode::InvalidRequest, format!("Invalid request body: {e}")), took());
+            return error_response(
+                &KalamError::new(ErrorCode::InvalidRequest, format!("Invalid request body: {e}")),
+                took(),
+            );
         }
     };
     let (results, failure) = execute_batch(&engine, &request.sql, &user).await;
@@ -180,7 +188,9 @@ mod tests {
         let (_dir, engine) = engine();
         let app = router(engine);
         let lo = "127.0.0.1:5000";
-        let (s, body) = call(&app, lo, "CREATE NAMESPACE app; CREATE USER TABLE app.t (id BIGINT PRIMARY KEY, body TEXT)", None).await;
+        let (s, body) =
+            call(&app, lo, "CREATE NAMESPACE app; CREATE USER TABLE app.t (id BIGINT PRIMARY KEY, body TEXT)", None)
+                .await;
         assert_eq!(s, StatusCode::OK, "{body}");
         assert_eq!(body["results"][1]["message"], "Table 'app.t' created successfully");
         let (s, body) = call(&app, lo, "INSERT INTO app.t (id, body) VALUES (1, 'a'), (2, 'b')", Some("alice")).await;

@@ -52,7 +52,8 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
         Some(l) => l,
         None => {
             let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
-            let l = std::net::TcpListener::bind(&addr).with_context(|| format!("Port {} is already in use ({addr})", cfg.server.port))?;
+            let l = std::net::TcpListener::bind(&addr)
+                .with_context(|| format!("Port {} is already in use ({addr})", cfg.server.port))?;
             l.set_nonblocking(true)?;
             l
         }
@@ -67,12 +68,8 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
 
     let shutdown = CancellationToken::new();
     let app = http::router(engine.clone());
-    let http_task = tokio::spawn(listener::serve(
-        listener,
-        app,
-        socket_path(&run_dir, sockets::WS_HANDOFF),
-        shutdown.clone(),
-    ));
+    let http_task =
+        tokio::spawn(listener::serve(listener, app, socket_path(&run_dir, sockets::WS_HANDOFF), shutdown.clone()));
     tracing::info!(addr = %format!("{}:{}", cfg.server.host, cfg.server.port), "kalamd serving");
     // A running kalam-flushd does not know that this kalamd restarted: hand it every unfinished
     // flush job again (it ignores the ones it already has).

@@ -57,7 +57,13 @@ impl kalam_rpc::Engine for EngineService {
         self.0.runnable_flush_jobs().map_err(rpc_err)
     }
 
-    async fn poll_changes(self, _: Context, after_seq: u64, max_records: u32, wait_ms: u32) -> Result<ChangeBatch, RpcError> {
+    async fn poll_changes(
+        self,
+        _: Context,
+        after_seq: u64,
+        max_records: u32,
+        wait_ms: u32,
+    ) -> Result<ChangeBatch, RpcError> {
         let wait = Duration::from_millis(wait_ms.into()).min(MAX_POLL_WAIT);
         let max = max_records.clamp(1, MAX_POLL_RECORDS) as usize;
         let (records, head_seq) = self.0.poll_changes(after_seq, max, wait).await.map_err(rpc_err)?;
@@ -71,13 +77,16 @@ impl kalam_rpc::Engine for EngineService {
 
     async fn table_stats(self, _: Context, namespace: String, table: String) -> Result<TableStats, RpcError> {
         let def = self.0.catalog.require_table(&namespace, &table)?;
-        let buffered_rows = self.0.store.read_counter(&counter_key(&namespace, &table, None)).map_err(|e| rpc_err(e.into()))?;
+        let buffered_rows =
+            self.0.store.read_counter(&counter_key(&namespace, &table, None)).map_err(|e| rpc_err(e.into()))?;
         let prefix_all = def.table_type != TableType::Shared;
         let mut files = Vec::new();
         if prefix_all {
             // Every user's files: the manifest keys share `<ns>:<table>:`.
             let prefix = format!("{namespace}:{table}:").into_bytes();
-            for (_, v) in self.0.store.scan_prefix(crate::store::cf::TABLE_FILES, &prefix).map_err(|e| rpc_err(e.into()))? {
+            for (_, v) in
+                self.0.store.scan_prefix(crate::store::cf::TABLE_FILES, &prefix).map_err(|e| rpc_err(e.into()))?
+            {
                 let entry: crate::flush::ManifestEntry =
                     serde_json::from_slice(&v).map_err(|e| rpc_err(EngineError::corrupt("table_files", e)))?;
                 files.push(entry.path);
@@ -112,12 +121,18 @@ fn plan_subscription(engine: &Engine, sql: &str) -> Result<SubscriptionPlan, Eng
         return Err(unsupported("Live queries read exactly one table"));
     };
     if name.0.len() != 2 {
-        return Err(EngineError::user(ErrorCode::InvalidSql, "Live queries need a qualified table name (namespace.table)"));
+        return Err(EngineError::user(
+            ErrorCode::InvalidSql,
+            "Live queries need a qualified table name (namespace.table)",
+        ));
     }
     let (ns, table) = object_parts(name)?;
     let def = engine.catalog.require_table(&ns, &table)?;
     if def.table_type == TableType::Shared {
-        return Err(EngineError::user(ErrorCode::InvalidOperation, "Live query subscriptions not supported on shared tables"));
+        return Err(EngineError::user(
+            ErrorCode::InvalidOperation,
+            "Live query subscriptions not supported on shared tables",
+        ));
     }
     let mut columns = Vec::new();
     for item in &select.projection {
@@ -126,7 +141,10 @@ fn plan_subscription(engine: &Engine, sql: &str) -> Result<SubscriptionPlan, Eng
             SelectItem::UnnamedExpr(datafusion::sql::sqlparser::ast::Expr::Identifier(id)) => {
                 let name = ident_name(id);
                 if def.column_index(&name).is_none() {
-                    return Err(EngineError::user(ErrorCode::ColumnNotFound, format!("column \"{name}\" does not exist")));
+                    return Err(EngineError::user(
+                        ErrorCode::ColumnNotFound,
+                        format!("column \"{name}\" does not exist"),
+                    ));
                 }
                 columns.push(name);
             }

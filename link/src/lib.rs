@@ -81,7 +81,11 @@ impl KalamLinkClient {
     pub async fn query(&self, sql: &str) -> Result<QueryResponse, KalamLinkError> {
         let (status, resp) = self.query_raw(sql).await?;
         match &resp.error {
-            Some(e) => Err(KalamLinkError::ServerError { status_code: status, code: e.code.clone(), message: e.message.clone() }),
+            Some(e) => Err(KalamLinkError::ServerError {
+                status_code: status,
+                code: e.code.clone(),
+                message: e.message.clone(),
+            }),
             None => Ok(resp),
         }
     }

@@ -58,6 +58,9 @@ impl Cluster {
         let supervisor = spawn_supervisor(dir.path(), port);
         let cluster = Cluster { dir, port, supervisor };
         cluster.wait_healthy().await;
+        for daemon in ["kalamd", "kalam-flushd", "kalam-lived"] {
+            cluster.running_pid(daemon).await;
+        }
         cluster
     }
 

@@ -124,11 +124,8 @@ async fn flush_moves_rows_to_parquet_without_changing_results() {
         assert!(name.contains(&job_id), "file name {name} carries the job id");
     }
     let engine = kalam_rpc::transport::connect_engine(&cluster.run_dir()).await.expect("engine rpc");
-    let stats = engine
-        .table_stats(tarpc::context::current(), "app".into(), "notes".into())
-        .await
-        .expect("rpc")
-        .expect("stats");
+    let stats =
+        engine.table_stats(tarpc::context::current(), "app".into(), "notes".into()).await.expect("rpc").expect("stats");
     assert_eq!(stats.buffered_rows, 0, "buffer is empty after the flush");
     assert_eq!(stats.files.len(), 2);
 

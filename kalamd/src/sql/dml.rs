@@ -55,7 +55,10 @@ pub fn insert(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<u64, E
 
 fn target_table(engine: &Engine, ins: &Insert) -> Result<std::sync::Arc<TableDefinition>, EngineError> {
     let TableObject::TableName(name) = &ins.table else {
-        return Err(EngineError::user(ErrorCode::UnsupportedStatement, "INSERT INTO a table function is not supported"));
+        return Err(EngineError::user(
+            ErrorCode::UnsupportedStatement,
+            "INSERT INTO a table function is not supported",
+        ));
     };
     let (ns, table) = object_parts(name)?;
     let def = engine.catalog.require_table(&ns, &table)?;
@@ -84,7 +87,10 @@ fn column_positions(def: &TableDefinition, ins: &Insert) -> Result<Vec<usize>, E
                 EngineError::user(ErrorCode::ColumnNotFound, format!("column \"{name}\" does not exist"))
             })?;
             if !seen.insert(idx) {
-                return Err(EngineError::user(ErrorCode::InvalidSql, format!("column \"{name}\" specified more than once")));
+                return Err(EngineError::user(
+                    ErrorCode::InvalidSql,
+                    format!("column \"{name}\" specified more than once"),
+                ));
             }
             Ok(idx)
         })
@@ -92,10 +98,7 @@ fn column_positions(def: &TableDefinition, ins: &Insert) -> Result<Vec<usize>, E
 }
 
 fn literal_rows(ins: &Insert) -> Result<Vec<Vec<Literal>>, EngineError> {
-    let source = ins
-        .source
-        .as_ref()
-        .ok_or_else(|| EngineError::user(ErrorCode::InvalidSql, "INSERT needs VALUES"))?;
+    let source = ins.source.as_ref().ok_or_else(|| EngineError::user(ErrorCode::InvalidSql, "INSERT needs VALUES"))?;
     let SetExpr::Values(values) = source.body.as_ref() else {
         return Err(EngineError::user(ErrorCode::UnsupportedStatement, "INSERT ... SELECT is not supported yet"));
     };

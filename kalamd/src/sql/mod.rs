@@ -132,7 +132,10 @@ fn create_table(engine: &Engine, spec: CreateTableSpec) -> Result<StatementResul
         ));
     }
     if spec.table_type == TableType::Stream {
-        return Err(EngineError::user(ErrorCode::UnsupportedStatement, "STREAM tables are not available in this version"));
+        return Err(EngineError::user(
+            ErrorCode::UnsupportedStatement,
+            "STREAM tables are not available in this version",
+        ));
     }
     if let Some(storage) = &spec.storage
         && storage != "local"

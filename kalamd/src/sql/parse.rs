@@ -3,9 +3,7 @@
 //! `FLUSH TABLE`) are recognised by their leading words and parsed with the same parser;
 //! everything else is sqlparser's PostgreSQL-flavoured grammar.
 
-use datafusion::sql::sqlparser::ast::{
-    ColumnOption, CreateTable, Ident, ObjectName, Statement, TableConstraint,
-};
+use datafusion::sql::sqlparser::ast::{ColumnOption, CreateTable, Ident, ObjectName, Statement, TableConstraint};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -149,7 +147,10 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
             ));
         }
         let (ns, table) = object_parts(&name)?;
-        return Ok(KalamStatement::FlushTable { namespace: NamespaceId::parse(&ns)?, table: TableName::parse(&table)? });
+        return Ok(KalamStatement::FlushTable {
+            namespace: NamespaceId::parse(&ns)?,
+            table: TableName::parse(&table)?,
+        });
     }
     let stmt = p.parse_statement().map_err(invalid_sql)?;
     expect_end(&mut p)?;
@@ -242,7 +243,10 @@ fn create_table_spec(table_type: TableType, create: &CreateTable) -> Result<Crea
         [pk] if !pk.data_type.can_be_primary_key() => {
             return Err(KalamError::new(
                 ErrorCode::InvalidSql,
-                format!("PRIMARY KEY '{}' has invalid type {}. Only BIGINT or TEXT are allowed.", pk.name, pk.data_type),
+                format!(
+                    "PRIMARY KEY '{}' has invalid type {}. Only BIGINT or TEXT are allowed.",
+                    pk.name, pk.data_type
+                ),
             ));
         }
         [_] => {}
@@ -344,7 +348,9 @@ mod tests {
 
     #[test]
     fn create_table_kinds_and_options() {
-        let s = create("CREATE USER TABLE App.Messages (id BIGINT PRIMARY KEY, body TEXT NOT NULL) STORAGE local FLUSH INTERVAL 30s ROW_THRESHOLD 100");
+        let s = create(
+            "CREATE USER TABLE App.Messages (id BIGINT PRIMARY KEY, body TEXT NOT NULL) STORAGE local FLUSH INTERVAL 30s ROW_THRESHOLD 100",
+        );
         assert_eq!(s.table_type, TableType::User);
         assert_eq!((s.namespace.as_str(), s.name.as_str()), ("app", "messages"));
         assert!(s.columns[0].is_primary_key && !s.columns[0].nullable);

@@ -9,9 +9,9 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::common::TableReference;
 use datafusion::sql::sqlparser::ast::{Expr, Statement, visit_expressions, visit_relations};
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
@@ -90,10 +90,8 @@ pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) ->
             }
         }
     }
-    let plan = ctx
-        .state()
-        .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone())))
-        .await?;
+    let plan =
+        ctx.state().statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone()))).await?;
     let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
     encode_batches(&batches)
 }
@@ -131,9 +129,8 @@ fn cell_json(array: &ArrayRef, row: usize) -> Result<Json, EngineError> {
         return Ok(Json::Null);
     }
     let as_type = |ty: KalamType| value_at(array.as_ref(), row, ty).map(|v| v.to_json()).unwrap_or(Json::Null);
-    let cast_to = |to: &DataType| {
-        datafusion::arrow::compute::cast(&array.slice(row, 1), to).map_err(EngineError::internal)
-    };
+    let cast_to =
+        |to: &DataType| datafusion::arrow::compute::cast(&array.slice(row, 1), to).map_err(EngineError::internal);
     Ok(match array.data_type() {
         DataType::Boolean => as_type(KalamType::Boolean),
         DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
@@ -174,7 +171,8 @@ fn cell_json(array: &ArrayRef, row: usize) -> Result<Json, EngineError> {
             as_type_of(&a, KalamType::Time)
         }
         _ => {
-            let fmt = ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()).map_err(EngineError::internal)?;
+            let fmt =
+                ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()).map_err(EngineError::internal)?;
             Json::String(fmt.value(row).to_string())
         }
     })

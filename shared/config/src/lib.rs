@@ -251,10 +251,7 @@ impl KalamConfig {
             ("KALAMDB_SERVER_PORT".into(), self.server.port.to_string()),
             ("KALAMDB_DATA_DIR".into(), self.storage.data_dir.display().to_string()),
             ("KALAMDB_STORAGE_ROCKSDB_PATH".into(), self.storage.rocksdb_path.display().to_string()),
-            (
-                "KALAMDB_STORAGE_DEFAULT_STORAGE_PATH".into(),
-                self.storage.default_storage_path.display().to_string(),
-            ),
+            ("KALAMDB_STORAGE_DEFAULT_STORAGE_PATH".into(), self.storage.default_storage_path.display().to_string()),
             ("KALAMDB_LOG_DIR".into(), self.logging.dir.display().to_string()),
             ("KALAMDB_LOG_LEVEL".into(), self.logging.level.clone()),
         ]
@@ -283,7 +280,10 @@ mod tests {
     #[test]
     fn layers_apply_in_order_file_then_env() {
         Jail::expect_with(|jail| {
-            jail.create_file("kalam.toml", "[server]\nport = 9000\nhost = \"0.0.0.0\"\n[flush]\ndefault_row_limit = 5\n")?;
+            jail.create_file(
+                "kalam.toml",
+                "[server]\nport = 9000\nhost = \"0.0.0.0\"\n[flush]\ndefault_row_limit = 5\n",
+            )?;
             jail.set_env("KALAMDB_SERVER_PORT", "9100");
             jail.set_env("KALAMDB_DATA_DIR", "/tmp/kalam-x");
             jail.set_env("KALAMDB_FLUSH_MAX_CONCURRENT_JOBS", "2");

@@ -145,10 +145,19 @@ mod tests {
         async fn health(self, _: tarpc::context::Context) -> Health {
             Health::of("fake")
         }
-        async fn begin_flush(self, _: tarpc::context::Context, job: String) -> Result<crate::FlushPlan, crate::RpcError> {
+        async fn begin_flush(
+            self,
+            _: tarpc::context::Context,
+            job: String,
+        ) -> Result<crate::FlushPlan, crate::RpcError> {
             Err(crate::RpcError::new(kalam_types::ErrorCode::JobNotFound, format!("Job not found: {job}")))
         }
-        async fn commit_flush(self, _: tarpc::context::Context, _: String, _: Vec<crate::FlushedFile>) -> Result<crate::FlushSummary, crate::RpcError> {
+        async fn commit_flush(
+            self,
+            _: tarpc::context::Context,
+            _: String,
+            _: Vec<crate::FlushedFile>,
+        ) -> Result<crate::FlushSummary, crate::RpcError> {
             Ok(crate::FlushSummary { records_flushed: 0, files: 0 })
         }
         async fn fail_flush(self, _: tarpc::context::Context, _: String, _: String) -> Result<(), crate::RpcError> {
@@ -157,13 +166,29 @@ mod tests {
         async fn runnable_flush_jobs(self, _: tarpc::context::Context) -> Result<Vec<String>, crate::RpcError> {
             Ok(vec![])
         }
-        async fn poll_changes(self, _: tarpc::context::Context, after: u64, _: u32, _: u32) -> Result<crate::ChangeBatch, crate::RpcError> {
+        async fn poll_changes(
+            self,
+            _: tarpc::context::Context,
+            after: u64,
+            _: u32,
+            _: u32,
+        ) -> Result<crate::ChangeBatch, crate::RpcError> {
             Ok(crate::ChangeBatch { records: vec![], head_seq: after })
         }
-        async fn plan_subscription(self, _: tarpc::context::Context, _: String, _: String) -> Result<crate::SubscriptionPlan, crate::RpcError> {
+        async fn plan_subscription(
+            self,
+            _: tarpc::context::Context,
+            _: String,
+            _: String,
+        ) -> Result<crate::SubscriptionPlan, crate::RpcError> {
             Err(crate::RpcError::internal())
         }
-        async fn table_stats(self, _: tarpc::context::Context, _: String, _: String) -> Result<crate::TableStats, crate::RpcError> {
+        async fn table_stats(
+            self,
+            _: tarpc::context::Context,
+            _: String,
+            _: String,
+        ) -> Result<crate::TableStats, crate::RpcError> {
             Ok(crate::TableStats { buffered_rows: 0, files: vec![] })
         }
     }

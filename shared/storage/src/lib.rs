@@ -40,10 +40,10 @@ pub fn resolve_template(template: &str, vars: TemplateVars<'_>) -> Result<String
     while let Some(start) = rest.find('{') {
         let dollar = start > 0 && rest.as_bytes()[start - 1] == b'$';
         out.push_str(&rest[..if dollar { start - 1 } else { start }]);
-        let end = rest[start..].find('}').map(|e| start + e).ok_or_else(|| PathError::Unresolved {
-            variable: rest[start..].to_owned(),
-            path: template.to_owned(),
-        })?;
+        let end = rest[start..]
+            .find('}')
+            .map(|e| start + e)
+            .ok_or_else(|| PathError::Unresolved { variable: rest[start..].to_owned(), path: template.to_owned() })?;
         let name = &rest[start + 1..end];
         let value = match name {
             "namespace" => Some(vars.namespace),
@@ -52,10 +52,8 @@ pub fn resolve_template(template: &str, vars: TemplateVars<'_>) -> Result<String
             "shard" => Some(vars.shard),
             _ => None,
         };
-        let value = value.ok_or_else(|| PathError::Unresolved {
-            variable: format!("{{{name}}}"),
-            path: template.to_owned(),
-        })?;
+        let value = value
+            .ok_or_else(|| PathError::Unresolved { variable: format!("{{{name}}}"), path: template.to_owned() })?;
         out.push_str(value);
         rest = &rest[end + 1..];
     }
@@ -104,7 +102,10 @@ mod tests {
 
     #[test]
     fn default_templates_match_the_documented_layout() {
-        assert_eq!(group_dir(TableType::User, "app", "messages", Some("user123")).unwrap(), "app/users/messages/user123");
+        assert_eq!(
+            group_dir(TableType::User, "app", "messages", Some("user123")).unwrap(),
+            "app/users/messages/user123"
+        );
         assert_eq!(group_dir(TableType::Shared, "app", "config", None).unwrap(), "app/shared/config");
     }
 

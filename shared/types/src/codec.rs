@@ -254,7 +254,10 @@ mod tests {
         let row = StoredRow { schema_version: 1, values: vec![Value::BigInt(1)], updated_us: 1, deleted: false };
         let bytes = encode_row(&row).unwrap();
         assert!(matches!(decode_row(&bytes, &[KalamType::Text]), Err(CodecError::TagMismatch { .. })));
-        assert!(matches!(decode_row(&bytes[..bytes.len() - 1], &[KalamType::BigInt]), Err(CodecError::Truncated { .. })));
+        assert!(matches!(
+            decode_row(&bytes[..bytes.len() - 1], &[KalamType::BigInt]),
+            Err(CodecError::Truncated { .. })
+        ));
         assert!(matches!(decode_row(&bytes, &[]), Err(CodecError::ColumnCount { .. })));
     }
 

@@ -24,8 +24,7 @@ pub enum KalamType {
     Bytes,
 }
 
-const SUPPORTED_HINT: &str =
-    "Supported types: BOOLEAN, INT, BIGINT, DOUBLE, TEXT, TIMESTAMP, DATE, TIME, JSON, BYTES";
+const SUPPORTED_HINT: &str = "Supported types: BOOLEAN, INT, BIGINT, DOUBLE, TEXT, TIMESTAMP, DATE, TIME, JSON, BYTES";
 
 impl KalamType {
     /// Parses a SQL type spelling (`BIGINT`, `VARCHAR(20)`, `DOUBLE PRECISION`, ...). Rejected

@@ -48,11 +48,26 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            InvalidRequest | EmptySql | BatchParseError | InvalidSql | UnsupportedStatement
-            | NamespaceNotFound | TableNotFound | ColumnNotFound | JobNotFound | UnsupportedType
-            | TypeError | ConstraintViolation | DependencyExists | InvalidOperation
-            | InvalidSubscription | UnknownMessageType | DuplicateSubscriptionId
-            | SubscriptionNotFound | UnsupportedQuery | SubscriptionLimitExceeded => 400,
+            InvalidRequest
+            | EmptySql
+            | BatchParseError
+            | InvalidSql
+            | UnsupportedStatement
+            | NamespaceNotFound
+            | TableNotFound
+            | ColumnNotFound
+            | JobNotFound
+            | UnsupportedType
+            | TypeError
+            | ConstraintViolation
+            | DependencyExists
+            | InvalidOperation
+            | InvalidSubscription
+            | UnknownMessageType
+            | DuplicateSubscriptionId
+            | SubscriptionNotFound
+            | UnsupportedQuery
+            | SubscriptionLimitExceeded => 400,
             Unauthorized => 401,
             PermissionDenied => 403,
             AlreadyExists => 409,

@@ -39,9 +39,7 @@ pub fn format_date_days(days: i32) -> String {
 
 pub fn parse_date_days(text: &str) -> Option<i32> {
     use chrono::Datelike;
-    NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
-        .ok()
-        .map(|d| d.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE)
+    NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok().map(|d| d.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE)
 }
 
 pub fn format_time_micros(micros: i64) -> String {

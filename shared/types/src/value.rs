@@ -48,10 +48,7 @@ impl Value {
     /// Converts `lit` into a value of `ty` for column `column`, or fails with `TYPE_ERROR`.
     pub fn coerce(lit: &Literal, ty: KalamType, column: &str) -> Result<Value, KalamError> {
         let invalid = |shown: &str| {
-            KalamError::new(
-                ErrorCode::TypeError,
-                format!("Invalid {ty} value for column '{column}': {shown}"),
-            )
+            KalamError::new(ErrorCode::TypeError, format!("Invalid {ty} value for column '{column}': {shown}"))
         };
         let value = match (lit, ty) {
             (Literal::Null, _) => Value::Null,
@@ -64,10 +61,7 @@ impl Value {
             (Literal::Number(n), KalamType::Int) | (Literal::String(n), KalamType::Int) => {
                 let wide: i64 = parse_integer(n).ok_or_else(|| invalid(n))?;
                 let narrow = i32::try_from(wide).map_err(|_| {
-                    KalamError::new(
-                        ErrorCode::TypeError,
-                        format!("INT value out of range for column '{column}': {n}"),
-                    )
+                    KalamError::new(ErrorCode::TypeError, format!("INT value out of range for column '{column}': {n}"))
                 })?;
                 Value::Int(narrow)
             }
@@ -99,21 +93,21 @@ impl Value {
             (Literal::Number(n), KalamType::Timestamp) => Value::Timestamp(parse_integer(n).ok_or_else(|| invalid(n))?),
             (Literal::String(s), KalamType::Date) => Value::Date(time::parse_date_days(s).ok_or_else(|| invalid(s))?),
             (Literal::String(s), KalamType::Time) => Value::Time(time::parse_time_micros(s).ok_or_else(|| invalid(s))?),
-            (Literal::String(s), KalamType::Json) => {
-                match serde_json::from_str::<Json>(s) {
-                    Ok(Json::Object(_)) | Ok(Json::Array(_)) => Value::Json(s.clone()),
-                    _ => {
-                        return Err(KalamError::new(
-                            ErrorCode::TypeError,
-                            format!("Invalid JSON value for column '{column}': expected object or array"),
-                        ));
-                    }
+            (Literal::String(s), KalamType::Json) => match serde_json::from_str::<Json>(s) {
+                Ok(Json::Object(_)) | Ok(Json::Array(_)) => Value::Json(s.clone()),
+                _ => {
+                    return Err(KalamError::new(
+                        ErrorCode::TypeError,
+                        format!("Invalid JSON value for column '{column}': expected object or array"),
+                    ));
                 }
+            },
+            (Literal::String(s), KalamType::Bytes) => {
+                Value::Bytes(match s.strip_prefix("0x").or_else(|| s.strip_prefix("\\x")) {
+                    Some(hex) => decode_hex(hex).ok_or_else(|| invalid(s))?,
+                    None => s.as_bytes().to_vec(),
+                })
             }
-            (Literal::String(s), KalamType::Bytes) => Value::Bytes(match s.strip_prefix("0x").or_else(|| s.strip_prefix("\\x")) {
-                Some(hex) => decode_hex(hex).ok_or_else(|| invalid(s))?,
-                None => s.as_bytes().to_vec(),
-            }),
             (Literal::Boolean(b), _) => return Err(invalid(&b.to_string())),
             (Literal::Number(n), _) => return Err(invalid(n)),
         };
@@ -187,10 +181,7 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     if hex.len() % 2 != 0 {
         return None;
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
 fn parse_integer(text: &str) -> Option<i64> {
