@@ -64,21 +64,24 @@ fn reject(status: u16, code: ErrorCode, message: &str) -> ErrorResponse {
     resp
 }
 
+/// Why an upgrade request is refused: HTTP status, code, message.
+type Rejection = (u16, ErrorCode, String);
+
 /// Authenticates the upgrade request (api.md §1, loopback bypass) and picks the acting user.
-fn authenticate(cfg: &KalamConfig, peer: SocketAddr, req: &Request) -> Result<UserId, ErrorResponse> {
+fn authenticate(cfg: &KalamConfig, peer: SocketAddr, req: &Request) -> Result<UserId, Rejection> {
     if req.uri().path() != "/v1/ws" {
-        return Err(reject(404, ErrorCode::InvalidRequest, "Not found"));
+        return Err((404, ErrorCode::InvalidRequest, "Not found".into()));
     }
     let headers = req.headers();
     let relayed = ["origin", "x-forwarded-for", "forwarded", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
     if !(cfg.auth.localhost_bypass && peer.ip().is_loopback() && !relayed) {
-        return Err(reject(401, ErrorCode::Unauthorized, "Authentication required"));
+        return Err((401, ErrorCode::Unauthorized, "Authentication required".into()));
     }
     let from_query =
         req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user_id=")).map(str::to_owned));
     let requested = headers.get("x-user-id").and_then(|v| v.to_str().ok()).map(str::to_owned).or(from_query);
     let raw = requested.unwrap_or_else(|| cfg.auth.localhost_default_user.clone());
-    UserId::parse(raw.trim()).map_err(|e| reject(400, e.code, &e.message))
+    UserId::parse(raw.trim()).map_err(|e| (400, e.code, e.message))
 }
 
 fn error_msg(subscription_id: &str, code: ErrorCode, message: &str) -> String {
@@ -103,6 +106,8 @@ struct SubscriptionRequest {
 }
 
 /// Runs one handed-off connection to its end.
+// The handshake callback's error type is tungstenite's `ErrorResponse` (an HTTP response).
+#[allow(clippy::result_large_err)]
 pub async fn run(shared: Arc<Shared>, fd: OwnedFd, peer: SocketAddr) {
     let std_stream = std::net::TcpStream::from(fd);
     if std_stream.set_nonblocking(true).is_err() {
@@ -113,7 +118,7 @@ pub async fn run(shared: Arc<Shared>, fd: OwnedFd, peer: SocketAddr) {
     let slot = user_slot.clone();
     let cfg = shared.cfg.clone();
     let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        let user = authenticate(&cfg, peer, req)?;
+        let user = authenticate(&cfg, peer, req).map_err(|(status, code, message)| reject(status, code, &message))?;
         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(user);
         Ok(resp)
     };

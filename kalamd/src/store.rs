@@ -25,6 +25,9 @@ pub mod cf {
     pub const ALL: [&str; 7] = [NAMESPACES, TABLES, JOBS, TABLE_FILES, COUNTERS, CHANGE_LOG, META];
 }
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 const META_COMMIT_SEQ: &[u8] = b"commit_seq";
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +121,7 @@ impl Store {
     }
 
     /// All entries whose key starts with `prefix`, in key order.
-    pub fn scan_prefix(&self, cf: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_prefix(&self, cf: &str, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         let handle = self.cf(cf)?;
         let mut out = Vec::new();
         for item in self.db.iterator_cf(&handle, IteratorMode::From(prefix, Direction::Forward)) {
@@ -132,7 +135,7 @@ impl Store {
     }
 
     /// Up to `limit` entries with key ≥ `from`, in key order.
-    pub fn scan_from(&self, cf: &str, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_from(&self, cf: &str, from: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         let handle = self.cf(cf)?;
         let mut out = Vec::new();
         for item in self.db.iterator_cf(&handle, IteratorMode::From(from, Direction::Forward)).take(limit) {

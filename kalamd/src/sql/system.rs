@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use kalam_types::arrow::build_array;
 use kalam_types::error::{ErrorCode, KalamError};
@@ -24,6 +24,9 @@ pub fn table(engine: &Engine, name: &str) -> Result<(SchemaRef, RecordBatch), En
     }
 }
 
+/// Reads one column's value from a record.
+type Getter<T> = Box<dyn Fn(&T) -> Value>;
+
 fn text(v: &Option<String>) -> Value {
     v.clone().map(Value::Text).unwrap_or(Value::Null)
 }
@@ -34,7 +37,7 @@ fn ts(v: Option<i64>) -> Value {
 
 fn jobs(engine: &Engine) -> Result<(SchemaRef, RecordBatch), EngineError> {
     let jobs = engine.jobs()?;
-    let columns: [(&str, KalamType, Box<dyn Fn(&crate::flush::JobRecord) -> Value>); 11] = [
+    let columns: [(&str, KalamType, Getter<crate::flush::JobRecord>); 11] = [
         ("job_id", KalamType::Text, Box::new(|j| Value::Text(j.job_id.clone()))),
         ("job_type", KalamType::Text, Box::new(|j| Value::Text(j.job_type.clone()))),
         ("namespace_id", KalamType::Text, Box::new(|j| Value::Text(j.namespace_id.clone()))),
@@ -48,16 +51,7 @@ fn jobs(engine: &Engine) -> Result<(SchemaRef, RecordBatch), EngineError> {
         ("result", KalamType::Json, Box::new(|j| text(&j.result))),
     ];
     let schema: SchemaRef = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(n, t, _)| {
-                let dt = match t {
-                    KalamType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
-                    other => kalam_types::arrow::arrow_type(*other),
-                };
-                Field::new(*n, dt, true)
-            })
-            .collect::<Vec<_>>(),
+        columns.iter().map(|(n, t, _)| Field::new(*n, kalam_types::arrow::arrow_type(*t), true)).collect::<Vec<_>>(),
     ));
     let arrays = columns
         .iter()

@@ -273,6 +273,8 @@ fn normalize(p: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
+// `figment::Jail` closures return `figment::Error`, which is large by design.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

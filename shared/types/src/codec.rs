@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn bigint_key_bytes_sort_numerically() {
-        let mut nums = vec![-5i64, 3, i64::MIN, 0, i64::MAX, -1];
+        let mut nums = [-5i64, 3, i64::MIN, 0, i64::MAX, -1];
         let mut keys: Vec<_> = nums.iter().map(|n| encode_pk(&Value::BigInt(*n)).unwrap()).collect();
         keys.sort();
         nums.sort();
