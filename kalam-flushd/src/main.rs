@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Jobs waiting for a worker, at most.
 const MAX_QUEUED_JOBS: usize = 10_000;
+/// Attempts of one job while kalamd restarts under it.
+const MAX_ATTEMPTS_ON_LOST_KALAMD: usize = 5;
 /// Deadline of a commit call (kalamd compares every flushed row with the live buffer).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -144,7 +146,16 @@ async fn run_workers(
         let run_dir = run_dir.clone();
         let in_flight = in_flight.clone();
         running.spawn(async move {
-            run_one(&run_dir, &job_id).await;
+            // A kalamd restart in the middle of an attempt is not the job's fault: run it again
+            // once kalamd is back (it still has every row and the job record).
+            let mut delay = Duration::from_millis(200);
+            for _ in 0..MAX_ATTEMPTS_ON_LOST_KALAMD {
+                if run_one(&run_dir, &job_id).await == Attempt::Finished {
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
             in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&job_id);
             drop(permit);
         });
@@ -164,21 +175,29 @@ async fn engine(run_dir: &std::path::Path) -> Option<EngineClient> {
     None
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    /// Committed, failed, or refused by kalamd: nothing more to do here.
+    Finished,
+    /// kalamd went away mid-attempt; the job is still pending there.
+    KalamdLost,
+}
+
 /// Runs one attempt of a job. Failures leave every row in kalamd's buffer.
-async fn run_one(run_dir: &std::path::Path, job_id: &str) {
+async fn run_one(run_dir: &std::path::Path, job_id: &str) -> Attempt {
     let Some(client) = engine(run_dir).await else {
-        tracing::error!(job_id, "kalamd unreachable; the job stays queued until the next start");
-        return;
+        tracing::error!(job_id, "kalamd unreachable");
+        return Attempt::KalamdLost;
     };
     let plan = match client.begin_flush(tarpc::context::current(), job_id.to_owned()).await {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
             tracing::warn!(job_id, error = %e, "kalamd refused to start the job");
-            return;
+            return Attempt::Finished;
         }
         Err(e) => {
             tracing::warn!(job_id, error = %e, "lost kalamd while starting the job");
-            return;
+            return Attempt::KalamdLost;
         }
     };
     tracing::info!(job_id, table = %plan.table.qualified_name(), namespace = %plan.table.namespace, "Flush job started");
@@ -191,23 +210,32 @@ async fn run_one(run_dir: &std::path::Path, job_id: &str) {
         Ok(Err(e)) => {
             tracing::error!(job_id, error = %e, "flush write failed");
             let _ = client.fail_flush(tarpc::context::current(), job_id.to_owned(), e.to_string()).await;
-            return;
+            return Attempt::Finished;
         }
         Err(e) => {
             tracing::error!(job_id, error = %e, "flush task panicked");
             let _ = client.fail_flush(tarpc::context::current(), job_id.to_owned(), "flush task failed".into()).await;
-            return;
+            return Attempt::Finished;
         }
     };
     match client.commit_flush(context_with_timeout(COMMIT_TIMEOUT), job_id.to_owned(), files).await {
-        Ok(Ok(summary)) => tracing::info!(
-            job_id,
-            table = %plan.table.qualified_name(),
-            records_flushed = summary.records_flushed,
-            files = summary.files,
-            "Flush job completed"
-        ),
-        Ok(Err(e)) => tracing::warn!(job_id, error = %e, "kalamd refused the commit"),
-        Err(e) => tracing::warn!(job_id, error = %e, "lost kalamd during commit; the job will be resumed"),
+        Ok(Ok(summary)) => {
+            tracing::info!(
+                job_id,
+                table = %plan.table.qualified_name(),
+                records_flushed = summary.records_flushed,
+                files = summary.files,
+                "Flush job completed"
+            );
+            Attempt::Finished
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(job_id, error = %e, "kalamd refused the commit");
+            Attempt::Finished
+        }
+        Err(e) => {
+            tracing::warn!(job_id, error = %e, "lost kalamd during commit; trying the job again");
+            Attempt::KalamdLost
+        }
     }
 }

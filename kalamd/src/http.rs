@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -98,10 +99,23 @@ async fn sql(
     State(engine): State<Arc<Engine>>,
     Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let took = || started.elapsed().as_millis() as u64;
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let limit = engine.cfg.limits.max_message_size;
+            let e = KalamError::new(ErrorCode::PayloadTooLarge, format!("Request body exceeds {limit} bytes"));
+            return error_response(&e, took());
+        }
+        Err(rejection) => {
+            let e =
+                KalamError::new(ErrorCode::InvalidRequest, format!("Invalid request body: {}", rejection.body_text()));
+            return error_response(&e, took());
+        }
+    };
     if engine.is_shutting_down() {
         return error_response(&KalamError::new(ErrorCode::ShuttingDown, "Server is shutting down"), took());
     }
@@ -226,6 +240,18 @@ mod tests {
             body["error"]["message"],
             "Statement 1 failed: Data type DECIMAL not supported. Use DOUBLE for floating point or BIGINT for large integers"
         );
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_get_413_in_the_envelope() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = kalam_config::KalamConfig::test_config(dir.path(), 1);
+        cfg.limits.max_message_size = 64;
+        cfg.resolve_paths().unwrap();
+        let app = router(Engine::open(cfg).unwrap());
+        let (s, body) = call(&app, "127.0.0.1:5000", &format!("SELECT '{}'", "x".repeat(100)), None).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE");
     }
 
     #[tokio::test]

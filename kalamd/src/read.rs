@@ -47,6 +47,33 @@ pub fn read_partition(
     user: Option<&UserId>,
 ) -> Result<Vec<MergedRow>, EngineError> {
     let user = if def.table_type == TableType::Shared { None } else { user };
+    // The buffer is read before the manifest: a flush committing in between moves rows from the
+    // buffer into a file we then also read, so a row is seen at least once (the merge removes
+    // the duplicate). The other order could miss it.
+    let prefix = user.map(codec::user_prefix).unwrap_or_default();
+    let hot = engine.store.scan_prefix(&table_cf_name(def), &prefix)?;
+    let mut merged = read_cold(engine, def, user)?;
+    let types = def.column_types();
+    for (key, bytes) in hot {
+        let pk = key[prefix.len()..].to_vec();
+        let row = codec::decode_row(&bytes, &types).map_err(|e| EngineError::corrupt("table", e))?;
+        let row = MergedRow { values: row.values, updated_us: row.updated_us, deleted: row.deleted };
+        match merged.get(&pk) {
+            Some(existing) if existing.updated_us > row.updated_us => {}
+            _ => {
+                merged.insert(pk, row);
+            }
+        }
+    }
+    Ok(merged.into_values().collect())
+}
+
+/// The newest flushed version of every key of a partition, keyed by primary-key bytes.
+pub fn read_cold(
+    engine: &Engine,
+    def: &TableDefinition,
+    user: Option<&UserId>,
+) -> Result<BTreeMap<Vec<u8>, MergedRow>, EngineError> {
     let mut merged: BTreeMap<Vec<u8>, MergedRow> = BTreeMap::new();
     let pk_idx = def.primary_key_index();
     for entry in manifest_entries(engine, def, user)? {
@@ -60,20 +87,7 @@ pub fn read_partition(
             }
         }
     }
-    let types = def.column_types();
-    let prefix = user.map(codec::user_prefix).unwrap_or_default();
-    for (key, bytes) in engine.store.scan_prefix(&table_cf_name(def), &prefix)? {
-        let pk = key[prefix.len()..].to_vec();
-        let row = codec::decode_row(&bytes, &types).map_err(|e| EngineError::corrupt("table", e))?;
-        let row = MergedRow { values: row.values, updated_us: row.updated_us, deleted: row.deleted };
-        match merged.get(&pk) {
-            Some(existing) if existing.updated_us > row.updated_us => {}
-            _ => {
-                merged.insert(pk, row);
-            }
-        }
-    }
-    Ok(merged.into_values().collect())
+    Ok(merged)
 }
 
 /// Reads one flushed file, projecting its columns onto the current definition by name.

@@ -136,6 +136,34 @@ async fn flush_moves_rows_to_parquet_without_changing_results() {
     let resp = alice.query("SELECT id, body, _updated, _deleted FROM app.notes WHERE id = 2").await.expect("select");
     let row = &resp.results[0].rows.as_ref().unwrap()[0];
     assert_eq!((row["body"].as_str(), row["_deleted"].as_bool()), (Some("a2"), Some(false)));
+
+    // Flushed keys still count for primary-key uniqueness.
+    let (status, resp) = alice.query_raw("INSERT INTO app.notes VALUES (2, 'again')").await.expect("insert");
+    assert_eq!(status, 400);
+    assert_eq!(resp.error.expect("error").code, "CONSTRAINT_VIOLATION");
+    assert_eq!(ids(&alice, "app.notes").await, vec![1, 2, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_tables_flush_into_one_group() {
+    let cluster = Cluster::start().await;
+    let admin = cluster.client("system");
+    admin
+        .query("CREATE NAMESPACE app; CREATE SHARED TABLE app.config (k TEXT PRIMARY KEY, v BIGINT)")
+        .await
+        .expect("setup");
+    let shared_dir = cluster.data_dir().join("storage/app/shared/config");
+    assert!(shared_dir.is_dir(), "SHARED tables get their directory at CREATE");
+    cluster.client("alice").query("INSERT INTO app.config VALUES ('a', 1), ('b', 2)").await.expect("insert");
+    flush(&admin, "app.config").await;
+    assert_eq!(parquet_files(&shared_dir).len(), 1);
+    // Every user reads the same shared rows, flushed and buffered alike.
+    cluster.client("bob").query("INSERT INTO app.config VALUES ('c', 3)").await.expect("insert");
+    let resp = cluster.client("carol").query("SELECT k, v FROM app.config ORDER BY k").await.expect("select");
+    let rows = resp.results[0].rows.as_ref().unwrap();
+    let got: Vec<(String, i64)> =
+        rows.iter().map(|r| (r["k"].as_str().unwrap().to_owned(), r["v"].as_i64().unwrap())).collect();
+    assert_eq!(got, vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,6 +139,8 @@ fn write_inserts(
     let types = def.column_types();
     let partition_user = (def.table_type != TableType::Shared).then_some(user);
     let mut guard = engine.store.begin();
+    // Keys of flushed rows count too; their files are read only when the partition has any.
+    let cold = crate::read::read_cold(engine, def, partition_user)?;
     let cf = engine.store.cf(&cf_name)?;
     let mut keys_in_statement = HashSet::new();
     let mut new_keys = 0i64;
@@ -148,7 +150,7 @@ fn write_inserts(
             .ok_or_else(|| EngineError::internal("primary key of a type that cannot be a key"))?;
         let key = match partition_user {
             Some(u) => codec::user_row_key(u, &pk),
-            None => pk,
+            None => pk.clone(),
         };
         let duplicate = |v: &Value| {
             EngineError::User(KalamError::new(
@@ -159,14 +161,18 @@ fn write_inserts(
         if !keys_in_statement.insert(key.clone()) {
             return Err(duplicate(&values[pk_idx]));
         }
-        match engine.store.get(&cf_name, &key)? {
+        // The buffered version, when there is one, is newer than any flushed one.
+        let live = match engine.store.get(&cf_name, &key)? {
             Some(existing) => {
-                let old = codec::decode_row(&existing, &types).map_err(|e| EngineError::corrupt("table", e))?;
-                if !old.deleted {
-                    return Err(duplicate(&values[pk_idx]));
-                }
+                !codec::decode_row(&existing, &types).map_err(|e| EngineError::corrupt("table", e))?.deleted
             }
-            None => new_keys += 1,
+            None => {
+                new_keys += 1;
+                cold.get(&pk).is_some_and(|r| !r.deleted)
+            }
+        };
+        if live {
+            return Err(duplicate(&values[pk_idx]));
         }
         pending.push((key, values));
     }

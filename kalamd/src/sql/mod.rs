@@ -174,7 +174,16 @@ fn create_table(engine: &Engine, spec: CreateTableSpec) -> Result<StatementResul
         flush_policy,
         created_at_us: wall_clock_us(),
     };
+    let shared_dir = (def.table_type == TableType::Shared)
+        .then(|| kalam_storage::group_dir(def.table_type, def.namespace.as_str(), def.name.as_str(), None))
+        .transpose()
+        .map_err(EngineError::internal)?;
     if engine.catalog.create_table(def)? {
+        // SHARED tables get their storage directory at once (filesystem storages).
+        if let Some(dir) = shared_dir {
+            let path = engine.storage_base().join(dir);
+            std::fs::create_dir_all(&path).map_err(|e| EngineError::Store(crate::store::StoreError::Io(e)))?;
+        }
         Ok(StatementResult::message(0, format!("Table '{qualified}' created successfully")))
     } else if spec.if_not_exists {
         Ok(StatementResult::message(0, format!("Table '{qualified}' already exists (skipped)")))
