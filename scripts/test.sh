@@ -19,4 +19,16 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+# The systemd unit must verify cleanly against the binaries just built (warnings count).
+if command -v systemd-analyze >/dev/null 2>&1; then
+  unit_dir=$(mktemp -d)
+  sed "s|/usr/local/bin/|$CARGO_TARGET_DIR/debug/|" systemd/kalamdb.service > "$unit_dir/kalamdb.service"
+  out=$(systemd-analyze verify --man=no "$unit_dir/kalamdb.service" 2>&1 || true)
+  rm -rf "$unit_dir"
+  if [ -n "$out" ]; then
+    echo "systemd/kalamdb.service does not verify:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+fi
 echo "test suite passed in $(( $(date +%s) - started ))s"

@@ -47,7 +47,7 @@ where
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub port: u16,
-    supervisor: Child,
+    supervisor: std::sync::Mutex<Child>,
 }
 
 impl Cluster {
@@ -56,7 +56,7 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let supervisor = spawn_supervisor(dir.path(), port);
-        let cluster = Cluster { dir, port, supervisor };
+        let cluster = Cluster { dir, port, supervisor: std::sync::Mutex::new(supervisor) };
         cluster.wait_healthy().await;
         for daemon in ["kalamd", "kalam-flushd", "kalam-lived"] {
             cluster.running_pid(daemon).await;
@@ -118,17 +118,21 @@ impl Cluster {
         self.running_pid_other_than(name, Some(old)).await
     }
 
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.supervisor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn supervisor_pid(&self) -> u32 {
-        self.supervisor.id()
+        self.child().id()
     }
 
     /// Sends SIGTERM to the supervisor and waits (up to `timeout`) for it to exit.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let pid = nix::unistd::Pid::from_raw(self.supervisor.id() as i32);
+    pub fn terminate(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.supervisor_pid() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).ok()?;
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.supervisor.try_wait() {
+            if let Some(status) = self.try_exit_status() {
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -136,9 +140,14 @@ impl Cluster {
         None
     }
 
+    /// The supervisor's exit status, if it has exited.
+    pub fn try_exit_status(&self) -> Option<std::process::ExitStatus> {
+        self.child().try_wait().ok().flatten()
+    }
+
     /// True while the supervisor process is alive.
-    pub fn supervisor_alive(&mut self) -> bool {
-        matches!(self.supervisor.try_wait(), Ok(None))
+    pub fn supervisor_alive(&self) -> bool {
+        self.try_exit_status().is_none()
     }
 }
 
@@ -163,16 +172,10 @@ pub fn spawn_supervisor(dir: &Path, port: u16) -> Child {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.supervisor.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.supervisor.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if self.terminate(Duration::from_secs(30)).is_none() {
+            let mut child = self.child();
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        let _ = self.supervisor.kill();
-        let _ = self.supervisor.wait();
     }
 }

@@ -213,7 +213,7 @@ async fn every_daemon_recovers_from_kill_9_without_losing_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_supervisor_on_a_busy_port_fails_fast() {
-    let mut cluster = Cluster::start().await;
+    let cluster = Cluster::start().await;
     let other_dir = tempfile::tempdir().expect("dir");
     let started = Instant::now();
     let mut second = spawn_supervisor(other_dir.path(), cluster.port);
@@ -234,7 +234,7 @@ async fn a_second_supervisor_on_a_busy_port_fails_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_every_daemon_and_exits_zero() {
-    let mut cluster = Cluster::start().await;
+    let cluster = Cluster::start().await;
     let procs = wait_for(Duration::from_secs(60), "all daemons running", || async {
         let procs = cluster.processes().await?;
         procs.iter().all(|p| p.state == "running").then_some(procs)
@@ -248,4 +248,54 @@ async fn sigterm_stops_every_daemon_and_exits_zero() {
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
         assert!(!alive, "daemon {pid} still running after shutdown");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_daemon_is_killed_and_restarted() {
+    let cluster = Cluster::start().await;
+    let old = cluster.running_pid("kalam-lived").await;
+    let pid = nix::unistd::Pid::from_raw(old as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop lived");
+    // Three missed health checks, then a kill and a restart.
+    let new = cluster.running_pid_other_than("kalam-lived", Some(old)).await;
+    assert_ne!(new, old);
+    let mut ws = cluster.client("alice").connect_live().await.expect("lived answers again");
+    ws.send_json(&serde_json::json!({"type": "ping"})).await.expect("ping");
+    assert_eq!(next_message(&mut ws).await["type"], "pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_gives_up_on_a_crash_looping_kalamd() {
+    let owned = Cluster::start().await;
+    let cluster = &owned;
+    // More than five restarts within a minute: the supervisor stops everything, exits non-zero.
+    let mut status = None;
+    for _ in 0..8 {
+        let Some(procs) = cluster.processes().await else { break };
+        let Some(pid) = procs.iter().find(|p| p.name == "kalamd").and_then(|p| p.pid) else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let gone = wait_for(Duration::from_secs(30), "kalamd back or supervisor gone", || async move {
+            {
+                if let Some(s) = cluster.try_exit_status() {
+                    return Some(Some(s));
+                }
+                let procs = cluster.processes().await?;
+                let p = procs.into_iter().find(|p| p.name == "kalamd")?;
+                (p.state == "running" && p.pid != Some(pid)).then_some(None)
+            }
+        })
+        .await;
+        if let Some(s) = gone {
+            status = Some(s);
+            break;
+        }
+    }
+    let status = match status {
+        Some(s) => s,
+        None => wait_for(Duration::from_secs(30), "supervisor exit", || async move { cluster.try_exit_status() }).await,
+    };
+    assert!(!status.success(), "the supervisor exits non-zero when kalamd cannot stay up: {status:?}");
 }
