@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need=()
-for pkg in clang libclang-dev pkg-config build-essential; do
+for pkg in clang libclang-dev pkg-config build-essential curl ca-certificates; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -14,7 +14,17 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 
+# Rust itself, through rustup, when the machine has none.
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "cargo not found: install Rust with rustup (https://rustup.rs) and re-run." >&2
-  exit 1
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain stable
+  export PATH="$HOME/.cargo/bin:$PATH"
+  echo "Rust installed in ~/.cargo/bin; add it to PATH (source ~/.cargo/env) in new shells." >&2
+fi
+
+# rustfmt runs in the test suite; minimal toolchains lack it.
+if command -v rustup >/dev/null 2>&1 && ! cargo fmt --version >/dev/null 2>&1; then
+  rustup component add rustfmt
 fi

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 
 # One target directory outside the clone, reused across runs and clones (RocksDB's C++ build
 # dominates a cold build). A brand-new machine simply starts cold.

@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 const MAX_QUEUED_JOBS: usize = 10_000;
 /// Attempts of one job while kalamd restarts under it.
 const MAX_ATTEMPTS_ON_LOST_KALAMD: usize = 5;
-/// Deadline of a commit call (kalamd compares every flushed row with the live buffer).
+/// Deadline of the begin and commit calls (a checkpoint flushes memtables; a commit compares
+/// every flushed row with the live buffer).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Parser)]
@@ -189,7 +190,7 @@ async fn run_one(run_dir: &std::path::Path, job_id: &str) -> Attempt {
         tracing::error!(job_id, "kalamd unreachable");
         return Attempt::KalamdLost;
     };
-    let plan = match client.begin_flush(tarpc::context::current(), job_id.to_owned()).await {
+    let plan = match client.begin_flush(context_with_timeout(COMMIT_TIMEOUT), job_id.to_owned()).await {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
             tracing::warn!(job_id, error = %e, "kalamd refused to start the job");

@@ -10,13 +10,14 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Extension, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::engine::Engine;
 use crate::sql::{StatementResult, execute_batch};
@@ -27,11 +28,23 @@ pub struct Peer(pub SocketAddr);
 
 pub fn router(engine: Arc<Engine>) -> Router {
     let limit = engine.cfg.limits.max_message_size;
+    // Browsers may call the API from any origin; they never get the loopback bypass (an
+    // `Origin` header disables it), so they must bring credentials.
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-user-id"),
+        ]);
     Router::new()
         .route("/v1/api/sql", post(sql))
         .route("/v1/api/healthcheck", get(health))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(cors)
         .with_state(engine)
 }
 
@@ -240,6 +253,32 @@ mod tests {
             body["error"]["message"],
             "Statement 1 failed: Data type DECIMAL not supported. Use DOUBLE for floating point or BIGINT for large integers"
         );
+    }
+
+    #[tokio::test]
+    async fn cors_preflight_is_answered_and_origin_requests_get_no_bypass() {
+        let (_dir, engine) = engine();
+        let app = router(engine);
+        let mut req = Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/api/sql")
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type,x-user-id")
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(Peer("127.0.0.1:1".parse().unwrap()));
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert!(resp.status().is_success());
+        assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+
+        let mut req = Request::post("/v1/api/sql")
+            .header("origin", "https://app.example")
+            .body(Body::from(json!({"sql": "SELECT 1"}).to_string()))
+            .unwrap();
+        req.extensions_mut().insert(Peer("127.0.0.1:1".parse().unwrap()));
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]
