@@ -170,3 +170,127 @@ struct ChangeMessage<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     old_values: Option<Vec<Ordered>>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicU64;
+
+    use kalam_rpc::{ChangeBatch, ChangeKind, Engine, FlushPlan, FlushSummary, FlushedFile, Health, RpcError};
+    use kalam_rpc::{SubscriptionPlan, TableStats};
+    use tarpc::context::Context;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::registry::Subscription;
+
+    /// A kalamd stand-in whose change log is a fixed list.
+    #[derive(Clone)]
+    struct FakeEngine(Arc<Mutex<Vec<ChangeRecord>>>, Arc<AtomicU64>);
+
+    impl Engine for FakeEngine {
+        async fn health(self, _: Context) -> Health {
+            Health::of("fake-kalamd")
+        }
+        async fn begin_flush(self, _: Context, _: String) -> Result<FlushPlan, RpcError> {
+            Err(RpcError::internal())
+        }
+        async fn commit_flush(self, _: Context, _: String, _: Vec<FlushedFile>) -> Result<FlushSummary, RpcError> {
+            Err(RpcError::internal())
+        }
+        async fn fail_flush(self, _: Context, _: String, _: String) -> Result<(), RpcError> {
+            Ok(())
+        }
+        async fn runnable_flush_jobs(self, _: Context) -> Result<Vec<String>, RpcError> {
+            Ok(vec![])
+        }
+        async fn poll_changes(self, _: Context, after: u64, max: u32, wait_ms: u32) -> Result<ChangeBatch, RpcError> {
+            let log = self.0.lock().unwrap().clone();
+            // Counted after reading, so a test that saw the count knows this poll's view.
+            self.1.fetch_add(1, Ordering::SeqCst);
+            let head = log.last().map(|r| r.commit_seq).unwrap_or(0);
+            let records: Vec<_> = log.into_iter().filter(|r| r.commit_seq > after).take(max as usize).collect();
+            if records.is_empty() {
+                tokio::time::sleep(Duration::from_millis(u64::from(wait_ms).min(50))).await;
+            }
+            Ok(ChangeBatch { records, head_seq: head })
+        }
+        async fn plan_subscription(self, _: Context, _: String, _: String) -> Result<SubscriptionPlan, RpcError> {
+            Err(RpcError::internal())
+        }
+        async fn table_stats(self, _: Context, _: String, _: String) -> Result<TableStats, RpcError> {
+            Err(RpcError::internal())
+        }
+    }
+
+    fn record(seq: u64, user: &str, id: i64) -> ChangeRecord {
+        ChangeRecord {
+            commit_seq: seq,
+            namespace: "app".into(),
+            table: "t".into(),
+            user_id: Some(user.into()),
+            kind: ChangeKind::Insert,
+            old_row: None,
+            new_row: Some(format!(
+                r#"{{"id":{id},"body":"x","_updated":"2025-01-01T00:00:00.000000Z","_deleted":false}}"#
+            )),
+            commit_time_us: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_reach_only_their_partition_in_order_with_seq_and_projection() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().to_path_buf();
+        let log = Arc::new(Mutex::new(vec![record(1, "alice", 0)]));
+        let listener = kalam_rpc::transport::bind(&kalam_rpc::transport::socket_path(
+            &run_dir,
+            kalam_rpc::transport::sockets::ENGINE,
+        ))
+        .unwrap();
+        let polls = Arc::new(AtomicU64::new(0));
+        let server = tokio::spawn(kalam_rpc::serve_on!(listener, FakeEngine(log.clone(), polls.clone())));
+
+        let registry = Arc::new(Registry::default());
+        let (tx, mut rx) = mpsc::channel(16);
+        registry.add(
+            ("app".into(), "t".into(), "alice".into()),
+            Arc::new(Subscription {
+                connection_id: "c1".into(),
+                subscription_id: "s1".into(),
+                user_id: "alice".into(),
+                sql: "SELECT id FROM app.t".into(),
+                columns: vec!["id".into()],
+                seq: AtomicU64::new(0),
+                changes: AtomicU64::new(0),
+                tx,
+                close: CancellationToken::new(),
+            }),
+        );
+        let shutdown = CancellationToken::new();
+        let pump = Pump { registry: registry.clone(), run_dir: run_dir.clone(), cursor_file: run_dir.join("cursor") };
+        let task = tokio::spawn(pump.run(shutdown.clone()));
+
+        // The pump starts at the head (seq 1), so only later records are delivered: wait for
+        // its first poll before appending.
+        while polls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        log.lock().unwrap().extend([record(2, "bob", 20), record(3, "alice", 30), record(4, "alice", 40)]);
+        for (expected_seq, expected_id, commit_seq) in [(1u64, 30i64, 3u64), (2, 40, 4)] {
+            let Outgoing::Text(text) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+            let msg: Json = serde_json::from_str(&text).unwrap();
+            assert_eq!(msg["subscription_id"], "s1");
+            assert_eq!(msg["seq"], expected_seq);
+            assert_eq!(msg["commit_seq"], commit_seq);
+            let row = msg["rows"][0].as_object().unwrap();
+            let keys: Vec<&str> = row.keys().map(String::as_str).collect();
+            assert_eq!(keys.len(), 3, "projected column plus _updated and _deleted: {keys:?}");
+            assert_eq!(row["id"], expected_id);
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(std::fs::read_to_string(run_dir.join("cursor")).unwrap(), "4");
+        server.abort();
+    }
+}
