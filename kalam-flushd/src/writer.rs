@@ -91,6 +91,9 @@ fn write_group(
     let temp_path = dir.join(temp_file_name(&name));
 
     let batch = to_batch(def, schema, rows)?;
+    let pk_idx = def.primary_key_index();
+    let pk_of = |r: Option<&StoredRow>| r.and_then(|r| codec::encode_pk(&r.values[pk_idx])).unwrap_or_default();
+    let (min_pk, max_pk) = (pk_of(rows.first()), pk_of(rows.last()));
     let min_updated = rows.iter().map(|r| r.updated_us).min().unwrap_or(0);
     let max_updated = rows.iter().map(|r| r.updated_us).max().unwrap_or(0);
     let props = writer_properties(plan, user, min_updated, max_updated);
@@ -111,6 +114,8 @@ fn write_group(
         row_count: rows.len() as u64,
         min_updated_us: min_updated,
         max_updated_us: max_updated,
+        min_pk,
+        max_pk,
     })
 }
 

@@ -9,6 +9,7 @@ use kalam_types::codec;
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::JobId;
 use kalam_types::schema::{TableDefinition, TableType};
+use kalam_types::value::{decode_hex, encode_hex};
 use rocksdb::{DB, IteratorMode, Options};
 use serde::{Deserialize, Serialize};
 
@@ -52,9 +53,25 @@ pub struct ManifestEntry {
     pub row_count: u64,
     pub min_updated_us: i64,
     pub max_updated_us: i64,
+    /// Primary-key range of the file (`0x` + hex of the key bytes).
+    #[serde(default)]
+    pub min_pk: Option<String>,
+    #[serde(default)]
+    pub max_pk: Option<String>,
     pub schema_version: u32,
     pub job_id: String,
     pub created_at_us: i64,
+}
+
+impl ManifestEntry {
+    /// False only when the recorded key range proves the file cannot hold `pk`.
+    pub fn may_contain(&self, pk: &[u8]) -> bool {
+        let bound = |b: &Option<String>| b.as_deref().and_then(decode_hex);
+        match (bound(&self.min_pk), bound(&self.max_pk)) {
+            (Some(min), Some(max)) => min.as_slice() <= pk && pk <= max.as_slice(),
+            _ => true,
+        }
+    }
 }
 
 fn job_not_found(job_id: &str) -> EngineError {
@@ -221,6 +238,8 @@ impl Engine {
                 row_count: f.row_count,
                 min_updated_us: f.min_updated_us,
                 max_updated_us: f.max_updated_us,
+                min_pk: Some(encode_hex(&f.min_pk)),
+                max_pk: Some(encode_hex(&f.max_pk)),
                 schema_version: def.schema_version,
                 job_id: job_id.to_owned(),
                 created_at_us: now,
@@ -299,4 +318,33 @@ fn random_suffix() -> u32 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_i64(wall_clock_us());
     h.finish() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(min: Option<&[u8]>, max: Option<&[u8]>) -> ManifestEntry {
+        ManifestEntry {
+            storage_id: "local".into(),
+            path: "p".into(),
+            size_bytes: 0,
+            row_count: 0,
+            min_updated_us: 0,
+            max_updated_us: 0,
+            min_pk: min.map(encode_hex),
+            max_pk: max.map(encode_hex),
+            schema_version: 1,
+            job_id: "j".into(),
+            created_at_us: 0,
+        }
+    }
+
+    #[test]
+    fn key_ranges_prune_files_conservatively() {
+        let e = entry(Some(b"b"), Some(b"d"));
+        assert!(e.may_contain(b"b") && e.may_contain(b"c") && e.may_contain(b"d"));
+        assert!(!e.may_contain(b"a") && !e.may_contain(b"e"));
+        assert!(entry(None, None).may_contain(b"anything"), "files without a range are always read");
+    }
 }

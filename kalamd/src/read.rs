@@ -52,7 +52,7 @@ pub fn read_partition(
     // the duplicate). The other order could miss it.
     let prefix = user.map(codec::user_prefix).unwrap_or_default();
     let hot = engine.store.scan_prefix(&table_cf_name(def), &prefix)?;
-    let mut merged = read_cold(engine, def, user)?;
+    let mut merged = read_cold(engine, def, &manifest_entries(engine, def, user)?)?;
     let types = def.column_types();
     for (key, bytes) in hot {
         let pk = key[prefix.len()..].to_vec();
@@ -68,16 +68,16 @@ pub fn read_partition(
     Ok(merged.into_values().collect())
 }
 
-/// The newest flushed version of every key of a partition, keyed by primary-key bytes.
+/// The newest version of every key in the given flushed files, keyed by primary-key bytes.
 pub fn read_cold(
     engine: &Engine,
     def: &TableDefinition,
-    user: Option<&UserId>,
+    entries: &[ManifestEntry],
 ) -> Result<BTreeMap<Vec<u8>, MergedRow>, EngineError> {
     let mut merged: BTreeMap<Vec<u8>, MergedRow> = BTreeMap::new();
     let pk_idx = def.primary_key_index();
-    for entry in manifest_entries(engine, def, user)? {
-        for row in read_parquet(engine, def, &entry)? {
+    for entry in entries {
+        for row in read_parquet(engine, def, entry)? {
             let Some(pk) = codec::encode_pk(&row.values[pk_idx]) else { continue };
             match merged.get(&pk) {
                 Some(existing) if existing.updated_us >= row.updated_us => {}

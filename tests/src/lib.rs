@@ -18,8 +18,13 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("test binary path");
-    let deps = exe.parent().expect("deps dir");
-    deps.parent().expect("profile dir").to_path_buf()
+    let dir = exe.parent().expect("binary dir");
+    // Test binaries live in `target/<profile>/deps`, tools next to the daemons.
+    if dir.join("kalam-supervisor").exists() {
+        dir.to_path_buf()
+    } else {
+        dir.parent().expect("profile dir").to_path_buf()
+    }
 }
 
 /// A port nobody listens on right now.

@@ -139,8 +139,13 @@ fn write_inserts(
     let types = def.column_types();
     let partition_user = (def.table_type != TableType::Shared).then_some(user);
     let mut guard = engine.store.begin();
-    // Keys of flushed rows count too; their files are read only when the partition has any.
-    let cold = crate::read::read_cold(engine, def, partition_user)?;
+    // Keys of flushed rows count too. Only files whose key range covers a new key are read.
+    let new_pks: Vec<Vec<u8>> = rows.iter().filter_map(|v| codec::encode_pk(&v[pk_idx])).collect();
+    let candidates: Vec<_> = crate::read::manifest_entries(engine, def, partition_user)?
+        .into_iter()
+        .filter(|e| new_pks.iter().any(|pk| e.may_contain(pk)))
+        .collect();
+    let cold = crate::read::read_cold(engine, def, &candidates)?;
     let cf = engine.store.cf(&cf_name)?;
     let mut keys_in_statement = HashSet::new();
     let mut new_keys = 0i64;

@@ -45,6 +45,9 @@ pub struct FlushedFile {
     pub row_count: u64,
     pub min_updated_us: i64,
     pub max_updated_us: i64,
+    /// Smallest and largest primary-key bytes in the file (rows are in key order).
+    pub min_pk: Vec<u8>,
+    pub max_pk: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -104,7 +104,7 @@ impl Value {
             },
             (Literal::String(s), KalamType::Bytes) => {
                 Value::Bytes(match s.strip_prefix("0x").or_else(|| s.strip_prefix("\\x")) {
-                    Some(hex) => decode_hex(hex).ok_or_else(|| invalid(s))?,
+                    Some(hex) => decode_hex_digits(hex).ok_or_else(|| invalid(s))?,
                     None => s.as_bytes().to_vec(),
                 })
             }
@@ -177,7 +177,12 @@ pub fn encode_hex(bytes: &[u8]) -> String {
     out
 }
 
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+/// Inverse of [`encode_hex`]: `0x` + hex digits.
+pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    decode_hex_digits(text.strip_prefix("0x")?)
+}
+
+fn decode_hex_digits(hex: &str) -> Option<Vec<u8>> {
     if !hex.len().is_multiple_of(2) {
         return None;
     }
@@ -215,6 +220,8 @@ mod tests {
         assert_eq!(Value::Double(f64::NAN).to_json(), Json::String("NaN".into()));
         assert_eq!(Value::Bytes(vec![0xde, 0xad]).to_json(), Json::String("0xdead".into()));
         assert_eq!(Value::Bytes(vec![]).to_json(), Json::String("0x".into()));
+        assert_eq!(decode_hex(&encode_hex(&[0, 9, 255])), Some(vec![0, 9, 255]));
+        assert_eq!(decode_hex("0xzz"), None);
         assert_eq!(Value::BigInt(i64::MAX).to_json().to_string(), "9223372036854775807");
         assert_eq!(Value::Timestamp(0).to_json(), Json::String("1970-01-01T00:00:00.000000Z".into()));
     }
