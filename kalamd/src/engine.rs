@@ -14,6 +14,10 @@ use crate::clock::VersionClock;
 use crate::error::EngineError;
 use crate::store::{Store, cf};
 
+/// Most change-log bytes returned by one poll; RPC frames are limited to 64 MiB and one record
+/// holds at most two 16 MiB-value rows.
+pub const MAX_CHANGE_BATCH_BYTES: usize = 16 << 20;
+
 pub struct Engine {
     pub cfg: KalamConfig,
     pub store: Arc<Store>,
@@ -89,11 +93,12 @@ impl Engine {
         });
     }
 
-    /// Change-log records after `after_seq` (at most `max`).
+    /// Change-log records after `after_seq`: at most `max`, and no more than
+    /// [`MAX_CHANGE_BATCH_BYTES`] of them (but always at least one, so a poll makes progress).
     pub fn read_changes(&self, after_seq: u64, max: usize) -> Result<Vec<ChangeRecord>, EngineError> {
         let from = after_seq.saturating_add(1).to_be_bytes();
         self.store
-            .scan_from(cf::CHANGE_LOG, &from, max)?
+            .scan_from(cf::CHANGE_LOG, &from, max, MAX_CHANGE_BATCH_BYTES)?
             .into_iter()
             .map(|(_, v)| serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::CHANGE_LOG, e)))
             .collect()

@@ -134,12 +134,18 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` entries with key ≥ `from`, in key order.
-    pub fn scan_from(&self, cf: &str, from: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+    /// Entries with key ≥ `from`, in key order: at most `limit` of them and, past the first,
+    /// no more than `max_bytes` of values in total.
+    pub fn scan_from(&self, cf: &str, from: &[u8], limit: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError> {
         let handle = self.cf(cf)?;
         let mut out = Vec::new();
+        let mut bytes = 0;
         for item in self.db.iterator_cf(&handle, IteratorMode::From(from, Direction::Forward)).take(limit) {
             let (k, v) = item?;
+            bytes += v.len();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
@@ -217,4 +223,26 @@ pub fn u64_from_be(v: &[u8]) -> Option<u64> {
 
 pub fn u64_from_le(v: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(v.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_scans_stop_at_the_byte_budget_but_always_make_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut guard = store.begin();
+        let cf = store.cf(cf::META).unwrap();
+        for k in [b"a", b"b", b"c"] {
+            guard.batch.put_cf(&cf, k, [0u8; 100]);
+        }
+        drop(cf);
+        guard.write().unwrap();
+        assert_eq!(store.scan_from(cf::META, b"a", 10, 250).unwrap().len(), 2);
+        assert_eq!(store.scan_from(cf::META, b"a", 10, 10).unwrap().len(), 1);
+        assert_eq!(store.scan_from(cf::META, b"a", 1, usize::MAX).unwrap().len(), 1);
+        assert_eq!(store.scan_from(cf::META, b"b", 10, usize::MAX).unwrap().len(), 2);
+    }
 }
