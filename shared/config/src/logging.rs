@@ -13,7 +13,10 @@ use crate::LoggingConfig;
 /// log lines are lost.
 pub fn init(cfg: &LoggingConfig, process: &str) -> Option<WorkerGuard> {
     let filter = EnvFilter::try_from_env("KALAMDB_LOG_FILTER").unwrap_or_else(|_| EnvFilter::new(&cfg.level));
-    let console = cfg.log_to_console.then(|| tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr));
+    let console = cfg.log_to_console.then(|| {
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::fmt::layer().compact().with_ansi(ansi).with_writer(std::io::stderr)
+    });
     let appender = std::fs::create_dir_all(&cfg.dir).ok().and_then(|_| {
         RollingFileAppender::builder()
             .rotation(Rotation::DAILY)
