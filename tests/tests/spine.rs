@@ -299,3 +299,67 @@ async fn the_supervisor_gives_up_on_a_crash_looping_kalamd() {
     };
     assert!(!status.success(), "the supervisor exits non-zero when kalamd cannot stay up: {status:?}");
 }
+
+/// Inserts ids `from..to` one by one, retrying through restarts; returns the acknowledged ids.
+/// A retry that hits a duplicate key means the earlier attempt committed (its answer was lost).
+async fn insert_through_faults(client: KalamLinkClient, from: i64, to: i64) -> Vec<i64> {
+    let mut acked = Vec::new();
+    for id in from..to {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match client.query_raw(&format!("INSERT INTO app.notes VALUES ({id}, 'r{id}')")).await {
+                Ok((200, _)) => {
+                    acked.push(id);
+                    break;
+                }
+                Ok((_, resp)) if resp.error.as_ref().is_some_and(|e| e.code == "CONSTRAINT_VIOLATION") => break,
+                _ => {
+                    assert!(Instant::now() < deadline, "insert {id} never succeeded");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_inserts_survive_kill_9_of_kalamd_under_load() {
+    let cluster = Cluster::start().await;
+    cluster.client("system").query(SETUP).await.expect("setup");
+    let alice = cluster.client("alice");
+    let writer = tokio::spawn(insert_through_faults(alice.clone(), 1, 301));
+    // Kill kalamd while the writer is busy.
+    wait_for(Duration::from_secs(30), "some rows written", || async {
+        (ids(&alice, "app.notes").await.len() >= 50).then_some(())
+    })
+    .await;
+    cluster.kill_and_wait_restart("kalamd").await;
+    let acked = writer.await.expect("writer");
+    let stored = ids(&alice, "app.notes").await;
+    for id in &acked {
+        assert!(stored.contains(id), "acknowledged row {id} lost");
+    }
+    let unique: BTreeSet<_> = stored.iter().collect();
+    assert_eq!(unique.len(), stored.len(), "no row is duplicated");
+    assert_eq!(stored, (1..301).collect::<Vec<_>>(), "every row ends up stored exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_during_a_flush_stay_visible_exactly_once() {
+    let cluster = Cluster::start().await;
+    cluster.client("system").query(SETUP).await.expect("setup");
+    let alice = cluster.client("alice");
+    alice.query("INSERT INTO app.notes VALUES (0, 'first')").await.expect("insert");
+    let writer = tokio::spawn(insert_through_faults(alice.clone(), 1, 401));
+    for _ in 0..3 {
+        flush(&alice, "app.notes").await;
+    }
+    let acked = writer.await.expect("writer");
+    assert_eq!(acked.len(), 400);
+    flush(&alice, "app.notes").await;
+    assert_eq!(ids(&alice, "app.notes").await, (0..401).collect::<Vec<_>>());
+    let resp = alice.query("SELECT count(*) AS n, count(DISTINCT id) AS d FROM app.notes").await.expect("count");
+    let row = &resp.results[0].rows.as_ref().unwrap()[0];
+    assert_eq!((row["n"].as_i64(), row["d"].as_i64()), (Some(401), Some(401)));
+}
