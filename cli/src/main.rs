@@ -1,5 +1,6 @@
-//! kalam: the KalamDB command-line client. `kalam -c "<sql>"` runs SQL once and prints the
-//! results; without `-c` it reads SQL from standard input (one request per line).
+//! kalam: the KalamDB command-line client. `kalam -c "<sql>"` or `kalam -f file.sql` runs SQL
+//! once and prints the results; otherwise it reads SQL from standard input (one request per
+//! line). All connectivity comes from kalam-link.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -7,23 +8,40 @@ use clap::Parser;
 use kalam_link::{KalamLinkClient, KalamLinkError, QueryResponse};
 
 #[derive(Debug, Parser)]
-#[command(name = "kalam", version, about = "KalamDB SQL client")]
+#[command(name = "kalam", version, about = "KalamDB SQL client", disable_help_flag = true)]
 struct Args {
-    /// Server host.
-    #[arg(short = 'H', long, default_value = "127.0.0.1", env = "KALAMDB_HOST")]
+    /// Server URL (`http://host:port`), or a bare host name combined with --port.
+    #[arg(short = 'h', long, visible_alias = "url", default_value = "localhost")]
     host: String,
-    /// Server port.
-    #[arg(short, long, default_value_t = 8080, env = "KALAMDB_PORT")]
+    /// Port used when --host has none.
+    #[arg(short, long, default_value_t = 8080)]
     port: u16,
     /// Acting user id (sent as X-USER-ID).
     #[arg(short, long)]
     user: Option<String>,
-    /// SQL to run; reads standard input when absent.
-    #[arg(short, long)]
+    /// Execute one command and exit.
+    #[arg(short, long, conflicts_with = "file")]
     command: Option<String>,
-    /// Print the raw JSON envelope.
+    /// Execute a SQL file and exit.
+    #[arg(short, long)]
+    file: Option<std::path::PathBuf>,
+    /// Print the JSON envelope instead of a table.
     #[arg(long)]
     json: bool,
+    /// Print help.
+    #[arg(long, short = '?', action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+/// `http://host:port` from `--host` (URL or bare name) and `--port`.
+fn server_url(host: &str, port: u16) -> String {
+    if host.contains("://") {
+        host.trim_end_matches('/').to_owned()
+    } else if host.contains(':') {
+        format!("http://{host}")
+    } else {
+        format!("http://{host}:{port}")
+    }
 }
 
 fn print(resp: &QueryResponse, json: bool) {
@@ -83,12 +101,22 @@ async fn run_one(client: &KalamLinkClient, sql: &str, json: bool) -> bool {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
-    let mut client = KalamLinkClient::new(format!("http://{}:{}", args.host, args.port));
+    let mut client = KalamLinkClient::new(server_url(&args.host, args.port));
     if let Some(u) = &args.user {
         client = client.with_user(u.clone());
     }
     if let Some(sql) = &args.command {
         std::process::exit(if run_one(&client, sql, args.json).await { 0 } else { 1 });
+    }
+    if let Some(path) = &args.file {
+        let sql = match std::fs::read_to_string(path) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ERROR: cannot read {}: {e}", path.display());
+                std::process::exit(2);
+            }
+        };
+        std::process::exit(if run_one(&client, &sql, args.json).await { 0 } else { 1 });
     }
     let stdin = std::io::stdin();
     let interactive = stdin.is_terminal();
@@ -113,4 +141,16 @@ async fn main() {
         ok &= run_one(&client, sql, args.json).await;
     }
     std::process::exit(if ok || interactive { 0 } else { 1 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_accepts_urls_and_bare_names() {
+        assert_eq!(server_url("http://db:9000/", 8080), "http://db:9000");
+        assert_eq!(server_url("db", 9000), "http://db:9000");
+        assert_eq!(server_url("db:7000", 9000), "http://db:7000");
+    }
 }
