@@ -210,16 +210,19 @@ async fn run_one(run_dir: &std::path::Path, job_id: &str) -> Attempt {
         Ok(Ok(files)) => files,
         Ok(Err(e)) => {
             tracing::error!(job_id, error = %e, "flush write failed");
-            let _ = client.fail_flush(tarpc::context::current(), job_id.to_owned(), e.to_string()).await;
+            let _ =
+                client.fail_flush(tarpc::context::current(), job_id.to_owned(), plan.attempt, e.public_message()).await;
             return Attempt::Finished;
         }
         Err(e) => {
             tracing::error!(job_id, error = %e, "flush task panicked");
-            let _ = client.fail_flush(tarpc::context::current(), job_id.to_owned(), "flush task failed".into()).await;
+            let _ = client
+                .fail_flush(tarpc::context::current(), job_id.to_owned(), plan.attempt, "flush task failed".into())
+                .await;
             return Attempt::Finished;
         }
     };
-    match client.commit_flush(context_with_timeout(COMMIT_TIMEOUT), job_id.to_owned(), files).await {
+    match client.commit_flush(context_with_timeout(COMMIT_TIMEOUT), job_id.to_owned(), plan.attempt, files).await {
         Ok(Ok(summary)) => {
             tracing::info!(
                 job_id,

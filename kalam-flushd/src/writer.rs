@@ -39,6 +39,21 @@ pub enum FlushError {
     Arrow(#[from] arrow::error::ArrowError),
 }
 
+impl FlushError {
+    /// The error as recorded in `system.jobs`: its kind, without paths or backend detail
+    /// (those are in kalam-flushd's log).
+    pub fn public_message(&self) -> String {
+        match self {
+            FlushError::Checkpoint { .. } | FlushError::MissingColumnFamily(_) => "cannot read the job's checkpoint",
+            FlushError::Codec(_) => "a buffered row could not be decoded",
+            FlushError::Path(_) => "the storage path template could not be resolved",
+            FlushError::Io { .. } => "storage I/O error while writing Parquet",
+            FlushError::Parquet { .. } | FlushError::Arrow(_) => "Parquet encoding error",
+        }
+        .to_owned()
+    }
+}
+
 /// Writes every group of the plan and returns the files, ready for kalamd's commit.
 pub fn write_job(plan: &FlushPlan) -> Result<Vec<FlushedFile>, FlushError> {
     let def = &plan.table;

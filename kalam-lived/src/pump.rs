@@ -69,8 +69,16 @@ impl Pump {
             match result {
                 Ok(Ok(batch)) => {
                     backoff = RECONNECT_MIN;
-                    if cursor.is_none() {
-                        // First start: begin at the head of the log.
+                    if cursor.is_none_or(|c| batch.head_seq < c) {
+                        // First start, or a log that no longer reaches our cursor (restored
+                        // database): begin at its head.
+                        if cursor.is_some() {
+                            tracing::warn!(
+                                cursor,
+                                head = batch.head_seq,
+                                "change log is behind the cursor; restarting at its head"
+                            );
+                        }
                         cursor = Some(batch.head_seq);
                         continue;
                     }
@@ -111,7 +119,7 @@ impl Pump {
         let new_row = record.new_row.as_deref().and_then(|r| serde_json::from_str::<Map<String, Json>>(r).ok());
         let old_row = record.old_row.as_deref().and_then(|r| serde_json::from_str::<Map<String, Json>>(r).ok());
         let timestamp = kalam_types::time::format_timestamp_micros(record.commit_time_us);
-        for sub in subs {
+        for sub in subs.into_iter().filter(|s| record.commit_seq > s.start_after) {
             let project = |row: &Map<String, Json>| {
                 let fields = sub.columns.iter().map(String::as_str).chain(["_updated", "_deleted"]);
                 vec![Ordered(fields.map(|c| (c.to_owned(), row.get(c).cloned().unwrap_or(Json::Null))).collect())]
@@ -128,7 +136,9 @@ impl Pump {
                 old_values: old_row.as_ref().map(project),
             };
             let Ok(text) = serde_json::to_string(&msg) else { continue };
-            match sub.tx.try_send(Outgoing::Text(text)) {
+            let out =
+                Outgoing::Change { subscription_id: sub.subscription_id.clone(), generation: sub.generation, text };
+            match sub.tx.try_send(out) {
                 Ok(()) => {
                     sub.changes.fetch_add(1, Ordering::Relaxed);
                 }
@@ -195,10 +205,16 @@ mod tests {
         async fn begin_flush(self, _: Context, _: String) -> Result<FlushPlan, RpcError> {
             Err(RpcError::internal())
         }
-        async fn commit_flush(self, _: Context, _: String, _: Vec<FlushedFile>) -> Result<FlushSummary, RpcError> {
+        async fn commit_flush(
+            self,
+            _: Context,
+            _: String,
+            _: u32,
+            _: Vec<FlushedFile>,
+        ) -> Result<FlushSummary, RpcError> {
             Err(RpcError::internal())
         }
-        async fn fail_flush(self, _: Context, _: String, _: String) -> Result<(), RpcError> {
+        async fn fail_flush(self, _: Context, _: String, _: u32, _: String) -> Result<(), RpcError> {
             Ok(())
         }
         async fn runnable_flush_jobs(self, _: Context) -> Result<Vec<String>, RpcError> {
@@ -261,9 +277,29 @@ mod tests {
                 user_id: "alice".into(),
                 sql: "SELECT id FROM app.t".into(),
                 columns: vec!["id".into()],
+                start_after: 0,
+                generation: 1,
                 seq: AtomicU64::new(0),
                 changes: AtomicU64::new(0),
                 tx,
+                close: CancellationToken::new(),
+            }),
+        );
+        // A second subscription planned when the log stood at 3 only sees what came after.
+        let (late_tx, mut late_rx) = mpsc::channel(16);
+        registry.add(
+            ("app".into(), "t".into(), "alice".into()),
+            Arc::new(Subscription {
+                connection_id: "c2".into(),
+                subscription_id: "late".into(),
+                user_id: "alice".into(),
+                sql: "SELECT * FROM app.t".into(),
+                columns: vec!["id".into(), "body".into()],
+                start_after: 3,
+                generation: 1,
+                seq: AtomicU64::new(0),
+                changes: AtomicU64::new(0),
+                tx: late_tx,
                 close: CancellationToken::new(),
             }),
         );
@@ -278,7 +314,8 @@ mod tests {
         }
         log.lock().unwrap().extend([record(2, "bob", 20), record(3, "alice", 30), record(4, "alice", 40)]);
         for (expected_seq, expected_id, commit_seq) in [(1u64, 30i64, 3u64), (2, 40, 4)] {
-            let Outgoing::Text(text) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+            let Outgoing::Change { text, .. } =
+                tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
             let msg: Json = serde_json::from_str(&text).unwrap();
             assert_eq!(msg["subscription_id"], "s1");
             assert_eq!(msg["seq"], expected_seq);
@@ -288,6 +325,13 @@ mod tests {
             assert_eq!(keys.len(), 3, "projected column plus _updated and _deleted: {keys:?}");
             assert_eq!(row["id"], expected_id);
         }
+        let Outgoing::Change { text, subscription_id, .. } = late_rx.recv().await.unwrap();
+        let msg: Json = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (subscription_id.as_str(), msg["seq"].as_u64(), msg["commit_seq"].as_u64()),
+            ("late", Some(1), Some(4))
+        );
+        assert!(late_rx.try_recv().is_err(), "nothing from before the subscription");
         shutdown.cancel();
         task.await.unwrap();
         assert_eq!(std::fs::read_to_string(run_dir.join("cursor")).unwrap(), "4");

@@ -15,7 +15,8 @@ pub type PartitionKey = (String, String, String);
 /// An outgoing message for one connection.
 #[derive(Debug)]
 pub enum Outgoing {
-    Text(String),
+    /// A change for subscription `subscription_id` (generation `generation`).
+    Change { subscription_id: String, generation: u64, text: String },
 }
 
 pub struct Subscription {
@@ -24,6 +25,11 @@ pub struct Subscription {
     pub user_id: String,
     pub sql: String,
     pub columns: Vec<String>,
+    /// Changes at or before this commit sequence predate the subscription.
+    pub start_after: u64,
+    /// Per-connection generation of this subscription id (a re-subscribe gets a new one), so
+    /// messages queued for an earlier subscription with the same id are dropped.
+    pub generation: u64,
     /// Per-subscription message counter (`seq` of change messages).
     pub seq: AtomicU64,
     pub changes: AtomicU64,

@@ -1,7 +1,7 @@
 //! One WebSocket connection: handshake with authentication, then the subscribe / unsubscribe /
 //! ping protocol of api.md §4, heartbeats, and a bounded outgoing queue.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicU64;
@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::registry::{Outgoing, Registry, Subscription};
 
+/// Longest time a client may take to complete the upgrade.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest client-chosen subscription id.
 const MAX_SUBSCRIPTION_ID_LEN: usize = 128;
 
@@ -125,10 +127,15 @@ pub async fn run(shared: Arc<Shared>, fd: OwnedFd, peer: SocketAddr) {
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(shared.cfg.limits.max_message_size))
         .max_frame_size(Some(shared.cfg.limits.max_message_size));
-    let ws = match tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(ws_config)).await {
-        Ok(ws) => ws,
-        Err(e) => {
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(ws_config));
+    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "WebSocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "WebSocket handshake timed out");
             return;
         }
     };
@@ -139,7 +146,8 @@ pub async fn run(shared: Arc<Shared>, fd: OwnedFd, peer: SocketAddr) {
         shared: shared.clone(),
         connection_id: connection_id.clone(),
         user,
-        subscriptions: HashSet::new(),
+        subscriptions: HashMap::new(),
+        next_generation: 1,
     };
     conn.serve(ws).await;
     shared.registry.remove_connection(&connection_id);
@@ -150,7 +158,9 @@ struct Connection {
     shared: Arc<Shared>,
     connection_id: String,
     user: UserId,
-    subscriptions: HashSet<String>,
+    /// Active subscription ids and their generations.
+    subscriptions: HashMap<String, u64>,
+    next_generation: u64,
 }
 
 impl Connection {
@@ -176,7 +186,12 @@ impl Connection {
                     let _ = sink.send(close_with(CloseCode::Policy, "slow consumer")).await;
                     break;
                 }
-                Some(Outgoing::Text(text)) = rx.recv() => {
+                Some(Outgoing::Change { subscription_id, generation, text }) = rx.recv() => {
+                    // Skip changes queued before an unsubscribe (or for an earlier subscription
+                    // that had the same id).
+                    if self.subscriptions.get(&subscription_id) != Some(&generation) {
+                        continue;
+                    }
                     if sink.send(Message::Text(text.into())).await.is_err() {
                         break;
                     }
@@ -239,7 +254,8 @@ impl Connection {
             "unsubscribe" => {
                 let ids = msg.subscription_ids.unwrap_or_default().into_iter().chain(msg.subscription_id);
                 ids.map(|id| {
-                    if self.subscriptions.remove(&id) && self.shared.registry.remove(&self.connection_id, &id) {
+                    if self.subscriptions.remove(&id).is_some() && self.shared.registry.remove(&self.connection_id, &id)
+                    {
                         json!({"type": "unsubscribed", "subscription_id": id, "reason": "client_request"}).to_string()
                     } else {
                         error_msg(&id, ErrorCode::SubscriptionNotFound, &format!("Subscription '{id}' not found"))
@@ -265,7 +281,7 @@ impl Connection {
         if id.is_empty() || id.chars().count() > MAX_SUBSCRIPTION_ID_LEN {
             return error_msg(&id, ErrorCode::InvalidSubscription, "Subscription id must be 1-128 characters");
         }
-        if self.subscriptions.contains(&id) {
+        if self.subscriptions.contains_key(&id) {
             return error_msg(
                 &id,
                 ErrorCode::DuplicateSubscriptionId,
@@ -296,12 +312,16 @@ impl Connection {
                     return error_msg(&id, ErrorCode::ServiceUnavailable, "The database is restarting; try again");
                 }
             };
+        let generation = self.next_generation;
+        self.next_generation += 1;
         let sub = Arc::new(Subscription {
             connection_id: self.connection_id.clone(),
             subscription_id: id.clone(),
             user_id: self.user.to_string(),
             sql: req.sql,
             columns: plan.columns,
+            start_after: plan.start_after,
+            generation,
             seq: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             tx: tx.clone(),
@@ -309,7 +329,7 @@ impl Connection {
         });
         let live_id = sub.live_id();
         self.shared.registry.add((plan.namespace, plan.table, self.user.to_string()), sub);
-        self.subscriptions.insert(id.clone());
+        self.subscriptions.insert(id.clone(), generation);
         json!({"type": "subscription_ack", "subscription_id": id, "live_id": live_id, "options": options}).to_string()
     }
 }

@@ -65,6 +65,22 @@ fn datafusion_to_client(e: &datafusion::error::DataFusionError) -> KalamError {
         D::Plan(msg) => KalamError::new(ErrorCode::InvalidSql, msg.clone()),
         D::SQL(err, _) => KalamError::new(ErrorCode::InvalidSql, err.to_string()),
         D::NotImplemented(msg) => KalamError::new(ErrorCode::UnsupportedStatement, msg.clone()),
+        // Evaluation failures caused by the statement's own values.
+        D::ArrowError(inner, _) => {
+            use datafusion::arrow::error::ArrowError as A;
+            match inner.as_ref() {
+                A::DivideByZero
+                | A::ArithmeticOverflow(_)
+                | A::CastError(_)
+                | A::ParseError(_)
+                | A::InvalidArgumentError(_)
+                | A::ComputeError(_) => KalamError::new(ErrorCode::TypeError, inner.to_string()),
+                _ => {
+                    tracing::error!(error = %e, "query execution failed");
+                    KalamError::internal()
+                }
+            }
+        }
         D::External(inner) => match inner.downcast_ref::<KalamError>() {
             Some(k) => k.clone(),
             None => {

@@ -117,6 +117,8 @@ impl Engine {
                 && status::ACTIVE.contains(&j.status.as_str())
         });
         if let Some(job) = active {
+            // kalam-flushd may have lost it (a restart of either side); it ignores duplicates.
+            self.notify_flusher(job.job_id.clone());
             return Ok((job.job_id, true));
         }
         let now = wall_clock_us();
@@ -141,8 +143,22 @@ impl Engine {
         Ok((job_id, false))
     }
 
-    fn checkpoint_path(&self, job_id: &str) -> PathBuf {
-        self.cfg.checkpoint_dir().join(job_id)
+    /// Each attempt has its own checkpoint, so a stale attempt can never be committed against
+    /// a newer attempt's rows.
+    fn checkpoint_path(&self, job_id: &str, attempt: u32) -> PathBuf {
+        self.cfg.checkpoint_dir().join(format!("{job_id}.{attempt}"))
+    }
+
+    /// Removes the checkpoints of every earlier attempt of a job.
+    fn remove_checkpoints_of(&self, job_id: &str) {
+        let prefix = format!("{job_id}.");
+        if let Ok(dir) = std::fs::read_dir(self.cfg.checkpoint_dir()) {
+            for entry in dir.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    remove_checkpoint(&entry.path());
+                }
+            }
+        }
     }
 
     /// Marks the job running and creates the checkpoint its rows are read from.
@@ -156,22 +172,21 @@ impl Engine {
             ));
         }
         let def = self.catalog.require_table(&job.namespace_id, &job.table_name)?;
-        let checkpoint = self.checkpoint_path(job_id);
-        if checkpoint.exists() {
-            std::fs::remove_dir_all(&checkpoint).map_err(crate::store::StoreError::Io)?;
-        }
+        job.attempts += 1;
+        self.remove_checkpoints_of(job_id);
+        let checkpoint = self.checkpoint_path(job_id, job.attempts);
         std::fs::create_dir_all(self.cfg.checkpoint_dir()).map_err(crate::store::StoreError::Io)?;
         rocksdb::checkpoint::Checkpoint::new(self.store.db())
             .and_then(|c| c.create_checkpoint(&checkpoint))
             .map_err(crate::store::StoreError::Rocks)?;
         job.status = status::RUNNING.into();
-        job.attempts += 1;
         job.started_at_us = Some(wall_clock_us());
         self.put_job(&mut guard.batch, &job)?;
         guard.write()?;
         tracing::info!(job_id, table = %def.qualified_name(), attempt = job.attempts, "flush started");
         Ok(FlushPlan {
             job_id: job_id.to_owned(),
+            attempt: job.attempts,
             table: (*def).clone(),
             checkpoint_path: checkpoint.display().to_string(),
             column_family: table_cf_name(&def),
@@ -181,14 +196,17 @@ impl Engine {
     }
 
     /// Publishes the files and removes the flushed row versions, in one write batch.
-    pub fn commit_flush(&self, job_id: &str, files: &[FlushedFile]) -> Result<FlushSummary, EngineError> {
-        let checkpoint = self.checkpoint_path(job_id);
+    pub fn commit_flush(&self, job_id: &str, attempt: u32, files: &[FlushedFile]) -> Result<FlushSummary, EngineError> {
+        let checkpoint = self.checkpoint_path(job_id, attempt);
         let mut guard = self.store.begin();
         let mut job = self.job(job_id)?;
-        if job.status != status::RUNNING {
+        if job.status != status::RUNNING || job.attempts != attempt {
             return Err(EngineError::user(
                 ErrorCode::InvalidOperation,
-                format!("Job '{job_id}' cannot be committed (status: {})", job.status),
+                format!(
+                    "Job '{job_id}' attempt {attempt} cannot be committed (status: {}, current attempt: {})",
+                    job.status, job.attempts
+                ),
             ));
         }
         let def = self.catalog.require_table(&job.namespace_id, &job.table_name)?;
@@ -218,6 +236,13 @@ impl Engine {
         }
         drop(snap_cf);
         drop(snapshot);
+        let in_files: u64 = files.iter().map(|f| f.row_count).sum();
+        if in_files != records {
+            drop(guard);
+            let error = format!("flush files hold {in_files} rows but the checkpoint has {records}");
+            self.fail_flush(job_id, attempt, &error)?;
+            return Err(EngineError::user(ErrorCode::InvalidOperation, error));
+        }
 
         let mut total_removed = 0;
         for (user, n) in &removed_per_user {
@@ -271,16 +296,20 @@ impl Engine {
         Ok(FlushSummary { records_flushed: records, files: files.len() as u64 })
     }
 
-    /// Records a failed attempt. Every row stays in the buffer.
-    pub fn fail_flush(&self, job_id: &str, error: &str) -> Result<(), EngineError> {
+    /// Records a failed attempt. Every row stays in the buffer. A stale attempt's failure is
+    /// ignored (a newer attempt is running).
+    pub fn fail_flush(&self, job_id: &str, attempt: u32, error: &str) -> Result<(), EngineError> {
         let mut guard = self.store.begin();
         let mut job = self.job(job_id)?;
+        remove_checkpoint(&self.checkpoint_path(job_id, attempt));
+        if job.attempts != attempt || !status::ACTIVE.contains(&job.status.as_str()) {
+            return Ok(());
+        }
         job.status = status::FAILED.into();
         job.error_message = Some(error.to_owned());
         job.completed_at_us = Some(wall_clock_us());
         self.put_job(&mut guard.batch, &job)?;
         guard.write()?;
-        remove_checkpoint(&self.checkpoint_path(job_id));
         tracing::warn!(job_id, error, "flush job failed");
         Ok(())
     }
@@ -338,6 +367,64 @@ mod tests {
             job_id: "j".into(),
             created_at_us: 0,
         }
+    }
+
+    async fn engine_with_rows() -> (tempfile::TempDir, std::sync::Arc<Engine>, std::sync::Arc<TableDefinition>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = kalam_config::KalamConfig::test_config(dir.path(), 1);
+        cfg.resolve_paths().unwrap();
+        let engine = Engine::open(cfg).unwrap();
+        let user = kalam_types::ids::UserId::parse("alice").unwrap();
+        let sql =
+            "CREATE NAMESPACE app; CREATE USER TABLE app.t (id BIGINT PRIMARY KEY); INSERT INTO app.t VALUES (1), (2)";
+        assert!(crate::sql::execute_batch(&engine, sql, &user).await.1.is_none());
+        let def = engine.catalog.table("app", "t").unwrap();
+        (dir, engine, def)
+    }
+
+    fn file(rows: u64) -> FlushedFile {
+        FlushedFile {
+            user_id: Some("alice".into()),
+            path: "app/users/t/alice/f.parquet".into(),
+            size_bytes: 1,
+            row_count: rows,
+            min_updated_us: 0,
+            max_updated_us: 0,
+            min_pk: vec![],
+            max_pk: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_attempt_cannot_commit() {
+        let (_dir, engine, def) = engine_with_rows().await;
+        let (job, _) = engine.create_flush_job(&def).unwrap();
+        let first = engine.begin_flush(&job).unwrap();
+        let second = engine.begin_flush(&job).unwrap();
+        assert_eq!((first.attempt, second.attempt), (1, 2));
+        let err = engine.commit_flush(&job, first.attempt, &[file(2)]).unwrap_err().to_client();
+        assert_eq!(err.code, ErrorCode::InvalidOperation);
+        // A stale failure does not fail the running attempt either.
+        engine.fail_flush(&job, first.attempt, "late").unwrap();
+        assert_eq!(engine.job(&job).unwrap().status, status::RUNNING);
+        let done = engine.commit_flush(&job, second.attempt, &[file(2)]).unwrap();
+        assert_eq!(done.records_flushed, 2);
+        assert_eq!(engine.job(&job).unwrap().status, status::COMPLETED);
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_files_miss_rows_is_refused_and_keeps_the_buffer() {
+        let (_dir, engine, def) = engine_with_rows().await;
+        let (job, _) = engine.create_flush_job(&def).unwrap();
+        let plan = engine.begin_flush(&job).unwrap();
+        assert!(engine.commit_flush(&job, plan.attempt, &[file(1)]).is_err());
+        let record = engine.job(&job).unwrap();
+        assert_eq!(record.status, status::FAILED);
+        assert!(record.error_message.unwrap().contains("hold 1 rows but the checkpoint has 2"));
+        let counter = engine.store.read_counter(&counter_key("app", "t", None)).unwrap();
+        assert_eq!(counter, 2, "no buffered row was removed");
+        let rows = crate::read::read_partition(&engine, &def, Some(&kalam_types::ids::UserId::parse("alice").unwrap()));
+        assert_eq!(rows.unwrap().len(), 2);
     }
 
     #[test]

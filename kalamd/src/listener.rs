@@ -21,6 +21,8 @@ use crate::http::Peer;
 
 /// Longest time a client may take to send its request line.
 const REQUEST_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a WebSocket hand-off to kalam-lived may take.
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes peeked to classify a connection.
 const PEEK_BYTES: usize = 512;
 
@@ -118,9 +120,18 @@ async fn hand_off(stream: TcpStream, peer: SocketAddr, handoff_path: PathBuf) {
             return;
         }
     };
+    // A stuck kalam-lived must not pin blocking threads: bounded connect and send.
+    let channel = match tokio::time::timeout(HANDOFF_TIMEOUT, tokio::net::UnixStream::connect(&handoff_path)).await {
+        Ok(Ok(ch)) => ch.into_std().and_then(|ch| {
+            ch.set_nonblocking(false)?;
+            ch.set_write_timeout(Some(HANDOFF_TIMEOUT))?;
+            Ok(ch)
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "hand-off connect timed out")),
+    };
     let sent = tokio::task::spawn_blocking(move || {
-        let result = std::os::unix::net::UnixStream::connect(&handoff_path)
-            .and_then(|ch| kalam_rpc::handoff::send_socket(&ch, std_stream.as_raw_fd(), peer));
+        let result = channel.and_then(|ch| kalam_rpc::handoff::send_socket(&ch, std_stream.as_raw_fd(), peer));
         (result, std_stream)
     })
     .await;

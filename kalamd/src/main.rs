@@ -52,8 +52,13 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
         Some(l) => l,
         None => {
             let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
-            let l = std::net::TcpListener::bind(&addr)
-                .with_context(|| format!("Port {} is already in use ({addr})", cfg.server.port))?;
+            let l = match std::net::TcpListener::bind(&addr) {
+                Ok(l) => l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    anyhow::bail!("Port {} is already in use ({addr}): address in use", cfg.server.port)
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
+            };
             l.set_nonblocking(true)?;
             l
         }

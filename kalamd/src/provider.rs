@@ -50,7 +50,19 @@ impl KalamTableProvider {
         let schema = Arc::new(table_schema(&def, with_system_columns));
         Self { engine, def, user, schema, with_system_columns, include_deleted }
     }
+}
 
+/// What one scan reads; owned, so the read can run on the blocking pool.
+struct ScanRequest {
+    engine: Arc<Engine>,
+    def: Arc<TableDefinition>,
+    user: UserId,
+    schema: SchemaRef,
+    with_system_columns: bool,
+    include_deleted: bool,
+}
+
+impl ScanRequest {
     fn batch(&self) -> Result<RecordBatch, crate::error::EngineError> {
         let rows: Vec<_> = read_partition(&self.engine, &self.def, Some(&self.user))?
             .into_iter()
@@ -87,7 +99,18 @@ impl TableProvider for KalamTableProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let batch = self.batch().map_err(|e| DataFusionError::External(Box::new(e.to_client())))?;
+        let request = ScanRequest {
+            engine: self.engine.clone(),
+            def: self.def.clone(),
+            user: self.user.clone(),
+            schema: self.schema.clone(),
+            with_system_columns: self.with_system_columns,
+            include_deleted: self.include_deleted,
+        };
+        let batch = tokio::task::spawn_blocking(move || request.batch())
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .map_err(|e| DataFusionError::External(Box::new(e.to_client())))?;
         let exec = MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?;
         Ok(exec)
     }

@@ -41,16 +41,26 @@ impl kalam_rpc::Engine for EngineService {
             .map_err(rpc_err)
     }
 
-    async fn commit_flush(self, _: Context, job_id: String, files: Vec<FlushedFile>) -> Result<FlushSummary, RpcError> {
+    async fn commit_flush(
+        self,
+        _: Context,
+        job_id: String,
+        attempt: u32,
+        files: Vec<FlushedFile>,
+    ) -> Result<FlushSummary, RpcError> {
         let engine = self.0.clone();
-        tokio::task::spawn_blocking(move || engine.commit_flush(&job_id, &files))
+        tokio::task::spawn_blocking(move || engine.commit_flush(&job_id, attempt, &files))
             .await
             .map_err(|_| KalamError::internal())?
             .map_err(rpc_err)
     }
 
-    async fn fail_flush(self, _: Context, job_id: String, error: String) -> Result<(), RpcError> {
-        self.0.fail_flush(&job_id, &error).map_err(rpc_err)
+    async fn fail_flush(self, _: Context, job_id: String, attempt: u32, error: String) -> Result<(), RpcError> {
+        let engine = self.0.clone();
+        tokio::task::spawn_blocking(move || engine.fail_flush(&job_id, attempt, &error))
+            .await
+            .map_err(|_| KalamError::internal())?
+            .map_err(rpc_err)
     }
 
     async fn runnable_flush_jobs(self, _: Context) -> Result<Vec<String>, RpcError> {
@@ -151,5 +161,6 @@ fn plan_subscription(engine: &Engine, sql: &str) -> Result<SubscriptionPlan, Eng
             _ => return Err(unsupported("Live queries project plain columns or *")),
         }
     }
-    Ok(SubscriptionPlan { namespace: ns, table, table_type: def.table_type, columns })
+    let start_after = engine.store.head_seq();
+    Ok(SubscriptionPlan { namespace: ns, table, table_type: def.table_type, columns, start_after })
 }

@@ -167,7 +167,6 @@ impl Store {
         self.head_tx.subscribe()
     }
 
-    #[cfg(test)]
     pub fn head_seq(&self) -> u64 {
         *self.head_tx.borrow()
     }

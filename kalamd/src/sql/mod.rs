@@ -79,6 +79,24 @@ pub async fn execute_batch(
 
 async fn execute_statement(engine: &Arc<Engine>, sql: &str, user: &UserId) -> Result<StatementResult, EngineError> {
     match parse::parse_statement(sql)? {
+        KalamStatement::Query(stmt) => {
+            let out = query::run_query(engine, &stmt, user).await?;
+            let n = out.rows.len() as u64;
+            Ok(StatementResult { columns: out.columns, rows: Some(out.rows), row_count: n, message: None })
+        }
+        // Writes wait for the commit lock and do blocking RocksDB and file I/O: keep them off
+        // the async workers so a long commit never stalls health checks or other requests.
+        other => {
+            let (engine, user) = (engine.clone(), user.clone());
+            tokio::task::spawn_blocking(move || execute_write(&engine, other, &user))
+                .await
+                .map_err(EngineError::internal)?
+        }
+    }
+}
+
+fn execute_write(engine: &Arc<Engine>, stmt: KalamStatement, user: &UserId) -> Result<StatementResult, EngineError> {
+    match stmt {
         KalamStatement::CreateNamespace { name, if_not_exists } => {
             if engine.catalog.create_namespace(&name, wall_clock_us())? {
                 Ok(StatementResult::message(0, format!("Namespace '{name}' created successfully")))
@@ -115,11 +133,7 @@ async fn execute_statement(engine: &Arc<Engine>, sql: &str, user: &UserId) -> Re
             let n = dml::insert(engine, &stmt, user)?;
             Ok(StatementResult::message(n, format!("Inserted {n} row(s)")))
         }
-        KalamStatement::Query(stmt) => {
-            let out = query::run_query(engine, &stmt, user).await?;
-            let n = out.rows.len() as u64;
-            Ok(StatementResult { columns: out.columns, rows: Some(out.rows), row_count: n, message: None })
-        }
+        KalamStatement::Query(_) => Err(EngineError::internal("a query reached the write path")),
     }
 }
 

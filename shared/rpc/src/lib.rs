@@ -19,11 +19,12 @@ pub trait Engine {
     async fn health() -> Health;
     /// Marks a flush job running, creates its RocksDB checkpoint and says what to write.
     async fn begin_flush(job_id: String) -> Result<FlushPlan, RpcError>;
-    /// Commits a flush in one write batch: manifest entries plus removal of exactly the
-    /// buffered row versions the checkpoint held.
-    async fn commit_flush(job_id: String, files: Vec<FlushedFile>) -> Result<FlushSummary, RpcError>;
+    /// Commits attempt `attempt` of a flush in one write batch: manifest entries plus removal
+    /// of exactly the buffered row versions the attempt's checkpoint held. A stale attempt (a
+    /// newer one has begun) or files that do not hold every checkpoint row are refused.
+    async fn commit_flush(job_id: String, attempt: u32, files: Vec<FlushedFile>) -> Result<FlushSummary, RpcError>;
     /// Records a failed attempt; the job keeps every row in the buffer.
-    async fn fail_flush(job_id: String, error: String) -> Result<(), RpcError>;
+    async fn fail_flush(job_id: String, attempt: u32, error: String) -> Result<(), RpcError>;
     /// Flush jobs that are new, queued, running or retrying (resumed by kalam-flushd at start).
     async fn runnable_flush_jobs() -> Result<Vec<String>, RpcError>;
     /// Change-log records after `after_seq`, waiting up to `wait_ms` for one to arrive.

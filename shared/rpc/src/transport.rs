@@ -66,7 +66,7 @@ pub async fn accept(listener: &UnixListener) -> io::Result<UnixStream> {
     }
 }
 
-/// Serves one tarpc service on a listener until the listener fails. Each connection and each
+/// Serves one tarpc service on a listener for as long as the task runs. Each connection and each
 /// request runs on its own task.
 #[macro_export]
 macro_rules! serve_on {
@@ -80,8 +80,10 @@ macro_rules! serve_on {
                 let stream = match $crate::transport::accept(&listener).await {
                     Ok(s) => s,
                     Err(e) => {
+                        // Out of descriptors and the like: transient, keep serving.
                         ::tracing::error!(error = %e, "RPC accept failed");
-                        break;
+                        ::tokio::time::sleep(::std::time::Duration::from_millis(100)).await;
+                        continue;
                     }
                 };
                 let channel = ::tarpc::server::BaseChannel::with_defaults($crate::transport::framed(stream));
@@ -156,11 +158,18 @@ mod tests {
             self,
             _: tarpc::context::Context,
             _: String,
+            _: u32,
             _: Vec<crate::FlushedFile>,
         ) -> Result<crate::FlushSummary, crate::RpcError> {
             Ok(crate::FlushSummary { records_flushed: 0, files: 0 })
         }
-        async fn fail_flush(self, _: tarpc::context::Context, _: String, _: String) -> Result<(), crate::RpcError> {
+        async fn fail_flush(
+            self,
+            _: tarpc::context::Context,
+            _: String,
+            _: u32,
+            _: String,
+        ) -> Result<(), crate::RpcError> {
             Ok(())
         }
         async fn runnable_flush_jobs(self, _: tarpc::context::Context) -> Result<Vec<String>, crate::RpcError> {

@@ -23,6 +23,8 @@ impl Health {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlushPlan {
     pub job_id: String,
+    /// Attempt number (1-based); the commit must name it.
+    pub attempt: u32,
     pub table: TableDefinition,
     /// RocksDB checkpoint holding the rows to flush (open read-only).
     pub checkpoint_path: String,
@@ -70,6 +72,9 @@ pub struct SubscriptionPlan {
     pub table_type: TableType,
     /// Projected columns, in output order.
     pub columns: Vec<String>,
+    /// Newest commit sequence when the plan was made: changes at or before it predate the
+    /// subscription and are never delivered to it.
+    pub start_after: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
