@@ -363,3 +363,46 @@ async fn rows_written_during_a_flush_stay_visible_exactly_once() {
     let row = &resp.results[0].rows.as_ref().unwrap()[0];
     assert_eq!((row["n"].as_i64(), row["d"].as_i64()), (Some(401), Some(401)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_and_deletes_reach_flushed_rows_and_subscribers() {
+    let cluster = Cluster::start().await;
+    cluster.client("system").query(SETUP).await.expect("setup");
+    let alice = cluster.client("alice");
+    alice.query("INSERT INTO app.notes VALUES (1, 'one'), (2, 'two'), (3, 'three')").await.expect("insert");
+    flush(&alice, "app.notes").await;
+    let mut ws = alice.connect_live().await.expect("connect");
+    subscribe(&mut ws, "notes", "SELECT * FROM app.notes").await;
+
+    // Flushed rows are updated and deleted through new buffered versions.
+    let resp = alice.query("UPDATE app.notes SET body = body || '!' WHERE id >= 2").await.expect("update");
+    assert_eq!(resp.results[0].row_count, 2);
+    let resp = alice.query("DELETE FROM app.notes WHERE id = 1").await.expect("delete");
+    assert_eq!(resp.results[0].row_count, 1);
+
+    for id in [2, 3] {
+        let msg = next_message(&mut ws).await;
+        assert_eq!(msg["change_type"], "update", "{msg}");
+        assert_eq!(msg["rows"][0]["id"], id);
+        assert!(msg["rows"][0]["body"].as_str().unwrap().ends_with('!'));
+        assert!(!msg["old_values"][0]["body"].as_str().unwrap().ends_with('!'));
+    }
+    let msg = next_message(&mut ws).await;
+    assert_eq!(msg["change_type"], "delete", "{msg}");
+    assert_eq!(msg["old_values"][0]["id"], 1);
+    assert_eq!(msg["old_values"][0]["_deleted"], true);
+    assert!(msg.get("rows").is_none());
+    assert_eq!(msg["seq"], 3);
+
+    let bodies = |resp: kalam_link::QueryResponse| -> Vec<String> {
+        resp.results[0].rows.as_ref().unwrap().iter().map(|r| r["body"].as_str().unwrap().to_owned()).collect()
+    };
+    let before = bodies(alice.query("SELECT body FROM app.notes ORDER BY id").await.expect("select"));
+    assert_eq!(before, vec!["two!", "three!"]);
+    // Flushing the new versions (including the tombstone) changes nothing visible.
+    flush(&alice, "app.notes").await;
+    let after = bodies(alice.query("SELECT body FROM app.notes ORDER BY id").await.expect("select"));
+    assert_eq!(after, before);
+    let resp = alice.query("SELECT id FROM app.notes WHERE _deleted = true").await.expect("deleted rows");
+    assert_eq!(resp.results[0].rows.as_ref().unwrap().len(), 1);
+}

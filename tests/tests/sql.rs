@@ -101,4 +101,5 @@ slt! {
     ddl => "ddl.slt",
     dml_and_queries => "dml_and_queries.slt",
     errors => "errors.slt",
+    update_delete => "update_delete.slt",
 }

@@ -2,6 +2,7 @@
 //! run it — DDL against the catalog, INSERT against the store, SELECT through DataFusion.
 
 pub mod dml;
+pub mod mutate;
 pub mod parse;
 pub mod query;
 pub mod split;
@@ -132,6 +133,14 @@ fn execute_write(engine: &Arc<Engine>, stmt: KalamStatement, user: &UserId) -> R
         KalamStatement::Insert(stmt) => {
             let n = dml::insert(engine, &stmt, user)?;
             Ok(StatementResult::message(n, format!("Inserted {n} row(s)")))
+        }
+        KalamStatement::Update(stmt) => {
+            let n = mutate::update(engine, &stmt, user)?;
+            Ok(StatementResult::message(n, format!("Updated {n} row(s)")))
+        }
+        KalamStatement::Delete(stmt) => {
+            let n = mutate::delete(engine, &stmt, user)?;
+            Ok(StatementResult::message(n, format!("Deleted {n} row(s)")))
         }
         KalamStatement::Query(_) => Err(EngineError::internal("a query reached the write path")),
     }

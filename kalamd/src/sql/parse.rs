@@ -22,6 +22,8 @@ pub enum KalamStatement {
     CreateTable(CreateTableSpec),
     FlushTable { namespace: NamespaceId, table: TableName },
     Insert(Box<Statement>),
+    Update(Box<Statement>),
+    Delete(Box<Statement>),
     Query(Box<Statement>),
 }
 
@@ -156,6 +158,8 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     expect_end(&mut p)?;
     match stmt {
         Statement::Insert(_) => Ok(KalamStatement::Insert(Box::new(stmt))),
+        Statement::Update(_) => Ok(KalamStatement::Update(Box::new(stmt))),
+        Statement::Delete(_) => Ok(KalamStatement::Delete(Box::new(stmt))),
         Statement::Query(_) => Ok(KalamStatement::Query(Box::new(stmt))),
         _ => Err(unsupported(sql)),
     }

@@ -115,6 +115,21 @@ impl Value {
         Ok(value)
     }
 
+    /// Checks a value computed by an expression (not a literal) against its column type: valid
+    /// JSON for JSON columns, no NUL in TEXT, the size limit.
+    pub fn validate(self, ty: KalamType, column: &str) -> Result<Value, KalamError> {
+        match (&self, ty) {
+            (Value::Json(s), KalamType::Json) | (Value::Text(s), KalamType::Json) => {
+                Value::coerce(&Literal::String(s.clone()), KalamType::Json, column)
+            }
+            (Value::Text(s), KalamType::Text) => Value::coerce(&Literal::String(s.clone()), KalamType::Text, column),
+            _ => {
+                self.check_size(column)?;
+                Ok(self)
+            }
+        }
+    }
+
     fn check_size(&self, column: &str) -> Result<(), KalamError> {
         let len = match self {
             Value::Text(s) | Value::Json(s) => s.len(),
@@ -205,6 +220,14 @@ mod tests {
         assert!(err.message.starts_with("INT value out of range"));
         assert_eq!(Value::coerce(&Literal::Null, KalamType::Text, "c").unwrap(), Value::Null);
         assert!(Value::coerce(&n("1.5"), KalamType::BigInt, "c").is_err());
+    }
+
+    #[test]
+    fn computed_values_are_validated_like_literals() {
+        assert!(Value::Json("{}".into()).validate(KalamType::Json, "j").is_ok());
+        assert_eq!(Value::Json("7".into()).validate(KalamType::Json, "j").unwrap_err().code, ErrorCode::TypeError);
+        assert!(Value::Text("a\0b".into()).validate(KalamType::Text, "t").is_err());
+        assert_eq!(Value::Int(3).validate(KalamType::Int, "n").unwrap(), Value::Int(3));
     }
 
     #[test]

@@ -1,0 +1,255 @@
+//! UPDATE and DELETE (sql.md §8.2–8.3). Both run under the commit lock from start to finish:
+//! read the acting user's partition (buffer + Parquet, merged), evaluate the WHERE clause and
+//! SET expressions with DataFusion on that batch, and write the new row versions with their
+//! change-log records in one batch. Holding the lock throughout means no concurrent write can
+//! slip between the read and the write (no lost updates).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::common::DFSchema;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{
+    AssignmentTarget, Delete, Expr, FromTable, ObjectName, Statement, TableFactor, TableWithJoins, Update,
+};
+use kalam_types::arrow::{arrow_type, build_array, table_schema, value_at};
+use kalam_types::change::{ChangeKind, ChangeRecord};
+use kalam_types::codec::{self, StoredRow};
+use kalam_types::error::{ErrorCode, KalamError};
+use kalam_types::ids::UserId;
+use kalam_types::schema::{TableDefinition, TableType};
+use kalam_types::{KalamType, Value};
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::read::{MergedRow, read_partition};
+use crate::rowjson::full_row_json;
+use crate::sql::parse::{ident_name, object_parts};
+use crate::store::{counter_key, table_cf_name};
+
+fn unsupported(what: &str) -> EngineError {
+    EngineError::user(ErrorCode::UnsupportedStatement, format!("{what} is not supported"))
+}
+
+fn resolve(engine: &Engine, name: &ObjectName, verb: &str) -> Result<Arc<TableDefinition>, EngineError> {
+    let (ns, table) = object_parts(name)?;
+    let def = engine.catalog.require_table(&ns, &table)?;
+    if def.table_type == TableType::Stream {
+        return Err(EngineError::user(
+            ErrorCode::InvalidOperation,
+            format!("{verb} is not supported on STREAM tables"),
+        ));
+    }
+    Ok(def)
+}
+
+fn single_table(t: &TableWithJoins) -> Result<&ObjectName, EngineError> {
+    match &t.relation {
+        TableFactor::Table { name, .. } if t.joins.is_empty() => Ok(name),
+        _ => Err(unsupported("UPDATE/DELETE over joins or subqueries")),
+    }
+}
+
+/// Executes an UPDATE as `user`; returns the number of rows matched.
+pub fn update(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<u64, EngineError> {
+    let (def, sets, selection) = parse_update(engine, stmt)?;
+    apply(engine, &def, user, selection.as_ref(), Change::Update(&sets))
+}
+
+/// Executes a DELETE (soft delete) as `user`; returns the number of rows deleted.
+pub fn delete(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<u64, EngineError> {
+    let (def, selection) = parse_delete(engine, stmt)?;
+    apply(engine, &def, user, selection.as_ref(), Change::Delete)
+}
+
+type ParsedUpdate = (Arc<TableDefinition>, Vec<(usize, Expr)>, Option<Expr>);
+
+fn parse_update(engine: &Engine, stmt: &Statement) -> Result<ParsedUpdate, EngineError> {
+    let Statement::Update(Update { table, assignments, from, selection, returning, limit, .. }) = stmt else {
+        return Err(EngineError::internal("update() called with another statement"));
+    };
+    if from.is_some() || returning.is_some() || limit.is_some() {
+        return Err(unsupported("UPDATE ... FROM / RETURNING / LIMIT"));
+    }
+    let def = resolve(engine, single_table(table)?, "UPDATE")?;
+    let mut sets = Vec::with_capacity(assignments.len());
+    for a in assignments {
+        let AssignmentTarget::ColumnName(col) = &a.target else { return Err(unsupported("Tuple assignment")) };
+        let name = col.0.last().and_then(|p| p.as_ident()).map(ident_name).unwrap_or_default();
+        if name.starts_with('_') {
+            return Err(EngineError::user(
+                ErrorCode::InvalidSql,
+                format!("Column '{name}' is a system column and cannot be written"),
+            ));
+        }
+        let idx = def
+            .column_index(&name)
+            .ok_or_else(|| EngineError::user(ErrorCode::ColumnNotFound, format!("column \"{name}\" does not exist")))?;
+        if def.columns[idx].is_primary_key {
+            return Err(EngineError::user(
+                ErrorCode::InvalidOperation,
+                format!("Cannot update primary key column '{name}'"),
+            ));
+        }
+        if sets.iter().any(|(i, _)| *i == idx) {
+            return Err(EngineError::user(
+                ErrorCode::InvalidSql,
+                format!("column \"{name}\" specified more than once"),
+            ));
+        }
+        sets.push((idx, a.value.clone()));
+    }
+    Ok((def, sets, selection.clone()))
+}
+
+fn parse_delete(engine: &Engine, stmt: &Statement) -> Result<(Arc<TableDefinition>, Option<Expr>), EngineError> {
+    let Statement::Delete(Delete { tables, from, using, selection, returning, limit, order_by, .. }) = stmt else {
+        return Err(EngineError::internal("delete() called with another statement"));
+    };
+    if !tables.is_empty() || using.is_some() || returning.is_some() || limit.is_some() || !order_by.is_empty() {
+        return Err(unsupported("DELETE ... USING / RETURNING / LIMIT / ORDER BY"));
+    }
+    let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = from;
+    let [table] = from.as_slice() else { return Err(unsupported("DELETE from several tables")) };
+    let def = resolve(engine, single_table(table)?, "DELETE")?;
+    Ok((def, selection.clone()))
+}
+
+enum Change<'a> {
+    Update(&'a [(usize, Expr)]),
+    Delete,
+}
+
+/// Evaluates a SQL expression over `batch` (columns of `def`, then `_updated`, `_deleted`).
+fn evaluate(
+    ctx: &SessionContext,
+    schema: &DFSchema,
+    batch: &RecordBatch,
+    expr: &Expr,
+) -> Result<ArrayRef, EngineError> {
+    let logical = ctx.parse_sql_expr(&expr.to_string(), schema)?;
+    let physical = ctx.create_physical_expr(logical, schema)?;
+    Ok(physical.evaluate(batch)?.into_array(batch.num_rows())?)
+}
+
+fn type_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::User(KalamError::new(ErrorCode::TypeError, e.to_string()))
+}
+
+fn apply(
+    engine: &Engine,
+    def: &TableDefinition,
+    user: &UserId,
+    selection: Option<&Expr>,
+    change: Change<'_>,
+) -> Result<u64, EngineError> {
+    let partition_user = (def.table_type != TableType::Shared).then_some(user);
+    let mut guard = engine.store.begin();
+    let rows: Vec<MergedRow> =
+        read_partition(engine, def, partition_user)?.into_iter().filter(|r| !r.deleted).collect();
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let schema = Arc::new(table_schema(def, true));
+    let mut arrays: Vec<ArrayRef> = def
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| build_array(c.data_type, rows.iter().map(|r| &r.values[i])))
+        .collect();
+    let updated: Vec<Value> = rows.iter().map(|r| Value::Timestamp(r.updated_us)).collect();
+    let deleted: Vec<Value> = rows.iter().map(|r| Value::Boolean(r.deleted)).collect();
+    arrays.push(build_array(KalamType::Timestamp, updated.iter()));
+    arrays.push(build_array(KalamType::Boolean, deleted.iter()));
+    let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(EngineError::internal)?;
+    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+    let ctx = SessionContext::new();
+
+    let matched: Vec<usize> = match selection {
+        None => (0..rows.len()).collect(),
+        Some(pred) => {
+            let mask = evaluate(&ctx, &df_schema, &batch, pred)?;
+            let mask = mask
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(|| EngineError::user(ErrorCode::InvalidSql, "WHERE must be a boolean condition"))?;
+            (0..rows.len()).filter(|&i| mask.is_valid(i) && mask.value(i)).collect()
+        }
+    };
+    if matched.is_empty() {
+        return Ok(0);
+    }
+
+    // New values of every matched row.
+    let mut new_values: Vec<Vec<Value>> = matched.iter().map(|&i| rows[i].values.clone()).collect();
+    if let Change::Update(sets) = &change {
+        let strict = CastOptions { safe: false, ..Default::default() };
+        for (col_idx, expr) in sets.iter() {
+            let col = &def.columns[*col_idx];
+            let computed = evaluate(&ctx, &df_schema, &batch, expr)?;
+            let cast = cast_with_options(&computed, &arrow_type(col.data_type), &strict).map_err(type_error)?;
+            for (slot, &row) in new_values.iter_mut().zip(&matched) {
+                let v = value_at(cast.as_ref(), row, col.data_type).unwrap_or(Value::Null);
+                if v.is_null() && !col.nullable {
+                    return Err(EngineError::user(
+                        ErrorCode::ConstraintViolation,
+                        format!("NOT NULL violation: column '{}' cannot be null", col.name),
+                    ));
+                }
+                slot[*col_idx] = v.validate(col.data_type, &col.name)?;
+            }
+        }
+    }
+
+    let cf_name = table_cf_name(def);
+    let cf = engine.store.cf(&cf_name)?;
+    let pk_idx = def.primary_key_index();
+    let mut new_keys = 0i64;
+    for (values, &row) in new_values.into_iter().zip(&matched) {
+        let old = &rows[row];
+        let pk = codec::encode_pk(&old.values[pk_idx]).ok_or_else(|| EngineError::internal("bad primary key"))?;
+        let key = match partition_user {
+            Some(u) => codec::user_row_key(u, &pk),
+            None => pk,
+        };
+        if engine.store.get(&cf_name, &key)?.is_none() {
+            new_keys += 1;
+        }
+        let updated_us = engine.clock.next();
+        let (kind, stored, old_row, new_row) = match change {
+            Change::Update(_) => {
+                let stored = StoredRow { schema_version: def.schema_version, values, updated_us, deleted: false };
+                let old_json = full_row_json(def, &old.values, old.updated_us, false);
+                let new_json = full_row_json(def, &stored.values, updated_us, false);
+                (ChangeKind::Update, stored, Some(old_json), Some(new_json))
+            }
+            Change::Delete => {
+                let stored = StoredRow { schema_version: def.schema_version, values, updated_us, deleted: true };
+                let gone = full_row_json(def, &stored.values, updated_us, true);
+                (ChangeKind::Delete, stored, Some(gone), None)
+            }
+        };
+        guard.batch.put_cf(&cf, &key, codec::encode_row(&stored).map_err(EngineError::internal)?);
+        guard.push_change(ChangeRecord {
+            commit_seq: 0,
+            namespace: def.namespace.to_string(),
+            table: def.name.to_string(),
+            user_id: partition_user.map(|u| u.to_string()),
+            kind,
+            old_row,
+            new_row,
+            commit_time_us: updated_us,
+        });
+    }
+    if new_keys > 0 {
+        let (ns, table) = (def.namespace.as_str(), def.name.as_str());
+        if let Some(u) = partition_user {
+            guard.add_counter(&counter_key(ns, table, Some(u.as_str())), new_keys)?;
+        }
+        guard.add_counter(&counter_key(ns, table, None), new_keys)?;
+    }
+    drop(cf);
+    guard.write()?;
+    Ok(matched.len() as u64)
+}
