@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use crate::catalog::Catalog;
 use crate::clock::VersionClock;
 use crate::error::EngineError;
+use crate::ids::IdGenerators;
 use crate::store::{Store, cf};
 
 /// Most change-log bytes returned by one poll; RPC frames are limited to 64 MiB and one record
@@ -23,6 +24,7 @@ pub struct Engine {
     pub store: Arc<Store>,
     pub catalog: Catalog,
     pub clock: VersionClock,
+    pub ids: IdGenerators,
     /// Milliseconds since the epoch at which the supervisor started (for `uptime_seconds`).
     pub uptime_origin_ms: i64,
     shutting_down: AtomicBool,
@@ -37,11 +39,13 @@ impl Engine {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+        let ids = IdGenerators::new(cfg.flush.node_id);
         Ok(Arc::new(Engine {
             cfg,
             store,
             catalog,
             clock: VersionClock::default(),
+            ids,
             uptime_origin_ms,
             shutting_down: AtomicBool::new(false),
             flusher: Mutex::new(None),

@@ -11,6 +11,7 @@ mod engine;
 mod error;
 mod flush;
 mod http;
+mod ids;
 mod listener;
 mod provider;
 mod read;

@@ -102,4 +102,5 @@ slt! {
     dml_and_queries => "dml_and_queries.slt",
     errors => "errors.slt",
     update_delete => "update_delete.slt",
+    defaults => "defaults.slt",
 }

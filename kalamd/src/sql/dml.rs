@@ -3,20 +3,19 @@
 
 use std::collections::HashSet;
 
-use datafusion::sql::sqlparser::ast::{
-    Expr, Insert, SetExpr, Statement, TableObject, UnaryOperator, Value as SqlValue,
-};
+use datafusion::sql::sqlparser::ast::{Insert, SetExpr, Statement, TableObject};
+use kalam_types::KalamType;
 use kalam_types::change::{ChangeKind, ChangeRecord};
 use kalam_types::codec::{self, StoredRow};
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
-use kalam_types::schema::{TableDefinition, TableType};
+use kalam_types::schema::{ColumnDefault, TableDefinition, TableType};
 use kalam_types::value::{Literal, Value};
 
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::rowjson::full_row_json;
-use crate::sql::parse::{ident_name, object_parts};
+use crate::sql::parse::{ident_name, literal, object_parts};
 use crate::store::{counter_key, table_cf_name};
 
 /// Executes an INSERT as `user`; returns the number of rows written.
@@ -27,6 +26,8 @@ pub fn insert(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<u64, E
     let def = target_table(engine, ins)?;
     let positions = column_positions(&def, ins)?;
     let rows = literal_rows(ins)?;
+    // NOW() is the same for every row of one statement.
+    let statement_time = crate::clock::wall_clock_us();
     let mut built = Vec::with_capacity(rows.len());
     for lits in rows {
         if lits.len() != positions.len() {
@@ -36,21 +37,57 @@ pub fn insert(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<u64, E
             ));
         }
         let mut values = vec![Value::Null; def.columns.len()];
+        let mut given = vec![false; def.columns.len()];
         for (lit, &idx) in lits.iter().zip(&positions) {
             let col = &def.columns[idx];
             values[idx] = Value::coerce(lit, col.data_type, &col.name)?;
+            given[idx] = true;
         }
-        for (col, v) in def.columns.iter().zip(&values) {
-            if v.is_null() && (!col.nullable || col.is_primary_key) {
+        for (idx, col) in def.columns.iter().enumerate() {
+            if !given[idx]
+                && let Some(default) = &col.default
+            {
+                values[idx] = default_value(engine, default, col.data_type, &col.name, user, statement_time)?;
+            }
+            if values[idx].is_null() && (!col.nullable || col.is_primary_key) {
+                let suffix = if given[idx] || col.default.is_some() { "" } else { " and has no DEFAULT value" };
                 return Err(EngineError::user(
                     ErrorCode::ConstraintViolation,
-                    format!("NOT NULL violation: column '{}' cannot be null", col.name),
+                    format!("NOT NULL violation: column '{}' cannot be null{suffix}", col.name),
                 ));
             }
         }
         built.push(values);
     }
     write_inserts(engine, &def, user, built)
+}
+
+/// Evaluates a column's DEFAULT for one row.
+fn default_value(
+    engine: &Engine,
+    default: &ColumnDefault,
+    ty: KalamType,
+    column: &str,
+    user: &UserId,
+    statement_time: i64,
+) -> Result<Value, EngineError> {
+    Ok(match default {
+        ColumnDefault::Literal(json) => {
+            let lit = match serde_json::from_str::<serde_json::Value>(json).map_err(EngineError::internal)? {
+                serde_json::Value::Null => Literal::Null,
+                serde_json::Value::Bool(b) => Literal::Boolean(b),
+                serde_json::Value::Number(n) => Literal::Number(n.to_string()),
+                serde_json::Value::String(s) => Literal::String(s),
+                other => Literal::String(other.to_string()),
+            };
+            Value::coerce(&lit, ty, column)?
+        }
+        ColumnDefault::Now => Value::Timestamp(statement_time),
+        ColumnDefault::SnowflakeId => Value::BigInt(engine.ids.snowflake()),
+        ColumnDefault::UuidV7 => Value::Text(engine.ids.uuid_v7()),
+        ColumnDefault::Ulid => Value::Text(engine.ids.ulid()),
+        ColumnDefault::CurrentUser => Value::Text(user.to_string()),
+    })
 }
 
 fn target_table(engine: &Engine, ins: &Insert) -> Result<std::sync::Arc<TableDefinition>, EngineError> {
@@ -102,28 +139,7 @@ fn literal_rows(ins: &Insert) -> Result<Vec<Vec<Literal>>, EngineError> {
     let SetExpr::Values(values) = source.body.as_ref() else {
         return Err(EngineError::user(ErrorCode::UnsupportedStatement, "INSERT ... SELECT is not supported yet"));
     };
-    values.rows.iter().map(|row| row.iter().map(literal).collect()).collect()
-}
-
-fn literal(expr: &Expr) -> Result<Literal, EngineError> {
-    match expr {
-        Expr::Value(v) => match &v.value {
-            SqlValue::Null => Ok(Literal::Null),
-            SqlValue::Boolean(b) => Ok(Literal::Boolean(*b)),
-            SqlValue::Number(n, _) => Ok(Literal::Number(n.clone())),
-            SqlValue::SingleQuotedString(s) | SqlValue::EscapedStringLiteral(s) => Ok(Literal::String(s.clone())),
-            other => Err(EngineError::user(ErrorCode::InvalidSql, format!("unsupported literal {other}"))),
-        },
-        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match literal(expr)? {
-            Literal::Number(n) => Ok(Literal::Number(format!("-{n}"))),
-            _ => Err(EngineError::user(ErrorCode::InvalidSql, format!("cannot negate {expr}"))),
-        },
-        Expr::Nested(inner) => literal(inner),
-        other => Err(EngineError::user(
-            ErrorCode::UnsupportedStatement,
-            format!("INSERT values must be literals; '{other}' is not supported yet"),
-        )),
-    }
+    values.rows.iter().map(|row| row.iter().map(|e| literal(e).map_err(EngineError::User)).collect()).collect()
 }
 
 /// Writes new rows in one batch: duplicate keys (in the statement or among the live buffered

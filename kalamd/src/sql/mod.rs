@@ -190,6 +190,7 @@ fn create_table(engine: &Engine, spec: CreateTableSpec) -> Result<StatementResul
                 data_type: c.data_type,
                 nullable: c.nullable,
                 is_primary_key: c.is_primary_key,
+                default: c.default,
             })
             .collect(),
         schema_version: 1,

@@ -3,15 +3,19 @@
 //! `FLUSH TABLE`) are recognised by their leading words and parsed with the same parser;
 //! everything else is sqlparser's PostgreSQL-flavoured grammar.
 
-use datafusion::sql::sqlparser::ast::{ColumnOption, CreateTable, Ident, ObjectName, Statement, TableConstraint};
+use datafusion::sql::sqlparser::ast::{
+    ColumnOption, CreateTable, Expr, FunctionArguments, Ident, ObjectName, Statement, TableConstraint, UnaryOperator,
+    Value as SqlValue,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::Token;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 use kalam_types::datatype::KalamType;
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::{NamespaceId, RESERVED_NAMESPACES, TableName, is_valid_name};
-use kalam_types::schema::TableType;
+use kalam_types::schema::{ColumnDefault, TableType};
+use kalam_types::value::{Literal, Value};
 
 /// Namespace of unqualified table names.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -33,6 +37,7 @@ pub struct ColumnSpec {
     pub data_type: KalamType,
     pub nullable: bool,
     pub is_primary_key: bool,
+    pub default: Option<ColumnDefault>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,10 +100,37 @@ fn expect_end(p: &mut Parser<'_>) -> Result<(), KalamError> {
     }
 }
 
+/// Tokenizes `sql`, accepting KalamDB's `CURRENT_USER()` spelling (the PostgreSQL grammar
+/// knows only the bare `CURRENT_USER`).
+fn tokenize(dialect: &PostgreSqlDialect, sql: &str) -> Result<Vec<TokenWithSpan>, KalamError> {
+    let mut tokens = Tokenizer::new(dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| KalamError::new(ErrorCode::InvalidSql, e.to_string()))?;
+    let significant = |tokens: &[TokenWithSpan], from: usize| {
+        (from..tokens.len()).find(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
+    };
+    let mut i = 0;
+    while i < tokens.len() {
+        let is_current_user = matches!(&tokens[i].token,
+            Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("CURRENT_USER"));
+        if is_current_user
+            && let Some(open) = significant(&tokens, i + 1)
+            && tokens[open].token == Token::LParen
+            && let Some(close) = significant(&tokens, open + 1)
+            && tokens[close].token == Token::RParen
+        {
+            tokens.drain(i + 1..=close);
+        }
+        i += 1;
+    }
+    Ok(tokens)
+}
+
 /// Parses one statement of the dialect.
 pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     let dialect = PostgreSqlDialect {};
-    let mut p = Parser::new(&dialect).try_with_sql(sql).map_err(invalid_sql)?;
+    let tokens = tokenize(&dialect, sql)?;
+    let mut p = Parser::new(&dialect).with_tokens_with_locations(tokens);
     if next_is_word(&p, "CREATE") {
         let start = p.index();
         p.next_token();
@@ -165,6 +197,51 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     }
 }
 
+/// A DEFAULT clause: one of the DEFAULT functions (no arguments) or a literal valid for the
+/// column type.
+fn column_default(expr: &Expr, ty: KalamType, column: &str) -> Result<ColumnDefault, KalamError> {
+    if let Expr::Function(f) = expr {
+        let has_args = match &f.args {
+            FunctionArguments::None => false,
+            FunctionArguments::List(list) => !list.args.is_empty(),
+            FunctionArguments::Subquery(_) => true,
+        };
+        let name = f.name.to_string();
+        if has_args {
+            return Err(KalamError::new(
+                ErrorCode::InvalidSql,
+                format!("DEFAULT function '{name}' for column '{column}' takes no arguments"),
+            ));
+        }
+        return ColumnDefault::function(&name, ty, column);
+    }
+    let value = Value::coerce(&literal(expr)?, ty, column)?;
+    Ok(ColumnDefault::Literal(value.to_json().to_string()))
+}
+
+/// A literal of a VALUES list or DEFAULT clause (`-` numbers and parentheses included).
+pub fn literal(expr: &Expr) -> Result<Literal, KalamError> {
+    let invalid = |m: String| KalamError::new(ErrorCode::InvalidSql, m);
+    match expr {
+        Expr::Value(v) => match &v.value {
+            SqlValue::Null => Ok(Literal::Null),
+            SqlValue::Boolean(b) => Ok(Literal::Boolean(*b)),
+            SqlValue::Number(n, _) => Ok(Literal::Number(n.clone())),
+            SqlValue::SingleQuotedString(s) | SqlValue::EscapedStringLiteral(s) => Ok(Literal::String(s.clone())),
+            other => Err(invalid(format!("unsupported literal {other}"))),
+        },
+        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match literal(expr)? {
+            Literal::Number(n) => Ok(Literal::Number(format!("-{n}"))),
+            _ => Err(invalid(format!("cannot negate {expr}"))),
+        },
+        Expr::Nested(inner) => literal(inner),
+        other => Err(KalamError::new(
+            ErrorCode::UnsupportedStatement,
+            format!("expected a literal value; '{other}' is not supported here yet"),
+        )),
+    }
+}
+
 fn unsupported(sql: &str) -> KalamError {
     let first = sql.lines().next().unwrap_or("").trim();
     KalamError::new(ErrorCode::UnsupportedStatement, format!("Unsupported SQL statement: {first}"))
@@ -196,12 +273,14 @@ fn create_table_spec(table_type: TableType, create: &CreateTable) -> Result<Crea
             return Err(KalamError::new(ErrorCode::InvalidSql, format!("Duplicate column name '{col_name}'")));
         }
         let data_type = KalamType::from_sql(&col.data_type.to_string())?;
-        let mut spec = ColumnSpec { name: col_name.clone(), data_type, nullable: true, is_primary_key: false };
+        let mut spec =
+            ColumnSpec { name: col_name.clone(), data_type, nullable: true, is_primary_key: false, default: None };
         for opt in &col.options {
             match &opt.option {
                 ColumnOption::Null => spec.nullable = true,
                 ColumnOption::NotNull => spec.nullable = false,
                 ColumnOption::PrimaryKey(_) => spec.is_primary_key = true,
+                ColumnOption::Default(expr) => spec.default = Some(column_default(expr, data_type, &col_name)?),
                 other => {
                     return Err(KalamError::new(
                         ErrorCode::UnsupportedStatement,
@@ -365,6 +444,28 @@ mod tests {
         assert_eq!(s.table_type, TableType::Shared);
         assert_eq!(s.namespace.as_str(), DEFAULT_NAMESPACE);
         assert!(s.if_not_exists && s.columns[0].is_primary_key);
+    }
+
+    #[test]
+    fn defaults_are_parsed_and_checked_at_create() {
+        let s = create(
+            "CREATE USER TABLE a.t (id BIGINT PRIMARY KEY DEFAULT SNOWFLAKE_ID(), at TIMESTAMP DEFAULT NOW(), \
+             who TEXT DEFAULT CURRENT_USER(), n INT DEFAULT -3, ok BOOLEAN DEFAULT TRUE, ts TIMESTAMP DEFAULT CURRENT_TIMESTAMP)",
+        );
+        let d: Vec<_> = s.columns.iter().map(|c| c.default.clone()).collect();
+        assert_eq!(d[0], Some(ColumnDefault::SnowflakeId));
+        assert_eq!(d[1], Some(ColumnDefault::Now));
+        assert_eq!(d[2], Some(ColumnDefault::CurrentUser));
+        assert_eq!(d[3], Some(ColumnDefault::Literal("-3".into())));
+        assert_eq!(d[4], Some(ColumnDefault::Literal("true".into())));
+        assert_eq!(d[5], Some(ColumnDefault::Now));
+        let err = parse_statement("CREATE USER TABLE a.t (id TEXT PRIMARY KEY DEFAULT SNOWFLAKE_ID())").unwrap_err();
+        assert_eq!(
+            err.message,
+            "DEFAULT SNOWFLAKE_ID() can only be used on BIGINT columns, but column 'id' has type TEXT"
+        );
+        let err = parse_statement("CREATE USER TABLE a.t (id BIGINT PRIMARY KEY, n INT DEFAULT 'x')").unwrap_err();
+        assert_eq!(err.code, ErrorCode::TypeError);
     }
 
     #[test]

@@ -79,6 +79,8 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FlushConfig {
+    /// Node bits of `SNOWFLAKE_ID()`, 0–1023.
+    pub node_id: u16,
     pub default_row_limit: u64,
     pub default_time_interval: u64,
     pub max_concurrent_jobs: usize,
@@ -86,7 +88,7 @@ pub struct FlushConfig {
 
 impl Default for FlushConfig {
     fn default() -> Self {
-        Self { default_row_limit: 10_000, default_time_interval: 300, max_concurrent_jobs: 4 }
+        Self { node_id: 0, default_row_limit: 10_000, default_time_interval: 300, max_concurrent_jobs: 4 }
     }
 }
 
@@ -212,6 +214,9 @@ impl KalamConfig {
                 key: "logging.level",
                 reason: format!("'{}' is not one of error, warn, info, debug, trace", self.logging.level),
             });
+        }
+        if self.flush.node_id > 1023 {
+            return Err(ConfigError::Invalid { key: "flush.node_id", reason: "must be between 0 and 1023".into() });
         }
         if self.websocket.max_pending_messages == 0 || self.limits.max_message_size == 0 {
             return Err(ConfigError::Invalid { key: "limits", reason: "sizes must be > 0".into() });

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::datatype::KalamType;
+use crate::error::{ErrorCode, KalamError};
 use crate::ids::{NamespaceId, TableName};
 
 /// Name of the hidden last-write-time column.
@@ -39,6 +40,49 @@ pub struct ColumnDefinition {
     pub data_type: KalamType,
     pub nullable: bool,
     pub is_primary_key: bool,
+    /// Value of the column when an INSERT omits it.
+    #[serde(default)]
+    pub default: Option<ColumnDefault>,
+}
+
+/// A column's DEFAULT (sql.md §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ColumnDefault {
+    /// A literal, kept as the JSON encoding of its value (sql.md §2.3), which coerces back.
+    Literal(String),
+    /// `NOW()` / `CURRENT_TIMESTAMP`: the statement's start time.
+    Now,
+    SnowflakeId,
+    UuidV7,
+    Ulid,
+    CurrentUser,
+}
+
+impl ColumnDefault {
+    /// Parses a DEFAULT function name (no arguments) and checks it fits `ty`.
+    pub fn function(name: &str, ty: KalamType, column: &str) -> Result<ColumnDefault, KalamError> {
+        let upper = name.to_ascii_uppercase();
+        let (default, needs) = match upper.as_str() {
+            "NOW" | "CURRENT_TIMESTAMP" => (ColumnDefault::Now, KalamType::Timestamp),
+            "SNOWFLAKE_ID" => (ColumnDefault::SnowflakeId, KalamType::BigInt),
+            "UUID_V7" => (ColumnDefault::UuidV7, KalamType::Text),
+            "ULID" => (ColumnDefault::Ulid, KalamType::Text),
+            "CURRENT_USER" => (ColumnDefault::CurrentUser, KalamType::Text),
+            _ => {
+                return Err(KalamError::new(
+                    ErrorCode::InvalidSql,
+                    format!("Unknown DEFAULT function '{upper}' for column '{column}'"),
+                ));
+            }
+        };
+        if ty != needs {
+            return Err(KalamError::new(
+                ErrorCode::InvalidSql,
+                format!("DEFAULT {upper}() can only be used on {needs} columns, but column '{column}' has type {ty}"),
+            ));
+        }
+        Ok(default)
+    }
 }
 
 /// The flush policy of a table; `None` parts are disabled.
@@ -78,5 +122,26 @@ impl TableDefinition {
 
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_functions_are_type_checked() {
+        assert_eq!(ColumnDefault::function("now", KalamType::Timestamp, "c").unwrap(), ColumnDefault::Now);
+        assert_eq!(
+            ColumnDefault::function("SNOWFLAKE_ID", KalamType::BigInt, "id").unwrap(),
+            ColumnDefault::SnowflakeId
+        );
+        let err = ColumnDefault::function("SNOWFLAKE_ID", KalamType::Text, "id").unwrap_err();
+        assert_eq!(
+            err.message,
+            "DEFAULT SNOWFLAKE_ID() can only be used on BIGINT columns, but column 'id' has type TEXT"
+        );
+        let err = ColumnDefault::function("random", KalamType::Text, "c").unwrap_err();
+        assert_eq!(err.message, "Unknown DEFAULT function 'RANDOM' for column 'c'");
     }
 }
