@@ -66,6 +66,16 @@ impl Catalog {
         Ok(true)
     }
 
+    /// Every namespace, by name.
+    pub fn namespaces(&self) -> Vec<NamespaceRecord> {
+        self.namespaces.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Every table, by namespace then name.
+    pub fn tables(&self) -> Vec<Arc<TableDefinition>> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
     pub fn table(&self, ns: &str, table: &str) -> Option<Arc<TableDefinition>> {
         self.tables.read().unwrap_or_else(|p| p.into_inner()).get(&(ns.to_owned(), table.to_owned())).cloned()
     }

@@ -103,4 +103,5 @@ slt! {
     errors => "errors.slt",
     update_delete => "update_delete.slt",
     defaults => "defaults.slt",
+    introspection => "introspection.slt",
 }

@@ -2,6 +2,7 @@
 //! run it — DDL against the catalog, INSERT against the store, SELECT through DataFusion.
 
 pub mod dml;
+pub mod introspect;
 pub mod mutate;
 pub mod parse;
 pub mod query;
@@ -85,6 +86,9 @@ async fn execute_statement(engine: &Arc<Engine>, sql: &str, user: &UserId) -> Re
             let n = out.rows.len() as u64;
             Ok(StatementResult { columns: out.columns, rows: Some(out.rows), row_count: n, message: None })
         }
+        KalamStatement::ShowNamespaces => Ok(introspect::show_namespaces(engine)),
+        KalamStatement::ShowTables { namespace } => introspect::show_tables(engine, namespace.as_deref()),
+        KalamStatement::Describe { namespace, table } => introspect::describe(engine, &namespace, &table),
         // Writes wait for the commit lock and do blocking RocksDB and file I/O: keep them off
         // the async workers so a long commit never stalls health checks or other requests.
         other => {
@@ -142,7 +146,10 @@ fn execute_write(engine: &Arc<Engine>, stmt: KalamStatement, user: &UserId) -> R
             let n = mutate::delete(engine, &stmt, user)?;
             Ok(StatementResult::message(n, format!("Deleted {n} row(s)")))
         }
-        KalamStatement::Query(_) => Err(EngineError::internal("a query reached the write path")),
+        KalamStatement::Query(_)
+        | KalamStatement::ShowNamespaces
+        | KalamStatement::ShowTables { .. }
+        | KalamStatement::Describe { .. } => Err(EngineError::internal("a read reached the write path")),
     }
 }
 

@@ -25,6 +25,9 @@ pub enum KalamStatement {
     CreateNamespace { name: NamespaceId, if_not_exists: bool },
     CreateTable(CreateTableSpec),
     FlushTable { namespace: NamespaceId, table: TableName },
+    ShowNamespaces,
+    ShowTables { namespace: Option<String> },
+    Describe { namespace: String, table: String },
     Insert(Box<Statement>),
     Update(Box<Statement>),
     Delete(Box<Statement>),
@@ -167,6 +170,34 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
         while p.index() > start {
             p.prev_token();
         }
+    }
+    if parse_word(&mut p, "SHOW") {
+        if parse_word(&mut p, "NAMESPACES") {
+            expect_end(&mut p)?;
+            return Ok(KalamStatement::ShowNamespaces);
+        }
+        if parse_word(&mut p, "TABLES") {
+            let namespace = if parse_word(&mut p, "IN") || parse_word(&mut p, "FROM") {
+                Some(ident_name(&p.parse_identifier().map_err(invalid_sql)?))
+            } else {
+                None
+            };
+            expect_end(&mut p)?;
+            return Ok(KalamStatement::ShowTables { namespace });
+        }
+        return Err(unsupported(sql));
+    }
+    if parse_word(&mut p, "DESCRIBE")
+        || (next_is_word(&p, "DESC") && {
+            p.next_token();
+            next_is_word(&p, "TABLE")
+        })
+    {
+        parse_word(&mut p, "TABLE");
+        let name = p.parse_object_name(false).map_err(invalid_sql)?;
+        expect_end(&mut p)?;
+        let (namespace, table) = object_parts(&name)?;
+        return Ok(KalamStatement::Describe { namespace, table });
     }
     if parse_word(&mut p, "FLUSH") {
         if !p.parse_keyword(Keyword::TABLE) {
