@@ -12,7 +12,9 @@ use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::sqlparser::ast::{Expr, Statement, visit_expressions, visit_relations};
+use datafusion::sql::sqlparser::ast::{
+    Expr, Query, SetExpr, Statement, TableFactor, visit_expressions, visit_relations,
+};
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
 use kalam_types::schema::{DELETED_COLUMN, UPDATED_COLUMN};
@@ -76,7 +78,7 @@ pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) ->
                     def,
                     user.clone(),
                     names_system_columns,
-                    names_system_columns,
+                    where_names_deleted(stmt),
                 );
                 ctx.register_table(reference, Arc::new(provider))?;
             }
@@ -94,6 +96,47 @@ pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) ->
         ctx.state().statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone()))).await?;
     let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
     encode_batches(&batches)
+}
+
+/// True when a WHERE clause of the statement mentions `_deleted`: only then are soft-deleted
+/// rows visible (sql.md §3).
+fn where_names_deleted(stmt: &Statement) -> bool {
+    fn in_query(q: &Query) -> bool {
+        in_set_expr(&q.body)
+    }
+    fn in_set_expr(body: &SetExpr) -> bool {
+        match body {
+            SetExpr::Select(select) => {
+                select.selection.as_ref().is_some_and(mentions_deleted)
+                    || select.from.iter().any(|t| {
+                        std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)).any(|r| match r {
+                            TableFactor::Derived { subquery, .. } => in_query(subquery),
+                            _ => false,
+                        })
+                    })
+            }
+            SetExpr::Query(q) => in_query(q),
+            SetExpr::SetOperation { left, right, .. } => in_set_expr(left) || in_set_expr(right),
+            _ => false,
+        }
+    }
+    fn mentions_deleted(expr: &Expr) -> bool {
+        let mut found = false;
+        let _ = visit_expressions(expr, |e| {
+            let id = match e {
+                Expr::Identifier(id) => Some(id),
+                Expr::CompoundIdentifier(parts) => parts.last(),
+                _ => None,
+            };
+            found |= id.is_some_and(|i| i.value == DELETED_COLUMN);
+            ControlFlow::<()>::Continue(())
+        });
+        found
+    }
+    match stmt {
+        Statement::Query(q) => in_query(q),
+        _ => false,
+    }
 }
 
 /// Encodes result batches per sql.md §2.3; duplicate column names get `_2`, `_3`, ... .
