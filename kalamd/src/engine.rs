@@ -24,7 +24,7 @@ pub struct Engine {
     pub store: Arc<Store>,
     pub catalog: Catalog,
     pub clock: VersionClock,
-    pub ids: IdGenerators,
+    pub ids: Arc<IdGenerators>,
     /// Milliseconds since the epoch at which the supervisor started (for `uptime_seconds`).
     pub uptime_origin_ms: i64,
     shutting_down: AtomicBool,
@@ -39,7 +39,7 @@ impl Engine {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
-        let ids = IdGenerators::new(cfg.flush.node_id);
+        let ids = Arc::new(IdGenerators::new(cfg.flush.node_id));
         Ok(Arc::new(Engine {
             cfg,
             store,

@@ -16,6 +16,12 @@ pub struct IdGenerators {
     ulid: Mutex<ulid::Generator>,
 }
 
+impl std::fmt::Debug for IdGenerators {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdGenerators").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
 impl IdGenerators {
     /// `node_id` must be 0–1023 (validated with the configuration).
     pub fn new(node_id: u16) -> Self {

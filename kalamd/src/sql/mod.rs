@@ -8,6 +8,7 @@ pub mod parse;
 pub mod query;
 pub mod split;
 pub mod system;
+pub mod udf;
 
 use std::sync::Arc;
 

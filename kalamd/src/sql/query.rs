@@ -57,6 +57,9 @@ pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) ->
 
     let config = SessionConfig::new().with_default_catalog_and_schema("datafusion", DEFAULT_NAMESPACE);
     let ctx = SessionContext::new_with_config(config);
+    for f in crate::sql::udf::functions(&engine.ids, user.as_str()) {
+        ctx.register_udf(f);
+    }
     let catalog = ctx.catalog("datafusion").ok_or_else(|| EngineError::internal("default catalog missing"))?;
     catalog.register_schema(DEFAULT_NAMESPACE, Arc::new(MemorySchemaProvider::new()))?;
     for name in &relations {
