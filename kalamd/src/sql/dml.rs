@@ -3,8 +3,16 @@
 
 use std::collections::HashSet;
 
-use datafusion::sql::sqlparser::ast::{Insert, SetExpr, Statement, TableObject};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::datatypes::Schema;
+use datafusion::common::DFSchema;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{Expr, Insert, SetExpr, Statement, TableObject};
 use kalam_types::KalamType;
+use kalam_types::arrow::{arrow_type, value_at};
 use kalam_types::change::{ChangeKind, ChangeRecord};
 use kalam_types::codec::{self, StoredRow};
 use kalam_types::error::{ErrorCode, KalamError};
@@ -25,22 +33,33 @@ pub fn insert(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<u64, E
     };
     let def = target_table(engine, ins)?;
     let positions = column_positions(&def, ins)?;
-    let rows = literal_rows(ins)?;
+    let rows = value_rows(ins)?;
+    let mut evaluator: Option<ConstEvaluator> = None;
     // NOW() is the same for every row of one statement.
     let statement_time = crate::clock::wall_clock_us();
     let mut built = Vec::with_capacity(rows.len());
-    for lits in rows {
-        if lits.len() != positions.len() {
+    for exprs in rows {
+        if exprs.len() != positions.len() {
             return Err(EngineError::user(
                 ErrorCode::InvalidSql,
-                format!("INSERT has {} values but {} columns", lits.len(), positions.len()),
+                format!("INSERT has {} values but {} columns", exprs.len(), positions.len()),
             ));
         }
         let mut values = vec![Value::Null; def.columns.len()];
         let mut given = vec![false; def.columns.len()];
-        for (lit, &idx) in lits.iter().zip(&positions) {
+        for (expr, &idx) in exprs.iter().zip(&positions) {
             let col = &def.columns[idx];
-            values[idx] = Value::coerce(lit, col.data_type, &col.name)?;
+            values[idx] = match literal(expr) {
+                Ok(lit) => Value::coerce(&lit, col.data_type, &col.name)?,
+                // Not a plain literal: evaluate it (DataFusion rejects column references).
+                Err(_) => {
+                    if evaluator.is_none() {
+                        evaluator = Some(ConstEvaluator::new(engine, user)?);
+                    }
+                    let eval = evaluator.as_ref().ok_or_else(|| EngineError::internal("evaluator"))?;
+                    eval.value(expr, col.data_type, &col.name)?
+                }
+            };
             given[idx] = true;
         }
         for (idx, col) in def.columns.iter().enumerate() {
@@ -134,12 +153,46 @@ fn column_positions(def: &TableDefinition, ins: &Insert) -> Result<Vec<usize>, E
         .collect()
 }
 
-fn literal_rows(ins: &Insert) -> Result<Vec<Vec<Literal>>, EngineError> {
+fn value_rows(ins: &Insert) -> Result<Vec<&[Expr]>, EngineError> {
     let source = ins.source.as_ref().ok_or_else(|| EngineError::user(ErrorCode::InvalidSql, "INSERT needs VALUES"))?;
     let SetExpr::Values(values) = source.body.as_ref() else {
         return Err(EngineError::user(ErrorCode::UnsupportedStatement, "INSERT ... SELECT is not supported yet"));
     };
-    values.rows.iter().map(|row| row.iter().map(|e| literal(e).map_err(EngineError::User)).collect()).collect()
+    Ok(values.rows.iter().map(|row| row.as_slice()).collect())
+}
+
+/// Evaluates row-independent expressions of a VALUES list (`upper('x')`, `NOW()`,
+/// `SNOWFLAKE_ID()`, `1 + 2`, ...) with DataFusion, as the acting user.
+struct ConstEvaluator {
+    ctx: SessionContext,
+    schema: DFSchema,
+    one_row: RecordBatch,
+}
+
+impl ConstEvaluator {
+    fn new(engine: &Engine, user: &UserId) -> Result<Self, EngineError> {
+        let ctx = SessionContext::new();
+        for f in crate::sql::udf::functions(&engine.ids, user.as_str()) {
+            ctx.register_udf(f);
+        }
+        let one_row = RecordBatch::try_new_with_options(
+            Arc::new(Schema::empty()),
+            vec![],
+            &RecordBatchOptions::new().with_row_count(Some(1)),
+        )
+        .map_err(EngineError::internal)?;
+        Ok(Self { ctx, schema: DFSchema::empty(), one_row })
+    }
+
+    fn value(&self, expr: &Expr, ty: KalamType, column: &str) -> Result<Value, EngineError> {
+        let logical = self.ctx.parse_sql_expr(&expr.to_string(), &self.schema)?;
+        let physical = self.ctx.create_physical_expr(logical, &self.schema)?;
+        let array = physical.evaluate(&self.one_row)?.into_array(1)?;
+        let strict = CastOptions { safe: false, ..Default::default() };
+        let cast = cast_with_options(&array, &arrow_type(ty), &strict)
+            .map_err(|e| EngineError::User(KalamError::new(ErrorCode::TypeError, format!("column '{column}': {e}"))))?;
+        Ok(value_at(cast.as_ref(), 0, ty).unwrap_or(Value::Null).validate(ty, column)?)
+    }
 }
 
 /// Writes new rows in one batch: duplicate keys (in the statement or among the live buffered
