@@ -66,6 +66,16 @@ impl Catalog {
         Ok(true)
     }
 
+    /// Removes a dropped table from the in-memory catalog.
+    pub fn forget_table(&self, ns: &str, table: &str) {
+        self.tables.write().unwrap_or_else(|p| p.into_inner()).remove(&(ns.to_owned(), table.to_owned()));
+    }
+
+    /// Removes a dropped namespace from the in-memory catalog.
+    pub fn forget_namespace(&self, ns: &str) {
+        self.namespaces.write().unwrap_or_else(|p| p.into_inner()).remove(ns);
+    }
+
     /// Every namespace, by name.
     pub fn namespaces(&self) -> Vec<NamespaceRecord> {
         self.namespaces.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()

@@ -92,7 +92,7 @@ impl Engine {
         serde_json::from_slice(&bytes).map_err(|e| EngineError::corrupt(cf::JOBS, e))
     }
 
-    fn put_job(&self, batch: &mut rocksdb::WriteBatch, job: &JobRecord) -> Result<(), EngineError> {
+    pub(crate) fn put_job(&self, batch: &mut rocksdb::WriteBatch, job: &JobRecord) -> Result<(), EngineError> {
         let cf = self.store.cf(cf::JOBS)?;
         batch.put_cf(&cf, job.job_id.as_bytes(), serde_json::to_vec(job).map_err(EngineError::internal)?);
         Ok(())

@@ -7,6 +7,7 @@
 
 mod catalog;
 mod clock;
+mod drop;
 mod engine;
 mod error;
 mod flush;

@@ -406,3 +406,45 @@ async fn updates_and_deletes_reach_flushed_rows_and_subscribers() {
     let resp = alice.query("SELECT id FROM app.notes WHERE _deleted = true").await.expect("deleted rows");
     assert_eq!(resp.results[0].rows.as_ref().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_table_waits_for_live_queries_then_removes_every_file() {
+    let cluster = Cluster::start().await;
+    cluster.client("system").query(SETUP).await.expect("setup");
+    let alice = cluster.client("alice");
+    let bob = cluster.client("bob");
+    alice.query("INSERT INTO app.notes VALUES (1, 'a')").await.expect("insert");
+    bob.query("INSERT INTO app.notes VALUES (1, 'b')").await.expect("insert");
+    flush(&alice, "app.notes").await;
+    let users_dir = cluster.data_dir().join("storage/app/users/notes");
+    assert_eq!(parquet_files(&users_dir.join("alice")).len(), 1);
+
+    let mut ws = alice.connect_live().await.expect("connect");
+    subscribe(&mut ws, "notes", "SELECT * FROM app.notes").await;
+    let (status, resp) = alice.query_raw("DROP TABLE app.notes").await.expect("drop");
+    assert_eq!(status, 400);
+    let error = resp.error.expect("refused");
+    assert_eq!(error.code, "DEPENDENCY_EXISTS");
+    assert!(
+        error.message.contains("Cannot drop table app.notes while 1 active live queries exist"),
+        "{}",
+        error.message
+    );
+    ws.close().await.expect("close");
+
+    let resp = wait_for(Duration::from_secs(10), "subscription gone", || async {
+        let (status, resp) = alice.query_raw("DROP TABLE app.notes").await.ok()?;
+        (status == 200).then_some(resp)
+    })
+    .await;
+    let message = resp.results[0].message.clone().unwrap_or_default();
+    assert!(message.starts_with("Table app.notes dropped successfully (2 Parquet files deleted"), "{message}");
+    assert!(!users_dir.join("alice").exists() && !users_dir.join("bob").exists(), "user directories removed");
+
+    cluster
+        .client("system")
+        .query("CREATE USER TABLE app.notes (id BIGINT PRIMARY KEY, body TEXT)")
+        .await
+        .expect("recreate");
+    assert!(ids(&alice, "app.notes").await.is_empty(), "no leftover rows after re-creation");
+}

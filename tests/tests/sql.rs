@@ -104,4 +104,5 @@ slt! {
     update_delete => "update_delete.slt",
     defaults => "defaults.slt",
     introspection => "introspection.slt",
+    drop => "drop.slt",
 }

@@ -87,6 +87,12 @@ async fn execute_statement(engine: &Arc<Engine>, sql: &str, user: &UserId) -> Re
             let n = out.rows.len() as u64;
             Ok(StatementResult { columns: out.columns, rows: Some(out.rows), row_count: n, message: None })
         }
+        KalamStatement::DropTable { namespace, table, if_exists } => {
+            drop_table(engine, &namespace, &table, if_exists).await
+        }
+        KalamStatement::DropNamespace { name, if_exists, cascade } => {
+            drop_namespace(engine, &name, if_exists, cascade).await
+        }
         KalamStatement::ShowNamespaces => Ok(introspect::show_namespaces(engine)),
         KalamStatement::ShowTables { namespace } => introspect::show_tables(engine, namespace.as_deref()),
         KalamStatement::Describe { namespace, table } => introspect::describe(engine, &namespace, &table),
@@ -148,10 +154,75 @@ fn execute_write(engine: &Arc<Engine>, stmt: KalamStatement, user: &UserId) -> R
             Ok(StatementResult::message(n, format!("Deleted {n} row(s)")))
         }
         KalamStatement::Query(_)
+        | KalamStatement::DropTable { .. }
+        | KalamStatement::DropNamespace { .. }
         | KalamStatement::ShowNamespaces
         | KalamStatement::ShowTables { .. }
         | KalamStatement::Describe { .. } => Err(EngineError::internal("a read reached the write path")),
     }
+}
+
+async fn drop_table(
+    engine: &Arc<Engine>,
+    ns: &str,
+    table: &str,
+    if_exists: bool,
+) -> Result<StatementResult, EngineError> {
+    let Some(def) = engine.catalog.table(ns, table) else {
+        if if_exists {
+            return Ok(StatementResult::message(0, format!("Table {ns}.{table} does not exist (skipped)")));
+        }
+        return Err(EngineError::user(ErrorCode::TableNotFound, format!("relation \"{ns}.{table}\" does not exist")));
+    };
+    let live = engine.live_queries_on(ns, Some(table)).await;
+    if live > 0 {
+        return Err(EngineError::user(
+            ErrorCode::DependencyExists,
+            format!("Cannot drop table {ns}.{table} while {live} active live queries exist"),
+        ));
+    }
+    let e = engine.clone();
+    let dropped = tokio::task::spawn_blocking(move || e.drop_table(&def)).await.map_err(EngineError::internal)??;
+    Ok(StatementResult::message(
+        0,
+        format!(
+            "Table {ns}.{table} dropped successfully ({} Parquet files deleted, {} bytes freed)",
+            dropped.files, dropped.bytes
+        ),
+    ))
+}
+
+async fn drop_namespace(
+    engine: &Arc<Engine>,
+    name: &str,
+    if_exists: bool,
+    cascade: bool,
+) -> Result<StatementResult, EngineError> {
+    if !engine.catalog.namespace_exists(name) {
+        if if_exists {
+            return Ok(StatementResult::message(0, format!("Namespace '{name}' does not exist (skipped)")));
+        }
+        return Err(EngineError::user(ErrorCode::NamespaceNotFound, format!("Namespace '{name}' does not exist")));
+    }
+    if cascade {
+        let tables: Vec<_> = engine.catalog.tables().into_iter().filter(|t| t.namespace.as_str() == name).collect();
+        for def in &tables {
+            let live = engine.live_queries_on(name, Some(def.name.as_str())).await;
+            if live > 0 {
+                return Err(EngineError::user(
+                    ErrorCode::DependencyExists,
+                    format!("Cannot drop table {} while {live} active live queries exist", def.qualified_name()),
+                ));
+            }
+        }
+        for def in tables {
+            let e = engine.clone();
+            tokio::task::spawn_blocking(move || e.drop_table(&def)).await.map_err(EngineError::internal)??;
+        }
+    }
+    let (e, n) = (engine.clone(), name.to_owned());
+    tokio::task::spawn_blocking(move || e.drop_namespace(&n)).await.map_err(EngineError::internal)??;
+    Ok(StatementResult::message(0, format!("Namespace '{name}' dropped successfully")))
 }
 
 fn create_table(engine: &Engine, spec: CreateTableSpec) -> Result<StatementResult, EngineError> {

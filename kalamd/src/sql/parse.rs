@@ -25,6 +25,8 @@ pub enum KalamStatement {
     CreateNamespace { name: NamespaceId, if_not_exists: bool },
     CreateTable(CreateTableSpec),
     FlushTable { namespace: NamespaceId, table: TableName },
+    DropTable { namespace: String, table: String, if_exists: bool },
+    DropNamespace { name: String, if_exists: bool, cascade: bool },
     ShowNamespaces,
     ShowTables { namespace: Option<String> },
     Describe { namespace: String, table: String },
@@ -167,6 +169,28 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
             return Ok(KalamStatement::CreateTable(spec));
         }
         // Not ours: rewind and let the standard grammar report it.
+        while p.index() > start {
+            p.prev_token();
+        }
+    }
+    if next_is_word(&p, "DROP") {
+        let start = p.index();
+        p.next_token();
+        if parse_word(&mut p, "NAMESPACE") {
+            let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = ident_name(&p.parse_identifier().map_err(invalid_sql)?);
+            let cascade = parse_word(&mut p, "CASCADE");
+            expect_end(&mut p)?;
+            return Ok(KalamStatement::DropNamespace { name, if_exists, cascade });
+        }
+        let _kind = parse_word(&mut p, "USER") || parse_word(&mut p, "SHARED") || parse_word(&mut p, "STREAM");
+        if p.parse_keyword(Keyword::TABLE) {
+            let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = p.parse_object_name(false).map_err(invalid_sql)?;
+            expect_end(&mut p)?;
+            let (namespace, table) = object_parts(&name)?;
+            return Ok(KalamStatement::DropTable { namespace, table, if_exists });
+        }
         while p.index() > start {
             p.prev_token();
         }

@@ -1,0 +1,119 @@
+//! DROP TABLE and DROP NAMESPACE (sql.md §5, §7.3; storage.md §12). The catalog row, manifest
+//! entries, counters and active flush jobs go in one write batch; then the table's column
+//! family and its Parquet files are removed. A crash in between leaves only unreferenced files.
+
+use std::path::Path;
+
+use kalam_types::error::ErrorCode;
+use kalam_types::schema::TableDefinition;
+
+use crate::clock::wall_clock_us;
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::flush::{ManifestEntry, status};
+use crate::store::{cf, table_cf_name};
+
+/// What a DROP TABLE removed from storage.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+impl Engine {
+    /// Active live queries on `ns.table` (all tables of `ns` when `table` is `None`), as
+    /// kalam-lived reports them; 0 when it is not running (it then holds no sockets).
+    pub async fn live_queries_on(&self, ns: &str, table: Option<&str>) -> usize {
+        let Ok(client) = kalam_rpc::transport::connect_live(&self.cfg.run_dir()).await else { return 0 };
+        match client.list_subscriptions(tarpc::context::current()).await {
+            Ok(subs) => subs.iter().filter(|s| s.namespace == ns && table.is_none_or(|t| s.table == t)).count(),
+            Err(_) => 0,
+        }
+    }
+
+    pub fn drop_table(&self, def: &TableDefinition) -> Result<Dropped, EngineError> {
+        let (ns, table) = (def.namespace.as_str(), def.name.as_str());
+        let table_prefix = format!("{ns}:{table}:").into_bytes();
+        let mut guard = self.store.begin();
+        let mut entries = Vec::new();
+        {
+            let files_cf = self.store.cf(cf::TABLE_FILES)?;
+            for (key, value) in self.store.scan_prefix(cf::TABLE_FILES, &table_prefix)? {
+                let entry: ManifestEntry =
+                    serde_json::from_slice(&value).map_err(|e| EngineError::corrupt(cf::TABLE_FILES, e))?;
+                entries.push(entry);
+                guard.batch.delete_cf(&files_cf, key);
+            }
+            let counters_cf = self.store.cf(cf::COUNTERS)?;
+            for (key, _) in self.store.scan_prefix(cf::COUNTERS, &table_prefix)? {
+                guard.batch.delete_cf(&counters_cf, key);
+            }
+            let tables_cf = self.store.cf(cf::TABLES)?;
+            guard.batch.delete_cf(&tables_cf, format!("{ns}:{table}"));
+        }
+        // Active flush jobs of the table are cancelled; their commits will be refused.
+        for mut job in self.jobs()? {
+            if job.job_type == "flush"
+                && job.namespace_id == ns
+                && job.table_name == table
+                && status::ACTIVE.contains(&job.status.as_str())
+            {
+                job.status = "cancelled".into();
+                job.completed_at_us = Some(wall_clock_us());
+                job.error_message = Some("table dropped".into());
+                self.put_job(&mut guard.batch, &job)?;
+            }
+        }
+        guard.write()?;
+        self.catalog.forget_table(ns, table);
+        if let Err(e) = self.store.db().drop_cf(&table_cf_name(def)) {
+            tracing::warn!(table = %def.qualified_name(), error = %e, "could not drop the column family");
+        }
+        let base = self.storage_base();
+        let mut dropped = Dropped::default();
+        for entry in entries {
+            let path = base.join(&entry.path);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    dropped.files += 1;
+                    dropped.bytes += entry.size_bytes;
+                    remove_empty_parents(&path, &base);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not delete a dropped table's file"),
+            }
+        }
+        tracing::info!(table = %def.qualified_name(), files = dropped.files, bytes = dropped.bytes, "table dropped");
+        Ok(dropped)
+    }
+
+    pub fn drop_namespace(&self, ns: &str) -> Result<(), EngineError> {
+        let remaining = self.catalog.tables().iter().filter(|t| t.namespace.as_str() == ns).count();
+        if remaining > 0 {
+            return Err(EngineError::user(
+                ErrorCode::DependencyExists,
+                format!(
+                    "Cannot drop namespace '{ns}': namespace contains {remaining} table(s). Drop all tables first."
+                ),
+            ));
+        }
+        let mut guard = self.store.begin();
+        let namespaces = self.store.cf(cf::NAMESPACES)?;
+        guard.batch.delete_cf(&namespaces, ns);
+        drop(namespaces);
+        guard.write()?;
+        self.catalog.forget_namespace(ns);
+        Ok(())
+    }
+}
+
+/// Removes the directories above a deleted file while they are empty, up to `base`.
+fn remove_empty_parents(file: &Path, base: &Path) {
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        if d == base || !d.starts_with(base) || std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}
