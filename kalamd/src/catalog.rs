@@ -81,6 +81,11 @@ impl Catalog {
         self.namespaces.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
+    /// Number of tables in `ns`.
+    pub fn table_count(&self, ns: &str) -> usize {
+        self.tables.read().unwrap_or_else(|p| p.into_inner()).keys().filter(|(n, _)| n == ns).count()
+    }
+
     /// Every table, by namespace then name.
     pub fn tables(&self) -> Vec<Arc<TableDefinition>> {
         self.tables.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()

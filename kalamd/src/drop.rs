@@ -88,7 +88,7 @@ impl Engine {
     }
 
     pub fn drop_namespace(&self, ns: &str) -> Result<(), EngineError> {
-        let remaining = self.catalog.tables().iter().filter(|t| t.namespace.as_str() == ns).count();
+        let remaining = self.catalog.table_count(ns);
         if remaining > 0 {
             return Err(EngineError::user(
                 ErrorCode::DependencyExists,

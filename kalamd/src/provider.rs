@@ -23,17 +23,12 @@ use crate::engine::Engine;
 use crate::read::read_partition;
 
 pub struct KalamTableProvider {
-    engine: Arc<Engine>,
-    def: Arc<TableDefinition>,
-    user: UserId,
-    schema: SchemaRef,
-    with_system_columns: bool,
-    include_deleted: bool,
+    scan: Arc<ScanRequest>,
 }
 
 impl fmt::Debug for KalamTableProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KalamTableProvider({}, user={})", self.def.qualified_name(), self.user)
+        write!(f, "KalamTableProvider({}, user={})", self.scan.def.qualified_name(), self.scan.user)
     }
 }
 
@@ -48,11 +43,11 @@ impl KalamTableProvider {
         include_deleted: bool,
     ) -> Self {
         let schema = Arc::new(table_schema(&def, with_system_columns));
-        Self { engine, def, user, schema, with_system_columns, include_deleted }
+        Self { scan: Arc::new(ScanRequest { engine, def, user, schema, with_system_columns, include_deleted }) }
     }
 }
 
-/// What one scan reads; owned, so the read can run on the blocking pool.
+/// What a scan reads; shared, so the read can run on the blocking pool.
 struct ScanRequest {
     engine: Arc<Engine>,
     def: Arc<TableDefinition>,
@@ -85,7 +80,7 @@ impl ScanRequest {
 #[async_trait]
 impl TableProvider for KalamTableProvider {
     fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        self.scan.schema.clone()
     }
 
     fn table_type(&self) -> DfTableType {
@@ -99,19 +94,12 @@ impl TableProvider for KalamTableProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let request = ScanRequest {
-            engine: self.engine.clone(),
-            def: self.def.clone(),
-            user: self.user.clone(),
-            schema: self.schema.clone(),
-            with_system_columns: self.with_system_columns,
-            include_deleted: self.include_deleted,
-        };
+        let request = self.scan.clone();
         let batch = tokio::task::spawn_blocking(move || request.batch())
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(e.to_client())))?;
-        let exec = MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?;
+        let exec = MemorySourceConfig::try_new_exec(&[vec![batch]], self.scan.schema.clone(), projection.cloned())?;
         Ok(exec)
     }
 }

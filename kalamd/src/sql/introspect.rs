@@ -25,13 +25,12 @@ fn ts(us: i64) -> Json {
 }
 
 pub fn show_namespaces(engine: &Engine) -> StatementResult {
-    let tables = engine.catalog.tables();
     let rows = engine
         .catalog
         .namespaces()
         .into_iter()
         .map(|ns| {
-            let count = tables.iter().filter(|t| t.namespace.as_str() == ns.name).count();
+            let count = engine.catalog.table_count(&ns.name);
             vec![Json::from(ns.name), Json::from(count), ts(ns.created_at_us)]
         })
         .collect();

@@ -13,7 +13,7 @@ use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{
-    Expr, Query, SetExpr, Statement, TableFactor, visit_expressions, visit_relations,
+    Expr, Query, SetExpr, Statement, TableFactor, Visit, visit_expressions, visit_relations,
 };
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
@@ -42,18 +42,7 @@ pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) ->
         relations.insert(name.clone());
         ControlFlow::<()>::Continue(())
     });
-    let mut names_system_columns = false;
-    let _ = visit_expressions(stmt, |expr| {
-        let id = match expr {
-            Expr::Identifier(id) => Some(id),
-            Expr::CompoundIdentifier(parts) => parts.last(),
-            _ => None,
-        };
-        if id.is_some_and(|i| i.value == UPDATED_COLUMN || i.value == DELETED_COLUMN) {
-            names_system_columns = true;
-        }
-        ControlFlow::<()>::Continue(())
-    });
+    let names_system_columns = mentions_column(stmt, &[UPDATED_COLUMN, DELETED_COLUMN]);
 
     let config = SessionConfig::new().with_default_catalog_and_schema("datafusion", DEFAULT_NAMESPACE);
     let ctx = SessionContext::new_with_config(config);
@@ -101,6 +90,21 @@ pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) ->
     encode_batches(&batches)
 }
 
+/// True when any expression inside `node` names one of `columns` (plain or qualified).
+fn mentions_column<V: Visit>(node: &V, columns: &[&str]) -> bool {
+    let mut found = false;
+    let _ = visit_expressions(node, |e| {
+        let id = match e {
+            Expr::Identifier(id) => Some(id),
+            Expr::CompoundIdentifier(parts) => parts.last(),
+            _ => None,
+        };
+        found |= id.is_some_and(|i| columns.contains(&i.value.as_str()));
+        ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
 /// True when a WHERE clause of the statement mentions `_deleted`: only then are soft-deleted
 /// rows visible (sql.md §3).
 fn where_names_deleted(stmt: &Statement) -> bool {
@@ -124,17 +128,7 @@ fn where_names_deleted(stmt: &Statement) -> bool {
         }
     }
     fn mentions_deleted(expr: &Expr) -> bool {
-        let mut found = false;
-        let _ = visit_expressions(expr, |e| {
-            let id = match e {
-                Expr::Identifier(id) => Some(id),
-                Expr::CompoundIdentifier(parts) => parts.last(),
-                _ => None,
-            };
-            found |= id.is_some_and(|i| i.value == DELETED_COLUMN);
-            ControlFlow::<()>::Continue(())
-        });
-        found
+        mentions_column(expr, &[DELETED_COLUMN])
     }
     match stmt {
         Statement::Query(q) => in_query(q),

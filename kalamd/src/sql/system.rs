@@ -126,13 +126,12 @@ impl AsJson for Value {
 
 fn namespaces(engine: &Engine) -> SystemTable {
     use KalamType::*;
-    let tables = engine.catalog.tables();
     let rows = engine
         .catalog
         .namespaces()
         .into_iter()
         .map(|ns| {
-            let count = tables.iter().filter(|t| t.namespace.as_str() == ns.name).count();
+            let count = engine.catalog.table_count(&ns.name);
             vec![
                 text(&ns.name),
                 Value::Json("{}".into()),
