@@ -150,7 +150,7 @@ mod tests {
         let (_dir, engine) = engine();
         let alice = UserId::parse("alice").unwrap();
         let setup = "CREATE NAMESPACE app; CREATE USER TABLE app.t (id BIGINT PRIMARY KEY, v TEXT)";
-        assert!(crate::sql::execute_batch(&engine, setup, &alice).await.1.is_none());
+        assert!(crate::sql::execute_batch(&engine, setup, None, &alice).await.1.is_none());
         let head_before = engine.store.head_seq();
 
         let waiter = {
@@ -158,7 +158,7 @@ mod tests {
             tokio::spawn(async move { engine.poll_changes(head_before, 100, Duration::from_secs(10)).await })
         };
         let insert = "INSERT INTO app.t VALUES (1, 'a'), (2, 'b'), (3, 'c')";
-        assert!(crate::sql::execute_batch(&engine, insert, &alice).await.1.is_none());
+        assert!(crate::sql::execute_batch(&engine, insert, None, &alice).await.1.is_none());
         let (records, head) = waiter.await.unwrap().unwrap();
         assert_eq!(head, head_before + 3);
         let seqs: Vec<u64> = records.iter().map(|r| r.commit_seq).collect();
@@ -182,14 +182,14 @@ mod tests {
             let engine = Engine::open(cfg.clone()).unwrap();
             let sql =
                 "CREATE NAMESPACE a; CREATE SHARED TABLE a.s (k TEXT PRIMARY KEY); INSERT INTO a.s VALUES ('x'), ('y')";
-            assert!(crate::sql::execute_batch(&engine, sql, &user).await.1.is_none());
+            assert!(crate::sql::execute_batch(&engine, sql, None, &user).await.1.is_none());
             engine.store.head_seq()
         };
         assert_eq!(head, 2);
         let engine = Engine::open(cfg).unwrap();
         assert_eq!(engine.store.head_seq(), 2);
         assert_eq!(engine.read_changes(0, 10).unwrap().len(), 2);
-        let (_, err) = crate::sql::execute_batch(&engine, "SELECT k FROM a.s", &user).await;
+        let (_, err) = crate::sql::execute_batch(&engine, "SELECT k FROM a.s", None, &user).await;
         assert!(err.is_none());
     }
 }

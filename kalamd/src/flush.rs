@@ -377,7 +377,7 @@ mod tests {
         let user = kalam_types::ids::UserId::parse("alice").unwrap();
         let sql =
             "CREATE NAMESPACE app; CREATE USER TABLE app.t (id BIGINT PRIMARY KEY); INSERT INTO app.t VALUES (1), (2)";
-        assert!(crate::sql::execute_batch(&engine, sql, &user).await.1.is_none());
+        assert!(crate::sql::execute_batch(&engine, sql, None, &user).await.1.is_none());
         let def = engine.catalog.table("app", "t").unwrap();
         (dir, engine, def)
     }

@@ -87,6 +87,9 @@ pub fn error_response(error: &KalamError, took_ms: u64) -> Response {
 #[derive(Debug, Deserialize)]
 struct SqlRequest {
     sql: String,
+    /// Values of `$1 … $N` (single statement only).
+    #[serde(default)]
+    params: Option<Vec<serde_json::Value>>,
 }
 
 /// Resolves the acting user of a request (api.md §1).
@@ -145,7 +148,7 @@ async fn sql(
             );
         }
     };
-    let (results, failure) = execute_batch(&engine, &request.sql, &user).await;
+    let (results, failure) = execute_batch(&engine, &request.sql, request.params.as_deref(), &user).await;
     match failure {
         None => (StatusCode::OK, axum::Json(Envelope { status: "success", results, took_ms: took(), error: None }))
             .into_response(),
@@ -190,11 +193,20 @@ mod tests {
     use tower::ServiceExt;
 
     async fn call(app: &Router, peer: &str, sql: &str, user: Option<&str>) -> (StatusCode, serde_json::Value) {
+        call_body(app, peer, json!({ "sql": sql }), user).await
+    }
+
+    async fn call_body(
+        app: &Router,
+        peer: &str,
+        body: serde_json::Value,
+        user: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
         let mut req = Request::post("/v1/api/sql").header("content-type", "application/json");
         if let Some(u) = user {
             req = req.header("x-user-id", u);
         }
-        let mut req = req.body(Body::from(json!({ "sql": sql }).to_string())).unwrap();
+        let mut req = req.body(Body::from(body.to_string())).unwrap();
         req.extensions_mut().insert(Peer(peer.parse().unwrap()));
         let resp = app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
@@ -279,6 +291,28 @@ mod tests {
         req.extensions_mut().insert(Peer("127.0.0.1:1".parse().unwrap()));
         let resp = app.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn params_bind_to_placeholders_of_a_single_statement() {
+        let (_dir, engine) = engine();
+        let app = router(engine);
+        let lo = "127.0.0.1:5000";
+        call(&app, lo, "CREATE NAMESPACE app; CREATE SHARED TABLE app.kv (k TEXT PRIMARY KEY, n BIGINT, j JSON)", None)
+            .await;
+        let insert =
+            json!({"sql": "INSERT INTO app.kv VALUES ($1, $2, $3)", "params": ["a'; DROP TABLE x; --", 5, {"x": 1}]});
+        let (s, body) = call_body(&app, lo, insert, None).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let select = json!({"sql": "SELECT k, n, j FROM app.kv WHERE n = $1", "params": [5]});
+        let (_, body) = call_body(&app, lo, select, None).await;
+        assert_eq!(body["results"][0]["rows"], json!([{"k": "a'; DROP TABLE x; --", "n": 5, "j": "{\"x\":1}"}]));
+        let (s, body) = call_body(&app, lo, json!({"sql": "SELECT $1, $2", "params": [1]}), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["code"], "PARAM_COUNT_MISMATCH");
+        let (s, body) = call_body(&app, lo, json!({"sql": "SELECT 1; SELECT 2", "params": []}), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["message"], "params are only supported with a single statement");
     }
 
     #[tokio::test]

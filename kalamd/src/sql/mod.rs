@@ -4,6 +4,7 @@
 pub mod dml;
 pub mod introspect;
 pub mod mutate;
+pub mod params;
 pub mod parse;
 pub mod query;
 pub mod split;
@@ -55,6 +56,7 @@ pub struct BatchError {
 pub async fn execute_batch(
     engine: &Arc<Engine>,
     sql: &str,
+    params: Option<&[Json]>,
     user: &UserId,
 ) -> (Vec<StatementResult>, Option<BatchError>) {
     let statements = match split::split_statements(sql) {
@@ -65,9 +67,13 @@ pub async fn execute_batch(
         Ok(s) => s,
         Err(error) => return (vec![], Some(BatchError { error, statement_index: None, statement: None })),
     };
+    if params.is_some() && statements.len() != 1 {
+        let error = KalamError::new(ErrorCode::InvalidRequest, "params are only supported with a single statement");
+        return (vec![], Some(BatchError { error, statement_index: None, statement: None }));
+    }
     let mut results = Vec::with_capacity(statements.len());
     for (i, text) in statements.iter().enumerate() {
-        match execute_statement(engine, text, user).await {
+        match execute_statement(engine, text, params, user).await {
             Ok(r) => results.push(r),
             Err(e) => {
                 let mut error = e.to_client();
@@ -80,8 +86,29 @@ pub async fn execute_batch(
     (results, None)
 }
 
-async fn execute_statement(engine: &Arc<Engine>, sql: &str, user: &UserId) -> Result<StatementResult, EngineError> {
-    match parse::parse_statement(sql)? {
+async fn execute_statement(
+    engine: &Arc<Engine>,
+    sql: &str,
+    params: Option<&[Json]>,
+    user: &UserId,
+) -> Result<StatementResult, EngineError> {
+    let mut stmt = parse::parse_statement(sql)?;
+    if let Some(params) = params {
+        match &mut stmt {
+            KalamStatement::Query(s)
+            | KalamStatement::Insert(s)
+            | KalamStatement::Update(s)
+            | KalamStatement::Delete(s) => params::bind(s, params)?,
+            _ if params.is_empty() => {}
+            _ => {
+                return Err(EngineError::user(
+                    ErrorCode::ParamCountMismatch,
+                    format!("parameter mismatch: expected 0 parameters, got {}", params.len()),
+                ));
+            }
+        }
+    }
+    match stmt {
         KalamStatement::Query(stmt) => {
             let out = query::run_query(engine, &stmt, user).await?;
             let n = out.rows.len() as u64;

@@ -25,6 +25,7 @@ pub enum ErrorCode {
     ConstraintViolation,
     DependencyExists,
     InvalidOperation,
+    ParamCountMismatch,
     // auth
     Unauthorized,
     PermissionDenied,
@@ -62,6 +63,7 @@ impl ErrorCode {
             | ConstraintViolation
             | DependencyExists
             | InvalidOperation
+            | ParamCountMismatch
             | InvalidSubscription
             | UnknownMessageType
             | DuplicateSubscriptionId
