@@ -91,6 +91,8 @@ async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tokio::spawn(resume_jobs(run_dir.clone(), service.clone(), shutdown.clone()));
+    let check_every = Duration::from_secs(cfg.flush.check_interval_seconds.max(1));
+    let scheduler = tokio::spawn(schedule_time_triggers(run_dir.clone(), check_every, shutdown.clone()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "kalam-flushd serving");
 
     let mut term = signal(SignalKind::terminate())?;
@@ -101,9 +103,56 @@ async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
     }
     tracing::info!("kalam-flushd stopping; waiting for running jobs");
     shutdown.cancel();
+    let _ = scheduler.await;
     let _ = workers.await;
     rpc_task.abort();
     Ok(())
+}
+
+/// Time triggers (storage.md §5): every `check_every`, ask kalamd for the tables with an
+/// interval and have it create a job for each one that is due. kalamd hands the job back to
+/// this daemon like any other.
+async fn schedule_time_triggers(run_dir: PathBuf, check_every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(check_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut client: Option<EngineClient> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if client.is_none() {
+            client = connect_engine(&run_dir).await.ok();
+        }
+        let Some(c) = client.clone() else { continue };
+        let candidates = match c.flush_candidates(tarpc::context::current()).await {
+            Ok(Ok(list)) => list,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "kalamd refused the flush candidates");
+                continue;
+            }
+            Err(_) => {
+                client = None;
+                continue;
+            }
+        };
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        for due in candidates.into_iter().filter(|t| t.is_due(now_us)) {
+            match c.trigger_flush(tarpc::context::current(), due.namespace.clone(), due.table.clone()).await {
+                Ok(Ok(job_id)) => {
+                    tracing::info!(job_id, table = %format!("{}.{}", due.namespace, due.table), "interval flush triggered")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "interval flush not started"),
+                Err(_) => {
+                    client = None;
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Asks kalamd (retrying until it answers) for every unfinished flush job and queues it.

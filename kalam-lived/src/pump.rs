@@ -220,6 +220,12 @@ mod tests {
         async fn runnable_flush_jobs(self, _: Context) -> Result<Vec<String>, RpcError> {
             Ok(vec![])
         }
+        async fn flush_candidates(self, _: Context) -> Result<Vec<kalam_rpc::FlushCandidate>, kalam_rpc::RpcError> {
+            Ok(vec![])
+        }
+        async fn trigger_flush(self, _: Context, _: String, _: String) -> Result<String, kalam_rpc::RpcError> {
+            Err(kalam_rpc::RpcError::internal())
+        }
         async fn poll_changes(self, _: Context, after: u64, max: u32, wait_ms: u32) -> Result<ChangeBatch, RpcError> {
             let log = self.0.lock().unwrap().clone();
             // Counted after reading, so a test that saw the count knows this poll's view.

@@ -65,6 +65,7 @@ impl Engine {
             }
         }
         guard.write()?;
+        self.flush_index().forget_table(ns, table);
         self.catalog.forget_table(ns, table);
         if let Err(e) = self.store.db().drop_cf(&table_cf_name(def)) {
             tracing::warn!(table = %def.qualified_name(), error = %e, "could not drop the column family");

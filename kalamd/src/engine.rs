@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use crate::catalog::Catalog;
 use crate::clock::VersionClock;
 use crate::error::EngineError;
+use crate::flush::{FlushIndex, load_jobs};
 use crate::ids::IdGenerators;
 use crate::store::{Store, cf};
 
@@ -25,6 +26,9 @@ pub struct Engine {
     pub catalog: Catalog,
     pub clock: VersionClock,
     pub ids: Arc<IdGenerators>,
+    pub(crate) flush_index: std::sync::Mutex<FlushIndex>,
+    /// When this kalamd started (µs): the time trigger of never-flushed tables counts from it.
+    pub started_at_us: i64,
     /// Milliseconds since the epoch at which the supervisor started (for `uptime_seconds`).
     pub uptime_origin_ms: i64,
     shutting_down: AtomicBool,
@@ -40,12 +44,15 @@ impl Engine {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
         let ids = Arc::new(IdGenerators::new(cfg.flush.node_id));
+        let flush_index = std::sync::Mutex::new(FlushIndex::load(&load_jobs(&store)?));
         Ok(Arc::new(Engine {
             cfg,
             store,
             catalog,
             clock: VersionClock::default(),
             ids,
+            flush_index,
+            started_at_us: crate::clock::wall_clock_us(),
             uptime_origin_ms,
             shutting_down: AtomicBool::new(false),
             flusher: Mutex::new(None),

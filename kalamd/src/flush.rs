@@ -1,10 +1,11 @@
 //! Flush jobs on kalamd's side (storage.md §6): job records, checkpoints, and the one-batch
 //! commit that publishes a flush's files and removes exactly the row versions it flushed.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kalam_rpc::{FlushPlan, FlushSummary, FlushedFile};
+use kalam_rpc::{FlushCandidate, FlushPlan, FlushSummary, FlushedFile};
 use kalam_types::codec;
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::JobId;
@@ -74,17 +75,94 @@ impl ManifestEntry {
     }
 }
 
+/// In-memory view of flush state that writes consult cheaply: the active flush job of each
+/// table and the time of its last completed flush. Rebuilt from `system.jobs` at start and
+/// changed only under the commit lock, next to the job rows it mirrors.
+#[derive(Debug, Default)]
+pub struct FlushIndex {
+    active: HashMap<(String, String), String>,
+    last_flush_us: HashMap<(String, String), i64>,
+}
+
+impl FlushIndex {
+    pub fn load(jobs: &[JobRecord]) -> Self {
+        let mut index = FlushIndex::default();
+        for j in jobs.iter().filter(|j| j.job_type == "flush") {
+            let key = (j.namespace_id.clone(), j.table_name.clone());
+            if status::ACTIVE.contains(&j.status.as_str()) {
+                index.active.insert(key, j.job_id.clone());
+            } else if j.status == status::COMPLETED
+                && let Some(done) = j.completed_at_us
+            {
+                let last = index.last_flush_us.entry(key).or_insert(done);
+                *last = (*last).max(done);
+            }
+        }
+        index
+    }
+
+    pub fn active_job(&self, ns: &str, table: &str) -> Option<&String> {
+        self.active.get(&(ns.to_owned(), table.to_owned()))
+    }
+
+    pub fn last_flush_us(&self, ns: &str, table: &str) -> Option<i64> {
+        self.last_flush_us.get(&(ns.to_owned(), table.to_owned())).copied()
+    }
+
+    fn finished(&mut self, ns: &str, table: &str, completed_at_us: Option<i64>) {
+        let key = (ns.to_owned(), table.to_owned());
+        self.active.remove(&key);
+        if let Some(t) = completed_at_us {
+            self.last_flush_us.insert(key, t);
+        }
+    }
+
+    pub fn forget_table(&mut self, ns: &str, table: &str) {
+        let key = (ns.to_owned(), table.to_owned());
+        self.active.remove(&key);
+        self.last_flush_us.remove(&key);
+    }
+}
+
+/// Reads every job record.
+pub fn load_jobs(store: &crate::store::Store) -> Result<Vec<JobRecord>, EngineError> {
+    store
+        .scan_prefix(cf::JOBS, b"")?
+        .into_iter()
+        .map(|(_, v)| serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::JOBS, e)))
+        .collect()
+}
+
 fn job_not_found(job_id: &str) -> EngineError {
     EngineError::user(ErrorCode::JobNotFound, format!("Job not found: {job_id}"))
 }
 
 impl Engine {
     pub fn jobs(&self) -> Result<Vec<JobRecord>, EngineError> {
-        self.store
-            .scan_prefix(cf::JOBS, b"")?
-            .into_iter()
-            .map(|(_, v)| serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::JOBS, e)))
-            .collect()
+        load_jobs(&self.store)
+    }
+
+    pub fn flush_index(&self) -> std::sync::MutexGuard<'_, FlushIndex> {
+        self.flush_index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Row trigger (storage.md §5): after a committed write, a table whose buffer reached its
+    /// row threshold gets a flush job unless one is active.
+    pub fn maybe_trigger_flush(self: &Arc<Self>, def: &TableDefinition) {
+        let Some(threshold) = def.flush_policy.row_threshold else { return };
+        let (ns, table) = (def.namespace.as_str(), def.name.as_str());
+        if self.flush_index().active_job(ns, table).is_some() {
+            return;
+        }
+        match self.store.read_counter(&counter_key(ns, table, None)) {
+            Ok(buffered) if buffered >= threshold => {
+                if let Err(e) = self.create_flush_job(def) {
+                    tracing::warn!(table = %def.qualified_name(), error = %e, "row-threshold flush not started");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the buffered row count"),
+        }
     }
 
     pub fn job(&self, job_id: &str) -> Result<JobRecord, EngineError> {
@@ -110,16 +188,11 @@ impl Engine {
             ));
         }
         let mut guard = self.store.begin();
-        let active = self.jobs()?.into_iter().find(|j| {
-            j.job_type == "flush"
-                && j.namespace_id == def.namespace.as_str()
-                && j.table_name == def.name.as_str()
-                && status::ACTIVE.contains(&j.status.as_str())
-        });
-        if let Some(job) = active {
+        let active = self.flush_index().active_job(def.namespace.as_str(), def.name.as_str()).cloned();
+        if let Some(job_id) = active {
             // kalam-flushd may have lost it (a restart of either side); it ignores duplicates.
-            self.notify_flusher(job.job_id.clone());
-            return Ok((job.job_id, true));
+            self.notify_flusher(job_id.clone());
+            return Ok((job_id, true));
         }
         let now = wall_clock_us();
         let job_id = JobId::flush(&def.name, now / 1000, random_suffix()).to_string();
@@ -138,6 +211,7 @@ impl Engine {
         };
         self.put_job(&mut guard.batch, &job)?;
         guard.write()?;
+        self.flush_index().active.insert((job.namespace_id.clone(), job.table_name.clone()), job_id.clone());
         tracing::info!(job_id, table = %def.qualified_name(), "flush job queued");
         self.notify_flusher(job_id.clone());
         Ok((job_id, false))
@@ -291,6 +365,7 @@ impl Engine {
         );
         self.put_job(&mut guard.batch, &job)?;
         guard.write()?;
+        self.flush_index().finished(&job.namespace_id, &job.table_name, job.completed_at_us);
         remove_checkpoint(&checkpoint);
         tracing::info!(job_id, table = %def.qualified_name(), records_flushed = records, duration_ms, "Flush job completed");
         Ok(FlushSummary { records_flushed: records, files: files.len() as u64 })
@@ -310,8 +385,34 @@ impl Engine {
         job.completed_at_us = Some(wall_clock_us());
         self.put_job(&mut guard.batch, &job)?;
         guard.write()?;
+        self.flush_index().finished(&job.namespace_id, &job.table_name, None);
         tracing::warn!(job_id, error, "flush job failed");
         Ok(())
+    }
+
+    /// Every USER/SHARED table with a time trigger, for kalam-flushd's scheduler.
+    pub fn flush_candidates(&self) -> Result<Vec<FlushCandidate>, EngineError> {
+        let mut out = Vec::new();
+        for def in self.catalog.tables() {
+            let Some(interval_seconds) = def.flush_policy.interval_seconds else { continue };
+            if def.table_type == TableType::Stream {
+                continue;
+            }
+            let (ns, table) = (def.namespace.as_str(), def.name.as_str());
+            let buffered_rows = self.store.read_counter(&counter_key(ns, table, None))?;
+            let index = self.flush_index();
+            out.push(FlushCandidate {
+                namespace: ns.to_owned(),
+                table: table.to_owned(),
+                buffered_rows,
+                interval_seconds,
+                last_flush_at_us: index
+                    .last_flush_us(ns, table)
+                    .unwrap_or_else(|| def.created_at_us.max(self.started_at_us)),
+                active: index.active_job(ns, table).is_some(),
+            });
+        }
+        Ok(out)
     }
 
     pub fn runnable_flush_jobs(&self) -> Result<Vec<String>, EngineError> {

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, Statement, TableFactor};
-use kalam_rpc::{ChangeBatch, FlushPlan, FlushSummary, FlushedFile, Health, RpcError, SubscriptionPlan, TableStats};
+use kalam_rpc::{
+    ChangeBatch, FlushCandidate, FlushPlan, FlushSummary, FlushedFile, Health, RpcError, SubscriptionPlan, TableStats,
+};
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
 use kalam_types::schema::TableType;
@@ -65,6 +67,23 @@ impl kalam_rpc::Engine for EngineService {
 
     async fn runnable_flush_jobs(self, _: Context) -> Result<Vec<String>, RpcError> {
         self.0.runnable_flush_jobs().map_err(rpc_err)
+    }
+
+    async fn flush_candidates(self, _: Context) -> Result<Vec<FlushCandidate>, RpcError> {
+        let engine = self.0.clone();
+        tokio::task::spawn_blocking(move || engine.flush_candidates())
+            .await
+            .map_err(|_| KalamError::internal())?
+            .map_err(rpc_err)
+    }
+
+    async fn trigger_flush(self, _: Context, namespace: String, table: String) -> Result<String, RpcError> {
+        let def = self.0.catalog.require_table(&namespace, &table)?;
+        let engine = self.0.clone();
+        tokio::task::spawn_blocking(move || engine.create_flush_job(&def).map(|(job_id, _)| job_id))
+            .await
+            .map_err(|_| KalamError::internal())?
+            .map_err(rpc_err)
     }
 
     async fn poll_changes(

@@ -448,3 +448,45 @@ async fn drop_table_waits_for_live_queries_then_removes_every_file() {
         .expect("recreate");
     assert!(ids(&alice, "app.notes").await.is_empty(), "no leftover rows after re-creation");
 }
+
+async fn completed_flushes(client: &KalamLinkClient, table: &str) -> usize {
+    let resp = client
+        .query(&format!("SELECT count(*) AS n FROM system.jobs WHERE table_name = '{table}' AND status = 'completed'"))
+        .await
+        .expect("jobs");
+    resp.results[0].rows.as_ref().unwrap()[0]["n"].as_u64().unwrap() as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_threshold_and_interval_trigger_flushes_on_their_own() {
+    let cluster = Cluster::start().await;
+    let admin = cluster.client("system");
+    admin
+        .query(
+            "CREATE NAMESPACE app; \
+             CREATE USER TABLE app.rows (id BIGINT PRIMARY KEY) FLUSH ROW_THRESHOLD 5; \
+             CREATE USER TABLE app.timed (id BIGINT PRIMARY KEY) FLUSH INTERVAL 1s",
+        )
+        .await
+        .expect("setup");
+    let alice = cluster.client("alice");
+
+    // Below the threshold nothing happens; reaching it starts a flush.
+    alice.query("INSERT INTO app.rows VALUES (1), (2), (3), (4)").await.expect("insert");
+    alice.query("INSERT INTO app.timed VALUES (1)").await.expect("insert");
+    assert_eq!(completed_flushes(&admin, "app.rows").await, 0);
+    alice.query("INSERT INTO app.rows VALUES (5)").await.expect("insert");
+    wait_for(Duration::from_secs(30), "row-threshold flush", || async {
+        (completed_flushes(&admin, "app.rows").await == 1).then_some(())
+    })
+    .await;
+    // The interval table flushes by itself too (checked every second).
+    wait_for(Duration::from_secs(30), "interval flush", || async {
+        (completed_flushes(&admin, "app.timed").await >= 1).then_some(())
+    })
+    .await;
+    let dir = cluster.data_dir().join("storage/app/users");
+    assert_eq!(parquet_files(&dir.join("rows/alice")).len(), 1);
+    assert_eq!(parquet_files(&dir.join("timed/alice")).len(), 1);
+    assert_eq!(ids(&alice, "app.rows").await, vec![1, 2, 3, 4, 5]);
+}

@@ -26,8 +26,8 @@ use crate::rowjson::full_row_json;
 use crate::sql::parse::{ident_name, literal, object_parts};
 use crate::store::{counter_key, table_cf_name};
 
-/// Executes an INSERT as `user`; returns the number of rows written.
-pub fn insert(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<u64, EngineError> {
+/// Executes an INSERT as `user`; returns the number of rows written and the table.
+pub fn insert(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<(u64, Arc<TableDefinition>), EngineError> {
     let Statement::Insert(ins) = stmt else {
         return Err(EngineError::internal("insert() called with another statement"));
     };
@@ -78,7 +78,7 @@ pub fn insert(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<u64, E
         }
         built.push(values);
     }
-    write_inserts(engine, &def, user, built)
+    Ok((write_inserts(engine, &def, user, built)?, def))
 }
 
 /// Evaluates a column's DEFAULT for one row.

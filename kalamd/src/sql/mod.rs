@@ -169,15 +169,18 @@ fn execute_write(engine: &Arc<Engine>, stmt: KalamStatement, user: &UserId) -> R
             })
         }
         KalamStatement::Insert(stmt) => {
-            let n = dml::insert(engine, &stmt, user)?;
+            let (n, def) = dml::insert(engine, &stmt, user)?;
+            engine.maybe_trigger_flush(&def);
             Ok(StatementResult::message(n, format!("Inserted {n} row(s)")))
         }
         KalamStatement::Update(stmt) => {
-            let n = mutate::update(engine, &stmt, user)?;
+            let (n, def) = mutate::update(engine, &stmt, user)?;
+            engine.maybe_trigger_flush(&def);
             Ok(StatementResult::message(n, format!("Updated {n} row(s)")))
         }
         KalamStatement::Delete(stmt) => {
-            let n = mutate::delete(engine, &stmt, user)?;
+            let (n, def) = mutate::delete(engine, &stmt, user)?;
+            engine.maybe_trigger_flush(&def);
             Ok(StatementResult::message(n, format!("Deleted {n} row(s)")))
         }
         KalamStatement::Query(_)

@@ -51,16 +51,16 @@ fn single_table(t: &TableWithJoins) -> Result<&ObjectName, EngineError> {
     }
 }
 
-/// Executes an UPDATE as `user`; returns the number of rows matched.
-pub fn update(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<u64, EngineError> {
+/// Executes an UPDATE as `user`; returns the number of rows matched and the table.
+pub fn update(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<(u64, Arc<TableDefinition>), EngineError> {
     let (def, sets, selection) = parse_update(engine, stmt)?;
-    apply(engine, &def, user, selection.as_ref(), Change::Update(&sets))
+    Ok((apply(engine, &def, user, selection.as_ref(), Change::Update(&sets))?, def))
 }
 
-/// Executes a DELETE (soft delete) as `user`; returns the number of rows deleted.
-pub fn delete(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<u64, EngineError> {
+/// Executes a DELETE (soft delete) as `user`; returns the number of rows deleted and the table.
+pub fn delete(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<(u64, Arc<TableDefinition>), EngineError> {
     let (def, selection) = parse_delete(engine, stmt)?;
-    apply(engine, &def, user, selection.as_ref(), Change::Delete)
+    Ok((apply(engine, &def, user, selection.as_ref(), Change::Delete)?, def))
 }
 
 type ParsedUpdate = (Arc<TableDefinition>, Vec<(usize, Expr)>, Option<Expr>);

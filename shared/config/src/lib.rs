@@ -83,12 +83,20 @@ pub struct FlushConfig {
     pub node_id: u16,
     pub default_row_limit: u64,
     pub default_time_interval: u64,
+    /// How often kalam-flushd evaluates time triggers.
+    pub check_interval_seconds: u64,
     pub max_concurrent_jobs: usize,
 }
 
 impl Default for FlushConfig {
     fn default() -> Self {
-        Self { node_id: 0, default_row_limit: 10_000, default_time_interval: 300, max_concurrent_jobs: 4 }
+        Self {
+            node_id: 0,
+            default_row_limit: 10_000,
+            default_time_interval: 300,
+            check_interval_seconds: 1,
+            max_concurrent_jobs: 4,
+        }
     }
 }
 

@@ -27,6 +27,10 @@ pub trait Engine {
     async fn fail_flush(job_id: String, attempt: u32, error: String) -> Result<(), RpcError>;
     /// Flush jobs that are new, queued, running or retrying (resumed by kalam-flushd at start).
     async fn runnable_flush_jobs() -> Result<Vec<String>, RpcError>;
+    /// Tables with a time trigger, with what the scheduler needs to decide whether it is due.
+    async fn flush_candidates() -> Result<Vec<FlushCandidate>, RpcError>;
+    /// Creates a flush job for a table (or returns the active one) and hands it to kalam-flushd.
+    async fn trigger_flush(namespace: String, table: String) -> Result<String, RpcError>;
     /// Change-log records after `after_seq`, waiting up to `wait_ms` for one to arrive.
     async fn poll_changes(after_seq: u64, max_records: u32, wait_ms: u32) -> Result<ChangeBatch, RpcError>;
     /// Checks a live-query SELECT for `user_id` and says what it subscribes to.

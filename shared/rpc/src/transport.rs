@@ -175,6 +175,20 @@ mod tests {
         async fn runnable_flush_jobs(self, _: tarpc::context::Context) -> Result<Vec<String>, crate::RpcError> {
             Ok(vec![])
         }
+        async fn flush_candidates(
+            self,
+            _: tarpc::context::Context,
+        ) -> Result<Vec<crate::FlushCandidate>, crate::RpcError> {
+            Ok(vec![])
+        }
+        async fn trigger_flush(
+            self,
+            _: tarpc::context::Context,
+            _: String,
+            _: String,
+        ) -> Result<String, crate::RpcError> {
+            Err(crate::RpcError::internal())
+        }
         async fn poll_changes(
             self,
             _: tarpc::context::Context,

@@ -52,6 +52,28 @@ pub struct FlushedFile {
     pub max_pk: Vec<u8>,
 }
 
+/// A table with a time trigger (storage.md §5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushCandidate {
+    pub namespace: String,
+    pub table: String,
+    pub buffered_rows: u64,
+    pub interval_seconds: u64,
+    /// Last completed flush, or when the table (or this kalamd) started if never flushed.
+    pub last_flush_at_us: i64,
+    /// A flush job is already new, queued, running or retrying.
+    pub active: bool,
+}
+
+impl FlushCandidate {
+    /// Due when the buffer holds rows, no job is active and the interval has passed.
+    pub fn is_due(&self, now_us: i64) -> bool {
+        !self.active
+            && self.buffered_rows > 0
+            && now_us.saturating_sub(self.last_flush_at_us) >= (self.interval_seconds as i64).saturating_mul(1_000_000)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlushSummary {
     pub records_flushed: u64,
@@ -101,4 +123,25 @@ pub struct ProcessInfo {
     /// `starting`, `running`, `backoff`, `stopped` or `failed`.
     pub state: String,
     pub restarts: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_candidate_is_due_after_its_interval_with_rows_and_no_job() {
+        let c = FlushCandidate {
+            namespace: "a".into(),
+            table: "t".into(),
+            buffered_rows: 1,
+            interval_seconds: 2,
+            last_flush_at_us: 1_000_000,
+            active: false,
+        };
+        assert!(!c.is_due(2_999_999));
+        assert!(c.is_due(3_000_000));
+        assert!(!FlushCandidate { buffered_rows: 0, ..c.clone() }.is_due(9_000_000));
+        assert!(!FlushCandidate { active: true, ..c }.is_due(9_000_000));
+    }
 }
