@@ -30,17 +30,23 @@ fn rpc_err(e: EngineError) -> RpcError {
     e.to_client()
 }
 
+/// Runs blocking engine work (commit lock, RocksDB, files) off the RPC executor.
+async fn blocking<T, F>(engine: &Arc<Engine>, f: F) -> Result<T, RpcError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Arc<Engine>) -> Result<T, EngineError> + Send + 'static,
+{
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || f(&engine)).await.map_err(|_| KalamError::internal())?.map_err(rpc_err)
+}
+
 impl kalam_rpc::Engine for EngineService {
     async fn health(self, _: Context) -> Health {
         Health::of("kalamd")
     }
 
     async fn begin_flush(self, _: Context, job_id: String) -> Result<FlushPlan, RpcError> {
-        let engine = self.0.clone();
-        tokio::task::spawn_blocking(move || engine.begin_flush(&job_id))
-            .await
-            .map_err(|_| KalamError::internal())?
-            .map_err(rpc_err)
+        blocking(&self.0, move |engine| engine.begin_flush(&job_id)).await
     }
 
     async fn commit_flush(
@@ -50,19 +56,11 @@ impl kalam_rpc::Engine for EngineService {
         attempt: u32,
         files: Vec<FlushedFile>,
     ) -> Result<FlushSummary, RpcError> {
-        let engine = self.0.clone();
-        tokio::task::spawn_blocking(move || engine.commit_flush(&job_id, attempt, &files))
-            .await
-            .map_err(|_| KalamError::internal())?
-            .map_err(rpc_err)
+        blocking(&self.0, move |engine| engine.commit_flush(&job_id, attempt, &files)).await
     }
 
     async fn fail_flush(self, _: Context, job_id: String, attempt: u32, error: String) -> Result<(), RpcError> {
-        let engine = self.0.clone();
-        tokio::task::spawn_blocking(move || engine.fail_flush(&job_id, attempt, &error))
-            .await
-            .map_err(|_| KalamError::internal())?
-            .map_err(rpc_err)
+        blocking(&self.0, move |engine| engine.fail_flush(&job_id, attempt, &error)).await
     }
 
     async fn runnable_flush_jobs(self, _: Context) -> Result<Vec<String>, RpcError> {
@@ -70,20 +68,12 @@ impl kalam_rpc::Engine for EngineService {
     }
 
     async fn flush_candidates(self, _: Context) -> Result<Vec<FlushCandidate>, RpcError> {
-        let engine = self.0.clone();
-        tokio::task::spawn_blocking(move || engine.flush_candidates())
-            .await
-            .map_err(|_| KalamError::internal())?
-            .map_err(rpc_err)
+        blocking(&self.0, move |engine| engine.flush_candidates()).await
     }
 
     async fn trigger_flush(self, _: Context, namespace: String, table: String) -> Result<String, RpcError> {
         let def = self.0.catalog.require_table(&namespace, &table)?;
-        let engine = self.0.clone();
-        tokio::task::spawn_blocking(move || engine.create_flush_job(&def).map(|(job_id, _)| job_id))
-            .await
-            .map_err(|_| KalamError::internal())?
-            .map_err(rpc_err)
+        blocking(&self.0, move |engine| engine.create_flush_job(&def).map(|(job_id, _)| job_id)).await
     }
 
     async fn poll_changes(

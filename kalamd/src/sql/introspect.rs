@@ -25,14 +25,11 @@ fn ts(us: i64) -> Json {
 }
 
 pub fn show_namespaces(engine: &Engine) -> StatementResult {
-    let rows = engine
-        .catalog
-        .namespaces()
+    // Same rows as system.namespaces: name, table_count, created_at.
+    let rows = crate::sql::system::namespaces(engine)
+        .rows
         .into_iter()
-        .map(|ns| {
-            let count = engine.catalog.table_count(&ns.name);
-            vec![Json::from(ns.name), Json::from(count), ts(ns.created_at_us)]
-        })
+        .map(|r| [0, 2, 3].iter().map(|&i| r[i].to_json()).collect())
         .collect();
     result(&["name", "table_count", "created_at"], rows, None)
 }

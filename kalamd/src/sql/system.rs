@@ -124,7 +124,7 @@ impl AsJson for Value {
     }
 }
 
-fn namespaces(engine: &Engine) -> SystemTable {
+pub fn namespaces(engine: &Engine) -> SystemTable {
     use KalamType::*;
     let rows = engine
         .catalog
