@@ -316,6 +316,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_versioned_routes_are_served() {
+        let (_dir, engine) = engine();
+        let app = router(engine);
+        for (method, uri, expected) in [
+            ("GET", "/v1/api/healthcheck", StatusCode::OK),
+            ("GET", "/health", StatusCode::OK),
+            ("POST", "/api/sql", StatusCode::NOT_FOUND),
+            ("POST", "/sql", StatusCode::NOT_FOUND),
+        ] {
+            let mut req = Request::builder().method(method).uri(uri).body(Body::from("{}")).unwrap();
+            req.extensions_mut().insert(Peer("127.0.0.1:1".parse().unwrap()));
+            let resp = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), expected, "{method} {uri}");
+        }
+    }
+
+    #[tokio::test]
     async fn oversized_bodies_get_413_in_the_envelope() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = kalam_config::KalamConfig::test_config(dir.path(), 1);
