@@ -245,6 +245,28 @@ mod tests {
         }
     }
 
+    fn subscription(
+        conn: &str,
+        id: &str,
+        columns: &[&str],
+        start_after: u64,
+        tx: mpsc::Sender<Outgoing>,
+    ) -> Arc<Subscription> {
+        Arc::new(Subscription {
+            connection_id: conn.into(),
+            subscription_id: id.into(),
+            user_id: "alice".into(),
+            sql: "SELECT * FROM app.t".into(),
+            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+            start_after,
+            generation: 1,
+            seq: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
+            tx,
+            close: CancellationToken::new(),
+        })
+    }
+
     fn record(seq: u64, user: &str, id: i64) -> ChangeRecord {
         ChangeRecord {
             commit_seq: seq,
@@ -274,41 +296,12 @@ mod tests {
         let server = tokio::spawn(kalam_rpc::serve_on!(listener, FakeEngine(log.clone(), polls.clone())));
 
         let registry = Arc::new(Registry::default());
+        let alice = || ("app".to_owned(), "t".to_owned(), "alice".to_owned());
         let (tx, mut rx) = mpsc::channel(16);
-        registry.add(
-            ("app".into(), "t".into(), "alice".into()),
-            Arc::new(Subscription {
-                connection_id: "c1".into(),
-                subscription_id: "s1".into(),
-                user_id: "alice".into(),
-                sql: "SELECT id FROM app.t".into(),
-                columns: vec!["id".into()],
-                start_after: 0,
-                generation: 1,
-                seq: AtomicU64::new(0),
-                changes: AtomicU64::new(0),
-                tx,
-                close: CancellationToken::new(),
-            }),
-        );
+        registry.add(alice(), subscription("c1", "s1", &["id"], 0, tx));
         // A second subscription planned when the log stood at 3 only sees what came after.
         let (late_tx, mut late_rx) = mpsc::channel(16);
-        registry.add(
-            ("app".into(), "t".into(), "alice".into()),
-            Arc::new(Subscription {
-                connection_id: "c2".into(),
-                subscription_id: "late".into(),
-                user_id: "alice".into(),
-                sql: "SELECT * FROM app.t".into(),
-                columns: vec!["id".into(), "body".into()],
-                start_after: 3,
-                generation: 1,
-                seq: AtomicU64::new(0),
-                changes: AtomicU64::new(0),
-                tx: late_tx,
-                close: CancellationToken::new(),
-            }),
-        );
+        registry.add(alice(), subscription("c2", "late", &["id", "body"], 3, late_tx));
         let shutdown = CancellationToken::new();
         let pump = Pump { registry: registry.clone(), run_dir: run_dir.clone(), cursor_file: run_dir.join("cursor") };
         let task = tokio::spawn(pump.run(shutdown.clone()));

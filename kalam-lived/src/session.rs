@@ -12,6 +12,7 @@ use futures::{SinkExt, StreamExt};
 use kalam_config::KalamConfig;
 use kalam_rpc::EngineClient;
 use kalam_types::ErrorCode;
+use kalam_types::auth::loopback_bypass;
 use kalam_types::ids::UserId;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -75,8 +76,7 @@ fn authenticate(cfg: &KalamConfig, peer: SocketAddr, req: &Request) -> Result<Us
         return Err((404, ErrorCode::InvalidRequest, "Not found".into()));
     }
     let headers = req.headers();
-    let relayed = ["origin", "x-forwarded-for", "forwarded", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
-    if !(cfg.auth.localhost_bypass && peer.ip().is_loopback() && !relayed) {
+    if !loopback_bypass(cfg.auth.localhost_bypass, peer.ip(), |h| headers.contains_key(h)) {
         return Err((401, ErrorCode::Unauthorized, "Authentication required".into()));
     }
     let from_query =

@@ -13,6 +13,7 @@ use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use kalam_types::auth::loopback_bypass;
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,7 @@ use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::engine::Engine;
-use crate::sql::{StatementResult, execute_batch};
+use crate::sql::{BatchError, StatementResult, execute_batch};
 
 /// The TCP peer of the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -69,18 +70,24 @@ struct Envelope {
 
 /// The error envelope with the status derived from the code.
 pub fn error_response(error: &KalamError, took_ms: u64) -> Response {
+    failure_response(vec![], BatchError { error: error.clone(), statement_index: None, statement: None }, took_ms)
+}
+
+/// The error envelope: the results of the statements that succeeded, then the failure; the
+/// HTTP status comes from the error code.
+fn failure_response(results: Vec<StatementResult>, failure: BatchError, took_ms: u64) -> Response {
+    let status = StatusCode::from_u16(failure.error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = Envelope {
         status: "error",
-        results: vec![],
+        results,
         took_ms,
         error: Some(ErrorBody {
-            code: error.code.as_str(),
-            message: error.message.clone(),
-            details: None,
-            statement_index: None,
+            code: failure.error.code.as_str(),
+            message: failure.error.message,
+            details: failure.statement,
+            statement_index: failure.statement_index,
         }),
     };
-    let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(body)).into_response()
 }
 
@@ -99,8 +106,7 @@ pub fn acting_user(
     headers: &HeaderMap,
     query_user: Option<&str>,
 ) -> Result<UserId, KalamError> {
-    let relayed = ["origin", "x-forwarded-for", "forwarded", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
-    let bypass = engine.cfg.auth.localhost_bypass && peer.ip().is_loopback() && !relayed;
+    let bypass = loopback_bypass(engine.cfg.auth.localhost_bypass, peer.ip(), |h| headers.contains_key(h));
     if !bypass {
         return Err(KalamError::new(ErrorCode::Unauthorized, "Authentication required"));
     }
@@ -152,21 +158,7 @@ async fn sql(
     match failure {
         None => (StatusCode::OK, axum::Json(Envelope { status: "success", results, took_ms: took(), error: None }))
             .into_response(),
-        Some(f) => {
-            let status = StatusCode::from_u16(f.error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let body = Envelope {
-                status: "error",
-                results,
-                took_ms: took(),
-                error: Some(ErrorBody {
-                    code: f.error.code.as_str(),
-                    message: f.error.message,
-                    details: f.statement,
-                    statement_index: f.statement_index,
-                }),
-            };
-            (status, axum::Json(body)).into_response()
-        }
+        Some(f) => failure_response(results, f, took()),
     }
 }
 

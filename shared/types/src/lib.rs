@@ -9,6 +9,7 @@
 
 #[cfg(feature = "arrow")]
 pub mod arrow;
+pub mod auth;
 pub mod change;
 pub mod codec;
 pub mod datatype;
