@@ -63,7 +63,7 @@ pub fn write_job(plan: &FlushPlan) -> Result<Vec<FlushedFile>, FlushError> {
     let cf = db
         .cf_handle(&plan.column_family)
         .ok_or_else(|| FlushError::MissingColumnFamily(plan.checkpoint_path.clone()))?;
-    let types = def.column_types();
+    let decoder = codec::RowDecoder::new(def);
     let schema: SchemaRef = Arc::new(table_schema(def, true));
     let mut files = Vec::new();
     let mut group: Vec<StoredRow> = Vec::new();
@@ -79,7 +79,7 @@ pub fn write_job(plan: &FlushPlan) -> Result<Vec<FlushedFile>, FlushError> {
             files.push(write_group(plan, &schema, group_user.as_deref(), &std::mem::take(&mut group))?);
         }
         group_user = user;
-        group.push(codec::decode_row(&value, &types)?);
+        group.push(decoder.decode(&value)?);
     }
     if !group.is_empty() {
         files.push(write_group(plan, &schema, group_user.as_deref(), &group)?);

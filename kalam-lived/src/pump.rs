@@ -141,6 +141,7 @@ impl Pump {
             match sub.tx.try_send(out) {
                 Ok(()) => {
                     sub.changes.fetch_add(1, Ordering::Relaxed);
+                    sub.last_update_us.store(chrono::Utc::now().timestamp_micros(), Ordering::Relaxed);
                 }
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(live_id = %sub.live_id(), "slow consumer; closing connection");
@@ -257,11 +258,14 @@ mod tests {
             subscription_id: id.into(),
             user_id: "alice".into(),
             sql: "SELECT * FROM app.t".into(),
+            options: None,
             columns: columns.iter().map(|c| (*c).to_owned()).collect(),
             start_after,
             generation: 1,
             seq: AtomicU64::new(0),
             changes: AtomicU64::new(0),
+            created_at_us: 0,
+            last_update_us: std::sync::atomic::AtomicI64::new(0),
             tx,
             close: CancellationToken::new(),
         })

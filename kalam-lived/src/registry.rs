@@ -2,7 +2,7 @@
 //! it for every change record; sessions add and remove their subscriptions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use kalam_rpc::LiveSubscription;
@@ -24,6 +24,8 @@ pub struct Subscription {
     pub subscription_id: String,
     pub user_id: String,
     pub sql: String,
+    /// Options as sent (JSON object text).
+    pub options: Option<String>,
     pub columns: Vec<String>,
     /// Changes at or before this commit sequence predate the subscription.
     pub start_after: u64,
@@ -33,6 +35,9 @@ pub struct Subscription {
     /// Per-subscription message counter (`seq` of change messages).
     pub seq: AtomicU64,
     pub changes: AtomicU64,
+    pub created_at_us: i64,
+    /// Microseconds; updated with every delivered change.
+    pub last_update_us: AtomicI64,
     pub tx: mpsc::Sender<Outgoing>,
     /// Cancelled when the connection must close (slow consumer).
     pub close: CancellationToken,
@@ -89,11 +94,16 @@ impl Registry {
             .flat_map(|((ns, table, _), subs)| {
                 subs.iter().map(move |s| LiveSubscription {
                     live_id: s.live_id(),
+                    connection_id: s.connection_id.clone(),
+                    subscription_id: s.subscription_id.clone(),
                     user_id: s.user_id.clone(),
                     namespace: ns.clone(),
                     table: table.clone(),
                     sql: s.sql.clone(),
+                    options: s.options.clone(),
                     changes: s.changes.load(Ordering::Relaxed),
+                    created_at_us: s.created_at_us,
+                    last_update_us: s.last_update_us.load(Ordering::Relaxed),
                 })
             })
             .collect()

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -314,16 +314,20 @@ impl Connection {
             };
         let generation = self.next_generation;
         self.next_generation += 1;
+        let now_us = chrono::Utc::now().timestamp_micros();
         let sub = Arc::new(Subscription {
             connection_id: self.connection_id.clone(),
             subscription_id: id.clone(),
             user_id: self.user.to_string(),
             sql: req.sql,
+            options: (!options.is_empty()).then(|| Json::Object(options.clone()).to_string()),
             columns: plan.columns,
             start_after: plan.start_after,
             generation,
             seq: AtomicU64::new(0),
             changes: AtomicU64::new(0),
+            created_at_us: now_us,
+            last_update_us: AtomicI64::new(now_us),
             tx: tx.clone(),
             close: close.clone(),
         });

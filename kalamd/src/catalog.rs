@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::NamespaceId;
-use kalam_types::schema::TableDefinition;
+use kalam_types::schema::{DELETED_COLUMN, TableDefinition, TableType, UPDATED_COLUMN};
 use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
@@ -17,6 +17,55 @@ use crate::store::{Store, cf, table_cf_name};
 pub struct NamespaceRecord {
     pub name: String,
     pub created_at_us: i64,
+    /// Set by `ALTER NAMESPACE … SET OPTIONS`.
+    #[serde(default)]
+    pub options: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub updated_at_us: i64,
+}
+
+/// One row of `system.table_schemas` (key `<ns>:<table>:<version zero-padded to 10>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableSchemaRecord {
+    pub namespace_id: String,
+    pub table_name: String,
+    pub version: u32,
+    /// `{"fields":[{"name","data_type","nullable","column_id"}…]}`, system columns included.
+    pub arrow_schema: String,
+    pub changes: String,
+    pub created_at_us: i64,
+}
+
+impl TableSchemaRecord {
+    pub fn of(def: &TableDefinition, changes: String, now_us: i64) -> Self {
+        let mut fields: Vec<serde_json::Value> = def
+            .columns
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name, "data_type": c.data_type.name(),
+                    "nullable": c.nullable && !c.is_primary_key, "column_id": c.column_id,
+                })
+            })
+            .collect();
+        if def.table_type != TableType::Stream {
+            for (name, ty) in [(UPDATED_COLUMN, "TIMESTAMP"), (DELETED_COLUMN, "BOOLEAN")] {
+                fields.push(serde_json::json!({"name": name, "data_type": ty, "nullable": false, "column_id": null}));
+            }
+        }
+        TableSchemaRecord {
+            namespace_id: def.namespace.to_string(),
+            table_name: def.name.to_string(),
+            version: def.schema_version,
+            arrow_schema: serde_json::json!({ "fields": fields }).to_string(),
+            changes,
+            created_at_us: now_us,
+        }
+    }
+
+    pub fn key(&self) -> Vec<u8> {
+        format!("{}:{}:{:010}", self.namespace_id, self.table_name, self.version).into_bytes()
+    }
 }
 
 pub struct Catalog {
@@ -41,7 +90,9 @@ impl Catalog {
         let mut tables = BTreeMap::new();
         for (_, v) in store.scan_prefix(cf::TABLES, b"")? {
             let def: TableDefinition = serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::TABLES, e))?;
-            store.ensure_cf(&table_cf_name(&def))?;
+            if def.table_type != TableType::Stream {
+                store.ensure_cf(&table_cf_name(&def))?;
+            }
             tables.insert((def.namespace.to_string(), def.name.to_string()), Arc::new(def));
         }
         Ok(Catalog { store, namespaces: RwLock::new(namespaces), tables: RwLock::new(tables) })
@@ -57,7 +108,12 @@ impl Catalog {
         if self.namespace_exists(ns.as_str()) {
             return Ok(false);
         }
-        let rec = NamespaceRecord { name: ns.to_string(), created_at_us: now_us };
+        let rec = NamespaceRecord {
+            name: ns.to_string(),
+            created_at_us: now_us,
+            options: serde_json::Map::new(),
+            updated_at_us: now_us,
+        };
         let mut guard = guard;
         let cf = self.store.cf(cf::NAMESPACES)?;
         guard.batch.put_cf(&cf, ns.as_str(), serde_json::to_vec(&rec).map_err(EngineError::internal)?);
@@ -102,19 +158,87 @@ impl Catalog {
         })
     }
 
-    /// Creates the table's column family and stores its definition; `Ok(false)` if it existed.
+    /// Merges `options` into a namespace's options object; `Ok(false)` if it does not exist.
+    pub fn alter_namespace(
+        &self,
+        ns: &str,
+        options: serde_json::Map<String, serde_json::Value>,
+        now_us: i64,
+    ) -> Result<bool, EngineError> {
+        let mut guard = self.store.begin();
+        let Some(mut rec) = self.namespaces.read().unwrap_or_else(|p| p.into_inner()).get(ns).cloned() else {
+            return Ok(false);
+        };
+        rec.options.extend(options);
+        rec.updated_at_us = now_us;
+        let cf = self.store.cf(cf::NAMESPACES)?;
+        guard.batch.put_cf(&cf, ns, serde_json::to_vec(&rec).map_err(EngineError::internal)?);
+        drop(cf);
+        guard.write()?;
+        self.namespaces.write().unwrap_or_else(|p| p.into_inner()).insert(rec.name.clone(), rec);
+        Ok(true)
+    }
+
+    /// Creates the table's column family and stores its definition with schema version 1 in its
+    /// history (replacing the history of an earlier table of the same name); `Ok(false)` if it
+    /// existed.
     pub fn create_table(&self, def: TableDefinition) -> Result<bool, EngineError> {
         let mut guard = self.store.begin();
         if self.table(def.namespace.as_str(), def.name.as_str()).is_some() {
             return Ok(false);
         }
-        self.store.ensure_cf(&table_cf_name(&def))?;
+        if def.table_type != TableType::Stream {
+            self.store.ensure_cf(&table_cf_name(&def))?;
+        }
+        let schemas = self.store.cf(cf::TABLE_SCHEMAS)?;
+        let history_prefix = format!("{}:{}:", def.namespace, def.name).into_bytes();
+        for (key, _) in self.store.scan_prefix(cf::TABLE_SCHEMAS, &history_prefix)? {
+            guard.batch.delete_cf(&schemas, key);
+        }
+        let schema = TableSchemaRecord::of(&def, "Initial schema".into(), def.created_at_us);
+        guard.batch.put_cf(&schemas, schema.key(), serde_json::to_vec(&schema).map_err(EngineError::internal)?);
         let cf = self.store.cf(cf::TABLES)?;
         let key = table_key(def.namespace.as_str(), def.name.as_str());
         guard.batch.put_cf(&cf, key, serde_json::to_vec(&def).map_err(EngineError::internal)?);
+        drop((cf, schemas));
         guard.write()?;
         let key = (def.namespace.to_string(), def.name.to_string());
         self.tables.write().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::new(def));
         Ok(true)
+    }
+
+    /// Replaces a table's definition by `change(current)` under the commit lock, so concurrent
+    /// DDL cannot interleave. When the change bumps the schema version, its history row is
+    /// written in the same batch. Returns the new definition.
+    pub fn update_table(
+        &self,
+        ns: &str,
+        table: &str,
+        change: impl FnOnce(&TableDefinition) -> Result<(TableDefinition, Option<String>), EngineError>,
+    ) -> Result<Arc<TableDefinition>, EngineError> {
+        let mut guard = self.store.begin();
+        let current = self.require_table(ns, table)?;
+        let (def, history) = change(&current)?;
+        if let Some(changes) = history {
+            let schemas = self.store.cf(cf::TABLE_SCHEMAS)?;
+            let schema = TableSchemaRecord::of(&def, changes, def.updated_at_us);
+            guard.batch.put_cf(&schemas, schema.key(), serde_json::to_vec(&schema).map_err(EngineError::internal)?);
+        }
+        let cf = self.store.cf(cf::TABLES)?;
+        guard.batch.put_cf(&cf, table_key(ns, table), serde_json::to_vec(&def).map_err(EngineError::internal)?);
+        drop(cf);
+        guard.write()?;
+        let def = Arc::new(def);
+        self.tables.write().unwrap_or_else(|p| p.into_inner()).insert((ns.to_owned(), table.to_owned()), def.clone());
+        Ok(def)
+    }
+
+    /// Every schema-history row, by table then version.
+    pub fn table_schemas(&self) -> Result<Vec<TableSchemaRecord>, EngineError> {
+        self.store
+            .scan_prefix(cf::TABLE_SCHEMAS, b"")?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::TABLE_SCHEMAS, e)))
+            .collect()
     }
 }

@@ -31,6 +31,33 @@ impl Engine {
         }
     }
 
+    /// Whether `user` has a live subscription on the table, asked from a blocking thread (the
+    /// EPHEMERAL check of STREAM inserts). Without an answer within a second, the rows are kept.
+    pub fn has_subscriber_blocking(&self, def: &TableDefinition, user: &kalam_types::ids::UserId) -> bool {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return true };
+        let (ns, table, user) = (def.namespace.as_str(), def.name.as_str(), user.as_str());
+        let ask = async {
+            let client = kalam_rpc::transport::connect_live(&self.cfg.run_dir()).await.ok()?;
+            let subs = client.list_subscriptions(tarpc::context::current()).await.ok()?;
+            Some(subs.iter().any(|s| s.namespace == ns && s.table == table && s.user_id == user))
+        };
+        // Not running (no answer at all) means nobody can be subscribed.
+        match handle.block_on(tokio::time::timeout(std::time::Duration::from_secs(1), ask)) {
+            Ok(Some(found)) => found,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// The SQL of the live queries on `ns.table` (empty when kalam-lived is not running).
+    pub async fn live_queries_sql(&self, ns: &str, table: &str) -> Vec<String> {
+        let Ok(client) = kalam_rpc::transport::connect_live(&self.cfg.run_dir()).await else { return Vec::new() };
+        match client.list_subscriptions(tarpc::context::current()).await {
+            Ok(subs) => subs.into_iter().filter(|s| s.namespace == ns && s.table == table).map(|s| s.sql).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     pub fn drop_table(&self, def: &TableDefinition) -> Result<Dropped, EngineError> {
         let (ns, table) = (def.namespace.as_str(), def.name.as_str());
         let table_prefix = format!("{ns}:{table}:").into_bytes();
@@ -67,7 +94,9 @@ impl Engine {
         guard.write()?;
         self.flush_index().forget_table(ns, table);
         self.catalog.forget_table(ns, table);
-        if let Err(e) = self.store.db().drop_cf(&table_cf_name(def)) {
+        if def.table_type == kalam_types::schema::TableType::Stream {
+            self.streams.drop_table(ns, table);
+        } else if let Err(e) = self.store.db().drop_cf(&table_cf_name(def)) {
             tracing::warn!(table = %def.qualified_name(), error = %e, "could not drop the column family");
         }
         let base = self.storage_base();

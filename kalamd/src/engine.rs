@@ -26,6 +26,7 @@ pub struct Engine {
     pub catalog: Catalog,
     pub clock: VersionClock,
     pub ids: Arc<IdGenerators>,
+    pub streams: crate::stream::StreamBuffers,
     pub(crate) flush_index: std::sync::Mutex<FlushIndex>,
     /// When this kalamd started (µs): the time trigger of never-flushed tables counts from it.
     pub started_at_us: i64,
@@ -39,6 +40,7 @@ impl Engine {
     pub fn open(cfg: KalamConfig) -> Result<Arc<Engine>, EngineError> {
         let store = Store::open(&cfg.storage.rocksdb_path)?;
         let catalog = Catalog::load(store.clone())?;
+        crate::users::seed(&store, crate::clock::wall_clock_us())?;
         let uptime_origin_ms = std::env::var("KALAMDB_SUPERVISOR_STARTED_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -51,6 +53,7 @@ impl Engine {
             catalog,
             clock: VersionClock::default(),
             ids,
+            streams: crate::stream::StreamBuffers::default(),
             flush_index,
             started_at_us: crate::clock::wall_clock_us(),
             uptime_origin_ms,
@@ -106,13 +109,36 @@ impl Engine {
 
     /// Change-log records after `after_seq`: at most `max`, and no more than
     /// [`MAX_CHANGE_BATCH_BYTES`] of them (but always at least one, so a poll makes progress).
+    ///
+    /// Persistent records (RocksDB) and STREAM records (memory) are merged by sequence. Only
+    /// records up to the published head are returned: a commit in progress may have written one
+    /// source and not yet the other, and a reader must not skip past a sequence it has not seen.
     pub fn read_changes(&self, after_seq: u64, max: usize) -> Result<Vec<ChangeRecord>, EngineError> {
+        let head = self.store.head_seq();
         let from = after_seq.saturating_add(1).to_be_bytes();
-        self.store
+        let persistent: Vec<ChangeRecord> = self
+            .store
             .scan_from(cf::CHANGE_LOG, &from, max, MAX_CHANGE_BATCH_BYTES)?
             .into_iter()
             .map(|(_, v)| serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::CHANGE_LOG, e)))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        let transient = self.store.transient_after(after_seq, max);
+        let mut merged = Vec::with_capacity(persistent.len() + transient.len());
+        let (mut a, mut b) = (persistent.into_iter().peekable(), transient.into_iter().peekable());
+        while merged.len() < max {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.commit_seq <= y.commit_seq => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => None,
+            };
+            match next {
+                Some(r) if r.commit_seq <= head => merged.push(r),
+                _ => break,
+            }
+        }
+        Ok(merged)
     }
 
     /// Waits up to `wait` for records after `after_seq`.

@@ -443,7 +443,7 @@ fn remove_checkpoint(path: &std::path::Path) {
     }
 }
 
-fn random_suffix() -> u32 {
+pub(crate) fn random_suffix() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_i64(wall_clock_us());

@@ -19,7 +19,10 @@ mod read;
 mod rowjson;
 mod rpc;
 mod sql;
+mod stats;
 mod store;
+mod stream;
+mod users;
 
 use std::path::PathBuf;
 
@@ -85,6 +88,8 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
         Err(e) => tracing::error!(error = %e, "cannot list unfinished flush jobs"),
     }
 
+    let eviction_task = tokio::spawn(stream::eviction_loop(engine.clone(), shutdown.clone()));
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
@@ -96,6 +101,7 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
     shutdown.cancel();
     let _ = http_task.await;
     rpc_task.abort();
+    eviction_task.abort();
     drop(engine);
     tracing::info!("kalamd stopped");
     Ok(())

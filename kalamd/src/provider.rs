@@ -42,6 +42,8 @@ impl KalamTableProvider {
         with_system_columns: bool,
         include_deleted: bool,
     ) -> Self {
+        // STREAM tables have no system columns.
+        let with_system_columns = with_system_columns && def.table_type != kalam_types::schema::TableType::Stream;
         let schema = Arc::new(table_schema(&def, with_system_columns));
         Self { scan: Arc::new(ScanRequest { engine, def, user, schema, with_system_columns, include_deleted }) }
     }

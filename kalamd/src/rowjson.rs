@@ -2,7 +2,7 @@
 //! change-log records all use this).
 
 use kalam_types::Value;
-use kalam_types::schema::{DELETED_COLUMN, TableDefinition, UPDATED_COLUMN};
+use kalam_types::schema::{DELETED_COLUMN, TableDefinition, TableType, UPDATED_COLUMN};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value as Json;
 
@@ -20,13 +20,16 @@ impl Serialize for OrderedRow {
     }
 }
 
-/// The full row of a table version, system columns included, as JSON text.
+/// The full row of a table version, system columns included (STREAM tables have none), as JSON
+/// text.
 pub fn full_row_json(def: &TableDefinition, values: &[Value], updated_us: i64, deleted: bool) -> String {
     let mut row = OrderedRow(Vec::with_capacity(values.len() + 2));
     for (col, v) in def.columns.iter().zip(values) {
         row.0.push((col.name.clone(), v.to_json()));
     }
-    row.0.push((UPDATED_COLUMN.to_owned(), Value::Timestamp(updated_us).to_json()));
-    row.0.push((DELETED_COLUMN.to_owned(), Json::Bool(deleted)));
+    if def.table_type != TableType::Stream {
+        row.0.push((UPDATED_COLUMN.to_owned(), Value::Timestamp(updated_us).to_json()));
+        row.0.push((DELETED_COLUMN.to_owned(), Json::Bool(deleted)));
+    }
     serde_json::to_string(&row).unwrap_or_else(|_| "{}".to_owned())
 }

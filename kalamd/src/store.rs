@@ -5,6 +5,7 @@
 //! and the sequence high-water mark in one RocksDB write batch, and then wakes the change-log
 //! waiters. Column-family names are built here and nowhere else.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,7 +23,10 @@ pub mod cf {
     pub const COUNTERS: &str = "user_table_counters";
     pub const CHANGE_LOG: &str = "change_log";
     pub const META: &str = "system_meta";
-    pub const ALL: [&str; 7] = [NAMESPACES, TABLES, JOBS, TABLE_FILES, COUNTERS, CHANGE_LOG, META];
+    pub const TABLE_SCHEMAS: &str = "system_table_schemas";
+    pub const USERS: &str = "system_users";
+    pub const ALL: [&str; 9] =
+        [NAMESPACES, TABLES, JOBS, TABLE_FILES, COUNTERS, CHANGE_LOG, META, TABLE_SCHEMAS, USERS];
 }
 
 /// A key and its value.
@@ -42,7 +46,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
-/// The column family holding a table's buffered rows.
+/// The column family holding a table's buffered rows (STREAM tables have none: their rows live
+/// in memory).
 pub fn table_cf_name(def: &TableDefinition) -> String {
     table_cf_name_of(def.table_type, def.namespace.as_str(), def.name.as_str())
 }
@@ -65,10 +70,16 @@ pub fn manifest_prefix(namespace: &str, table: &str, user: Option<&str>) -> Vec<
     format!("{namespace}:{table}:{}:", user.unwrap_or("")).into_bytes()
 }
 
+/// Most change records of STREAM tables kept in memory (oldest dropped first).
+pub const MAX_TRANSIENT_CHANGES: usize = 100_000;
+
 pub struct Store {
     db: DB,
     commit_lock: Mutex<u64>,
     head_tx: watch::Sender<u64>,
+    /// Change records of STREAM tables: they take sequence numbers like every write but are
+    /// never written to RocksDB (storage.md §10).
+    transient: Mutex<VecDeque<ChangeRecord>>,
 }
 
 /// A batch being prepared under the commit lock.
@@ -77,6 +88,7 @@ pub struct CommitGuard<'a> {
     last_seq: MutexGuard<'a, u64>,
     pub batch: WriteBatch,
     changes: Vec<ChangeRecord>,
+    transient: Vec<ChangeRecord>,
 }
 
 impl Store {
@@ -98,7 +110,7 @@ impl Store {
             None => 0,
         };
         let (head_tx, _) = watch::channel(last_seq);
-        Ok(Arc::new(Store { db, commit_lock: Mutex::new(last_seq), head_tx }))
+        Ok(Arc::new(Store { db, commit_lock: Mutex::new(last_seq), head_tx, transient: Mutex::new(VecDeque::new()) }))
     }
 
     pub fn db(&self) -> &DB {
@@ -151,6 +163,25 @@ impl Store {
         Ok(out)
     }
 
+    /// The distinct user ids of a USER table's buffer (keys `<user> 0x00 <pk>`), found by
+    /// seeking past each user's partition rather than reading it.
+    pub fn buffered_users(&self, cf: &str) -> Result<Vec<String>, StoreError> {
+        let handle = self.cf(cf)?;
+        let mut users = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let mut iter = self.db.iterator_cf(&handle, IteratorMode::From(&from, Direction::Forward));
+            let Some(item) = iter.next() else { break };
+            let (key, _) = item?;
+            let Some(sep) = key.iter().position(|b| *b == 0) else { break };
+            users.push(String::from_utf8_lossy(&key[..sep]).into_owned());
+            // Next possible key after this user's partition.
+            from = key[..sep].to_vec();
+            from.push(1);
+        }
+        Ok(users)
+    }
+
     pub fn read_counter(&self, key: &[u8]) -> Result<u64, StoreError> {
         Ok(self.get(cf::COUNTERS, key)?.and_then(|v| u64_from_le(&v)).unwrap_or(0))
     }
@@ -159,7 +190,7 @@ impl Store {
     /// buffer until [`CommitGuard::write`].
     pub fn begin(&self) -> CommitGuard<'_> {
         let last_seq = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        CommitGuard { store: self, last_seq, batch: WriteBatch::default(), changes: Vec::new() }
+        CommitGuard { store: self, last_seq, batch: WriteBatch::default(), changes: Vec::new(), transient: Vec::new() }
     }
 
     /// Newest committed sequence, and a receiver that changes when it moves.
@@ -170,15 +201,40 @@ impl Store {
     pub fn head_seq(&self) -> u64 {
         *self.head_tx.borrow()
     }
+
+    /// In-memory change records with a sequence after `after_seq`, at most `limit`.
+    pub fn transient_after(&self, after_seq: u64, limit: usize) -> Vec<ChangeRecord> {
+        let tail = self.transient.lock().unwrap_or_else(|p| p.into_inner());
+        let start = tail.partition_point(|r| r.commit_seq <= after_seq);
+        tail.range(start..).take(limit).cloned().collect()
+    }
+
+    /// Drops in-memory change records for which `expired` holds.
+    pub fn trim_transient(&self, expired: impl Fn(&ChangeRecord) -> bool) {
+        self.transient.lock().unwrap_or_else(|p| p.into_inner()).retain(|r| !expired(r));
+    }
 }
 
 impl CommitGuard<'_> {
     /// Appends a change-log record; its sequence is assigned here (consecutive per batch).
     pub fn push_change(&mut self, mut record: ChangeRecord) -> u64 {
-        let seq = *self.last_seq + self.changes.len() as u64 + 1;
+        let seq = self.next_seq();
         record.commit_seq = seq;
         self.changes.push(record);
         seq
+    }
+
+    /// Appends a change record of a STREAM table: it takes the next sequence but stays in
+    /// memory.
+    pub fn push_transient_change(&mut self, mut record: ChangeRecord) -> u64 {
+        let seq = self.next_seq();
+        record.commit_seq = seq;
+        self.transient.push(record);
+        seq
+    }
+
+    fn next_seq(&self) -> u64 {
+        *self.last_seq + (self.changes.len() + self.transient.len()) as u64 + 1
     }
 
     /// Adds `delta` to a counter, reading its current value under the lock.
@@ -198,14 +254,23 @@ impl CommitGuard<'_> {
                 .map_err(|e| StoreError::Corrupt { cf: cf::CHANGE_LOG, detail: e.to_string() })?;
             self.batch.put_cf(&log, rec.commit_seq.to_be_bytes(), bytes);
         }
-        let new_last = *self.last_seq + self.changes.len() as u64;
-        if !self.changes.is_empty() {
+        let new_last = *self.last_seq + (self.changes.len() + self.transient.len()) as u64;
+        let moved = new_last != *self.last_seq;
+        if moved {
+            // Sequence numbers of in-memory records are persisted too, so they are never reused.
             let meta = self.store.cf(cf::META)?;
             self.batch.put_cf(&meta, META_COMMIT_SEQ, new_last.to_be_bytes());
         }
         self.store.db.write(std::mem::take(&mut self.batch))?;
         *self.last_seq = new_last;
-        if !self.changes.is_empty() {
+        if !self.transient.is_empty() {
+            let mut tail = self.store.transient.lock().unwrap_or_else(|p| p.into_inner());
+            tail.extend(self.transient.drain(..));
+            while tail.len() > MAX_TRANSIENT_CHANGES {
+                tail.pop_front();
+            }
+        }
+        if moved {
             self.store.head_tx.send_replace(new_last);
         }
         Ok(new_last)

@@ -18,12 +18,12 @@ use kalam_types::codec::{self, StoredRow};
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
 use kalam_types::schema::{ColumnDefault, TableDefinition, TableType};
-use kalam_types::value::{Literal, Value};
+use kalam_types::value::Value;
 
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::rowjson::full_row_json;
-use crate::sql::parse::{ident_name, literal, object_parts};
+use crate::sql::parse::{TableRef, ident_name, literal};
 use crate::store::{counter_key, table_cf_name};
 
 /// Executes an INSERT as `user`; returns the number of rows written and the table.
@@ -31,7 +31,8 @@ pub fn insert(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<(u64, 
     let Statement::Insert(ins) = stmt else {
         return Err(EngineError::internal("insert() called with another statement"));
     };
-    let def = target_table(engine, ins)?;
+    let (def, user) = target_table(engine, ins, user)?;
+    let user = &user;
     let positions = column_positions(&def, ins)?;
     let rows = value_rows(ins)?;
     let mut evaluator: Option<ConstEvaluator> = None;
@@ -91,16 +92,7 @@ fn default_value(
     statement_time: i64,
 ) -> Result<Value, EngineError> {
     Ok(match default {
-        ColumnDefault::Literal(json) => {
-            let lit = match serde_json::from_str::<serde_json::Value>(json).map_err(EngineError::internal)? {
-                serde_json::Value::Null => Literal::Null,
-                serde_json::Value::Bool(b) => Literal::Boolean(b),
-                serde_json::Value::Number(n) => Literal::Number(n.to_string()),
-                serde_json::Value::String(s) => Literal::String(s),
-                other => Literal::String(other.to_string()),
-            };
-            Value::coerce(&lit, ty, column)?
-        }
+        ColumnDefault::Literal(_) => default.literal_value(ty, column)?.unwrap_or(Value::Null),
         ColumnDefault::Now => Value::Timestamp(statement_time),
         ColumnDefault::SnowflakeId => Value::BigInt(engine.ids.snowflake()),
         ColumnDefault::UuidV7 => Value::Text(engine.ids.uuid_v7()),
@@ -109,19 +101,15 @@ fn default_value(
     })
 }
 
-fn target_table(engine: &Engine, ins: &Insert) -> Result<std::sync::Arc<TableDefinition>, EngineError> {
+/// The INSERT's table and the user whose partition it writes.
+fn target_table(engine: &Engine, ins: &Insert, acting: &UserId) -> Result<(Arc<TableDefinition>, UserId), EngineError> {
     let TableObject::TableName(name) = &ins.table else {
         return Err(EngineError::user(
             ErrorCode::UnsupportedStatement,
             "INSERT INTO a table function is not supported",
         ));
     };
-    let (ns, table) = object_parts(name)?;
-    let def = engine.catalog.require_table(&ns, &table)?;
-    if def.table_type == TableType::Stream {
-        return Err(EngineError::user(ErrorCode::InvalidOperation, "STREAM tables are not available in this version"));
-    }
-    Ok(def)
+    crate::sql::resolve_table(engine, &TableRef::parse(name)?, acting)
 }
 
 fn column_positions(def: &TableDefinition, ins: &Insert) -> Result<Vec<usize>, EngineError> {
@@ -203,9 +191,12 @@ fn write_inserts(
     user: &UserId,
     rows: Vec<Vec<Value>>,
 ) -> Result<u64, EngineError> {
+    if def.table_type == TableType::Stream {
+        return write_stream_inserts(engine, def, user, rows);
+    }
     let cf_name = table_cf_name(def);
     let pk_idx = def.primary_key_index();
-    let types = def.column_types();
+    let decoder = codec::RowDecoder::new(def);
     let partition_user = (def.table_type != TableType::Shared).then_some(user);
     let mut guard = engine.store.begin();
     // Keys of flushed rows count too. Only files whose key range covers a new key are read.
@@ -237,9 +228,7 @@ fn write_inserts(
         }
         // The buffered version, when there is one, is newer than any flushed one.
         let live = match engine.store.get(&cf_name, &key)? {
-            Some(existing) => {
-                !codec::decode_row(&existing, &types).map_err(|e| EngineError::corrupt("table", e))?.deleted
-            }
+            Some(existing) => !decoder.decode(&existing).map_err(|e| EngineError::corrupt("table", e))?.deleted,
             None => {
                 new_keys += 1;
                 cold.get(&pk).is_some_and(|r| !r.deleted)
@@ -277,5 +266,58 @@ fn write_inserts(
     }
     drop(cf);
     guard.write()?;
+    Ok(count)
+}
+
+/// STREAM INSERT (storage.md §10): keys unique among the partition's retained rows; rows go to
+/// the memory buffer and their change records to the in-memory log, under the commit lock so
+/// sequence order matches buffer order. EPHEMERAL tables keep nothing for a user without a
+/// subscription on the table (the statement still reports the rows).
+fn write_stream_inserts(
+    engine: &Engine,
+    def: &TableDefinition,
+    user: &UserId,
+    rows: Vec<Vec<Value>>,
+) -> Result<u64, EngineError> {
+    let count = rows.len() as u64;
+    if def.options.ephemeral && !engine.has_subscriber_blocking(def, user) {
+        return Ok(count);
+    }
+    let pk_idx = def.primary_key_index();
+    let mut guard = engine.store.begin();
+    let mut keys_in_statement = HashSet::new();
+    let mut pending = Vec::with_capacity(rows.len());
+    for values in rows {
+        let pk = codec::encode_pk(&values[pk_idx])
+            .ok_or_else(|| EngineError::internal("primary key of a type that cannot be a key"))?;
+        if !keys_in_statement.insert(pk.clone()) || engine.streams.contains(def, user, &pk) {
+            return Err(EngineError::user(
+                ErrorCode::ConstraintViolation,
+                format!(
+                    "Duplicate primary key value '{}' for table '{}'",
+                    values[pk_idx].display_key(),
+                    def.qualified_name()
+                ),
+            ));
+        }
+        let at = engine.clock.next();
+        guard.push_transient_change(ChangeRecord {
+            commit_seq: 0,
+            namespace: def.namespace.to_string(),
+            table: def.name.to_string(),
+            user_id: Some(user.to_string()),
+            kind: ChangeKind::Insert,
+            old_row: None,
+            new_row: Some(full_row_json(def, &values, at, false)),
+            commit_time_us: at,
+        });
+        pending.push((pk, values, at));
+    }
+    let keys: Vec<Vec<u8>> = pending.iter().map(|(pk, _, _)| pk.clone()).collect();
+    engine.streams.insert(def, user, pending);
+    if let Err(e) = guard.write() {
+        engine.streams.delete(def, user, &keys);
+        return Err(e.into());
+    }
     Ok(count)
 }

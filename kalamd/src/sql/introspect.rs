@@ -2,16 +2,14 @@
 
 use kalam_types::Value;
 use kalam_types::error::{ErrorCode, KalamError};
-use kalam_types::schema::{ColumnDefault, DELETED_COLUMN, TableType, UPDATED_COLUMN};
+use kalam_types::ids::UserId;
 use serde_json::Value as Json;
 
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::rowjson::OrderedRow;
 use crate::sql::StatementResult;
-
-/// Built-in tables that `SHOW TABLES IN system` lists.
-const SYSTEM_TABLES: [&str; 3] = ["jobs", "namespaces", "tables"];
+use crate::sql::system;
 
 fn result(columns: &[&str], rows: Vec<Vec<Json>>, message: Option<String>) -> StatementResult {
     let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
@@ -36,9 +34,10 @@ pub fn show_namespaces(engine: &Engine) -> StatementResult {
 
 pub fn show_tables(engine: &Engine, namespace: Option<&str>) -> Result<StatementResult, EngineError> {
     let columns = ["namespace_id", "table_name", "table_type", "created_at"];
-    if namespace == Some(crate::sql::system::NAMESPACE) {
-        let rows =
-            SYSTEM_TABLES.iter().map(|t| vec![Json::from("system"), Json::from(*t), Json::from("SYSTEM"), Json::Null]);
+    if let Some(ns) = namespace.filter(|ns| system::is_builtin_namespace(ns)) {
+        let names: Vec<&str> =
+            if ns == system::NAMESPACE { system::system_table_names().collect() } else { vec!["columns", "tables"] };
+        let rows = names.into_iter().map(|t| vec![Json::from(ns), Json::from(t), Json::from("SYSTEM"), Json::Null]);
         return Ok(result(&columns, rows.collect(), None));
     }
     if let Some(ns) = namespace
@@ -66,52 +65,22 @@ pub fn show_tables(engine: &Engine, namespace: Option<&str>) -> Result<Statement
     Ok(result(&columns, rows, None))
 }
 
-fn default_text(d: &ColumnDefault) -> String {
-    match d {
-        ColumnDefault::Literal(json) => match serde_json::from_str::<Json>(json) {
-            Ok(Json::String(s)) => format!("'{}'", s.replace('\'', "''")),
-            _ => json.clone(),
-        },
-        ColumnDefault::Now => "NOW()".into(),
-        ColumnDefault::SnowflakeId => "SNOWFLAKE_ID()".into(),
-        ColumnDefault::UuidV7 => "UUID_V7()".into(),
-        ColumnDefault::Ulid => "ULID()".into(),
-        ColumnDefault::CurrentUser => "CURRENT_USER()".into(),
-    }
-}
-
 pub fn describe(engine: &Engine, ns: &str, table: &str) -> Result<StatementResult, EngineError> {
     let def = engine.catalog.require_table(ns, table)?;
-    let mut rows: Vec<Vec<Json>> = def
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
+    let rows = system::column_rows(&def)
+        .into_iter()
+        .map(|(name, ordinal, ty, nullable, default, pk, is_system)| {
             vec![
-                Json::from(c.name.clone()),
-                Json::from(i + 1),
-                Json::from(c.data_type.name()),
-                Json::from(c.nullable && !c.is_primary_key),
-                c.default.as_ref().map(|d| Json::from(default_text(d))).unwrap_or(Json::Null),
-                Json::from(c.is_primary_key),
-                Json::from(false),
-            ]
-        })
-        .collect();
-    if def.table_type != TableType::Stream {
-        for (name, ty) in [(UPDATED_COLUMN, "TIMESTAMP"), (DELETED_COLUMN, "BOOLEAN")] {
-            let ordinal = rows.len() + 1;
-            rows.push(vec![
                 Json::from(name),
                 Json::from(ordinal),
                 Json::from(ty),
-                Json::from(false),
-                Json::Null,
-                Json::from(false),
-                Json::from(true),
-            ]);
-        }
-    }
+                Json::from(nullable),
+                default.map(Json::from).unwrap_or(Json::Null),
+                Json::from(pk),
+                Json::from(is_system),
+            ]
+        })
+        .collect();
     let message = format!(
         "Schema version: {}. History: SELECT * FROM system.table_schemas WHERE namespace_id = '{ns}' AND table_name = '{table}'",
         def.schema_version
@@ -128,5 +97,52 @@ pub fn describe(engine: &Engine, ns: &str, table: &str) -> Result<StatementResul
         ],
         rows,
         Some(message),
+    ))
+}
+
+/// `SHOW TABLE STATS` (sql.md §13). Every caller is privileged until roles exist, so the whole
+/// table is counted.
+pub fn show_table_stats(
+    engine: &Engine,
+    ns: &str,
+    table: &str,
+    _user: &UserId,
+) -> Result<StatementResult, EngineError> {
+    let def = engine.catalog.require_table(ns, table)?;
+    let st = crate::stats::table_stats(engine, &def, None)?;
+    let opt = |v: Option<u64>| v.map(Json::from).unwrap_or(Json::Null);
+    let row = vec![
+        Json::from(ns),
+        Json::from(table),
+        Json::from(def.table_type.name()),
+        Json::from(def.schema_version),
+        Json::from(st.buffered_rows),
+        Json::from(st.flushed_rows),
+        Json::from(st.buffered_rows + st.flushed_rows),
+        Json::from(st.parquet_files),
+        Json::from(st.storage_bytes),
+        st.last_flush_at_us.map(ts).unwrap_or(Json::Null),
+        opt(def.flush_policy.row_threshold),
+        opt(def.flush_policy.interval_seconds),
+        Json::from(def.options.flush_paused),
+    ];
+    Ok(result(
+        &[
+            "namespace_id",
+            "table_name",
+            "table_type",
+            "schema_version",
+            "buffered_rows",
+            "flushed_rows",
+            "total_rows",
+            "parquet_files",
+            "storage_bytes",
+            "last_flush_at",
+            "flush_row_threshold",
+            "flush_interval_seconds",
+            "flush_paused",
+        ],
+        vec![row],
+        None,
     ))
 }

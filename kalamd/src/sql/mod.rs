@@ -1,11 +1,13 @@
 //! The SQL front: split a request into statements, parse each with the KalamDB dialect, and
 //! run it — DDL against the catalog, INSERT against the store, SELECT through DataFusion.
 
+pub mod ddl;
 pub mod dml;
 pub mod introspect;
 pub mod mutate;
 pub mod params;
 pub mod parse;
+mod parse_table;
 pub mod query;
 pub mod split;
 pub mod system;
@@ -15,7 +17,6 @@ use std::sync::Arc;
 
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
-use kalam_types::schema::{ColumnDefinition, FlushPolicy, TableDefinition, TableType};
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -23,7 +24,7 @@ use crate::clock::wall_clock_us;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::rowjson::OrderedRow;
-use parse::{CreateTableSpec, KalamStatement};
+use parse::KalamStatement;
 
 /// The outcome of one statement (api.md §2.2).
 #[derive(Debug, Default, Serialize)]
@@ -37,9 +38,26 @@ pub struct StatementResult {
 }
 
 impl StatementResult {
-    fn message(row_count: u64, message: String) -> Self {
+    pub(crate) fn message(row_count: u64, message: String) -> Self {
         Self { columns: vec![], rows: None, row_count, message: Some(message) }
     }
+}
+
+/// Resolves a table reference of DML or a query: the table, and the user whose partition it
+/// addresses (three-part names address another user's partition of a USER or STREAM table).
+pub fn resolve_table(
+    engine: &Engine,
+    table: &parse::TableRef,
+    acting: &UserId,
+) -> Result<(Arc<kalam_types::schema::TableDefinition>, UserId), EngineError> {
+    let def = engine.catalog.require_table(&table.namespace, &table.table)?;
+    if table.qualifier.is_some() && def.table_type == kalam_types::schema::TableType::Shared {
+        return Err(EngineError::user(
+            ErrorCode::InvalidSql,
+            format!("relation \"{}.{}\" is a SHARED table: it has no user partitions", table.namespace, table.table),
+        ));
+    }
+    Ok((def, table.partition_user(acting)?))
 }
 
 /// A failed statement inside a batch.
@@ -123,6 +141,23 @@ async fn execute_statement(
         KalamStatement::ShowNamespaces => Ok(introspect::show_namespaces(engine)),
         KalamStatement::ShowTables { namespace } => introspect::show_tables(engine, namespace.as_deref()),
         KalamStatement::Describe { namespace, table } => introspect::describe(engine, &namespace, &table),
+        KalamStatement::ShowTableStats { namespace, table } => {
+            let (engine, user) = (engine.clone(), user.clone());
+            tokio::task::spawn_blocking(move || introspect::show_table_stats(&engine, &namespace, &table, &user))
+                .await
+                .map_err(EngineError::internal)?
+        }
+        KalamStatement::AlterTable { namespace, table, op } => {
+            let live = engine.live_queries_sql(&namespace, &table).await;
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || {
+                ddl::alter_table(&engine, &namespace, &table, op, &live, |def, idx| {
+                    crate::read::any_visible_null(&engine, def, idx)
+                })
+            })
+            .await
+            .map_err(EngineError::internal)?
+        }
         // Writes wait for the commit lock and do blocking RocksDB and file I/O: keep them off
         // the async workers so a long commit never stalls health checks or other requests.
         other => {
@@ -145,7 +180,8 @@ fn execute_write(engine: &Arc<Engine>, stmt: KalamStatement, user: &UserId) -> R
                 Err(EngineError::user(ErrorCode::AlreadyExists, format!("Namespace '{name}' already exists")))
             }
         }
-        KalamStatement::CreateTable(spec) => create_table(engine, spec),
+        KalamStatement::CreateTable(spec) => ddl::create_table(engine, spec),
+        KalamStatement::AlterNamespace { name, options } => ddl::alter_namespace(engine, &name, options),
         KalamStatement::FlushTable { namespace, table } => {
             let def = engine.catalog.require_table(namespace.as_str(), table.as_str())?;
             let (job_id, existing) = engine.create_flush_job(&def)?;
@@ -188,7 +224,9 @@ fn execute_write(engine: &Arc<Engine>, stmt: KalamStatement, user: &UserId) -> R
         | KalamStatement::DropNamespace { .. }
         | KalamStatement::ShowNamespaces
         | KalamStatement::ShowTables { .. }
-        | KalamStatement::Describe { .. } => Err(EngineError::internal("a read reached the write path")),
+        | KalamStatement::Describe { .. }
+        | KalamStatement::ShowTableStats { .. }
+        | KalamStatement::AlterTable { .. } => Err(EngineError::internal("statement reached the write path")),
     }
 }
 
@@ -253,74 +291,4 @@ async fn drop_namespace(
     let (e, n) = (engine.clone(), name.to_owned());
     tokio::task::spawn_blocking(move || e.drop_namespace(&n)).await.map_err(EngineError::internal)??;
     Ok(StatementResult::message(0, format!("Namespace '{name}' dropped successfully")))
-}
-
-fn create_table(engine: &Engine, spec: CreateTableSpec) -> Result<StatementResult, EngineError> {
-    let qualified = format!("{}.{}", spec.namespace, spec.name);
-    if !engine.catalog.namespace_exists(spec.namespace.as_str()) {
-        return Err(EngineError::user(
-            ErrorCode::NamespaceNotFound,
-            format!("Namespace '{}' does not exist. Create it first with CREATE NAMESPACE.", spec.namespace),
-        ));
-    }
-    if spec.table_type == TableType::Stream {
-        return Err(EngineError::user(
-            ErrorCode::UnsupportedStatement,
-            "STREAM tables are not available in this version",
-        ));
-    }
-    if let Some(storage) = &spec.storage
-        && storage != "local"
-    {
-        return Err(EngineError::user(
-            ErrorCode::InvalidOperation,
-            format!("Storage '{storage}' does not exist in system.storages"),
-        ));
-    }
-    let flush_policy = if spec.flush_row_threshold.is_none() && spec.flush_interval_seconds.is_none() {
-        FlushPolicy {
-            row_threshold: Some(engine.cfg.flush.default_row_limit),
-            interval_seconds: Some(engine.cfg.flush.default_time_interval),
-        }
-    } else {
-        FlushPolicy { row_threshold: spec.flush_row_threshold, interval_seconds: spec.flush_interval_seconds }
-    };
-    let def = TableDefinition {
-        namespace: spec.namespace,
-        name: spec.name,
-        table_type: spec.table_type,
-        columns: spec
-            .columns
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| ColumnDefinition {
-                name: c.name,
-                column_id: i as u32 + 1,
-                data_type: c.data_type,
-                nullable: c.nullable,
-                is_primary_key: c.is_primary_key,
-                default: c.default,
-            })
-            .collect(),
-        schema_version: 1,
-        storage_id: spec.storage.unwrap_or_else(|| "local".into()),
-        flush_policy,
-        created_at_us: wall_clock_us(),
-    };
-    let shared_dir = (def.table_type == TableType::Shared)
-        .then(|| kalam_storage::group_dir(def.table_type, def.namespace.as_str(), def.name.as_str(), None))
-        .transpose()
-        .map_err(EngineError::internal)?;
-    if engine.catalog.create_table(def)? {
-        // SHARED tables get their storage directory at once (filesystem storages).
-        if let Some(dir) = shared_dir {
-            let path = engine.storage_base().join(dir);
-            std::fs::create_dir_all(&path).map_err(|e| EngineError::Store(crate::store::StoreError::Io(e)))?;
-        }
-        Ok(StatementResult::message(0, format!("Table '{qualified}' created successfully")))
-    } else if spec.if_not_exists {
-        Ok(StatementResult::message(0, format!("Table '{qualified}' already exists (skipped)")))
-    } else {
-        Err(EngineError::user(ErrorCode::AlreadyExists, format!("Table '{qualified}' already exists")))
-    }
 }

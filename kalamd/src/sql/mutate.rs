@@ -25,23 +25,15 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::read::{MergedRow, read_partition};
 use crate::rowjson::full_row_json;
-use crate::sql::parse::{ident_name, object_parts};
+use crate::sql::parse::{TableRef, ident_name};
 use crate::store::{counter_key, table_cf_name};
 
 fn unsupported(what: &str) -> EngineError {
     EngineError::user(ErrorCode::UnsupportedStatement, format!("{what} is not supported"))
 }
 
-fn resolve(engine: &Engine, name: &ObjectName, verb: &str) -> Result<Arc<TableDefinition>, EngineError> {
-    let (ns, table) = object_parts(name)?;
-    let def = engine.catalog.require_table(&ns, &table)?;
-    if def.table_type == TableType::Stream {
-        return Err(EngineError::user(
-            ErrorCode::InvalidOperation,
-            format!("{verb} is not supported on STREAM tables"),
-        ));
-    }
-    Ok(def)
+fn resolve(engine: &Engine, name: &ObjectName, acting: &UserId) -> Result<(Arc<TableDefinition>, UserId), EngineError> {
+    crate::sql::resolve_table(engine, &TableRef::parse(name)?, acting)
 }
 
 fn single_table(t: &TableWithJoins) -> Result<&ObjectName, EngineError> {
@@ -53,26 +45,29 @@ fn single_table(t: &TableWithJoins) -> Result<&ObjectName, EngineError> {
 
 /// Executes an UPDATE as `user`; returns the number of rows matched and the table.
 pub fn update(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<(u64, Arc<TableDefinition>), EngineError> {
-    let (def, sets, selection) = parse_update(engine, stmt)?;
-    Ok((apply(engine, &def, user, selection.as_ref(), Change::Update(&sets))?, def))
+    let (def, user, sets, selection) = parse_update(engine, stmt, user)?;
+    Ok((apply(engine, &def, &user, selection.as_ref(), Change::Update(&sets))?, def))
 }
 
 /// Executes a DELETE (soft delete) as `user`; returns the number of rows deleted and the table.
 pub fn delete(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<(u64, Arc<TableDefinition>), EngineError> {
-    let (def, selection) = parse_delete(engine, stmt)?;
-    Ok((apply(engine, &def, user, selection.as_ref(), Change::Delete)?, def))
+    let (def, user, selection) = parse_delete(engine, stmt, user)?;
+    Ok((apply(engine, &def, &user, selection.as_ref(), Change::Delete)?, def))
 }
 
-type ParsedUpdate = (Arc<TableDefinition>, Vec<(usize, Expr)>, Option<Expr>);
+type ParsedUpdate = (Arc<TableDefinition>, UserId, Vec<(usize, Expr)>, Option<Expr>);
 
-fn parse_update(engine: &Engine, stmt: &Statement) -> Result<ParsedUpdate, EngineError> {
+fn parse_update(engine: &Engine, stmt: &Statement, acting: &UserId) -> Result<ParsedUpdate, EngineError> {
     let Statement::Update(Update { table, assignments, from, selection, returning, limit, .. }) = stmt else {
         return Err(EngineError::internal("update() called with another statement"));
     };
     if from.is_some() || returning.is_some() || limit.is_some() {
         return Err(unsupported("UPDATE ... FROM / RETURNING / LIMIT"));
     }
-    let def = resolve(engine, single_table(table)?, "UPDATE")?;
+    let (def, user) = resolve(engine, single_table(table)?, acting)?;
+    if def.table_type == TableType::Stream {
+        return Err(EngineError::user(ErrorCode::InvalidOperation, "UPDATE is not supported on STREAM tables"));
+    }
     let mut sets = Vec::with_capacity(assignments.len());
     for a in assignments {
         let AssignmentTarget::ColumnName(col) = &a.target else { return Err(unsupported("Tuple assignment")) };
@@ -100,10 +95,12 @@ fn parse_update(engine: &Engine, stmt: &Statement) -> Result<ParsedUpdate, Engin
         }
         sets.push((idx, a.value.clone()));
     }
-    Ok((def, sets, selection.clone()))
+    Ok((def, user, sets, selection.clone()))
 }
 
-fn parse_delete(engine: &Engine, stmt: &Statement) -> Result<(Arc<TableDefinition>, Option<Expr>), EngineError> {
+type ParsedDelete = (Arc<TableDefinition>, UserId, Option<Expr>);
+
+fn parse_delete(engine: &Engine, stmt: &Statement, acting: &UserId) -> Result<ParsedDelete, EngineError> {
     let Statement::Delete(Delete { tables, from, using, selection, returning, limit, order_by, .. }) = stmt else {
         return Err(EngineError::internal("delete() called with another statement"));
     };
@@ -112,8 +109,8 @@ fn parse_delete(engine: &Engine, stmt: &Statement) -> Result<(Arc<TableDefinitio
     }
     let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = from;
     let [table] = from.as_slice() else { return Err(unsupported("DELETE from several tables")) };
-    let def = resolve(engine, single_table(table)?, "DELETE")?;
-    Ok((def, selection.clone()))
+    let (def, user) = resolve(engine, single_table(table)?, acting)?;
+    Ok((def, user, selection.clone()))
 }
 
 enum Change<'a> {
@@ -202,6 +199,9 @@ fn apply(
         }
     }
 
+    if def.table_type == TableType::Stream {
+        return delete_stream_rows(engine, def, user, guard, &rows, &matched);
+    }
     let cf_name = table_cf_name(def);
     let cf = engine.store.cf(&cf_name)?;
     let pk_idx = def.primary_key_index();
@@ -251,5 +251,36 @@ fn apply(
     }
     drop(cf);
     guard.write()?;
+    Ok(matched.len() as u64)
+}
+
+/// STREAM DELETE: a hard delete from the memory buffer, with `delete` change records.
+fn delete_stream_rows(
+    engine: &Engine,
+    def: &TableDefinition,
+    user: &UserId,
+    mut guard: crate::store::CommitGuard<'_>,
+    rows: &[MergedRow],
+    matched: &[usize],
+) -> Result<u64, EngineError> {
+    let pk_idx = def.primary_key_index();
+    let mut keys = Vec::with_capacity(matched.len());
+    for &i in matched {
+        let row = &rows[i];
+        keys.push(codec::encode_pk(&row.values[pk_idx]).ok_or_else(|| EngineError::internal("bad primary key"))?);
+        let at = engine.clock.next();
+        guard.push_transient_change(ChangeRecord {
+            commit_seq: 0,
+            namespace: def.namespace.to_string(),
+            table: def.name.to_string(),
+            user_id: Some(user.to_string()),
+            kind: ChangeKind::Delete,
+            old_row: Some(full_row_json(def, &row.values, row.updated_us, false)),
+            new_row: None,
+            commit_time_us: at,
+        });
+    }
+    guard.write()?;
+    engine.streams.delete(def, user, &keys);
     Ok(matched.len() as u64)
 }

@@ -3,19 +3,18 @@
 //! `FLUSH TABLE`) are recognised by their leading words and parsed with the same parser;
 //! everything else is sqlparser's PostgreSQL-flavoured grammar.
 
-use datafusion::sql::sqlparser::ast::{
-    ColumnOption, CreateTable, Expr, FunctionArguments, Ident, ObjectName, Statement, TableConstraint, UnaryOperator,
-    Value as SqlValue,
-};
+use datafusion::sql::sqlparser::ast::{Expr, Ident, ObjectName, Statement, UnaryOperator, Value as SqlValue};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
-use kalam_types::datatype::KalamType;
 use kalam_types::error::{ErrorCode, KalamError};
-use kalam_types::ids::{NamespaceId, RESERVED_NAMESPACES, TableName, is_valid_name};
-use kalam_types::schema::{ColumnDefault, TableType};
-use kalam_types::value::{Literal, Value};
+use kalam_types::ids::{NamespaceId, RESERVED_NAMESPACES, TableName, UserId};
+use kalam_types::schema::TableType;
+use kalam_types::value::Literal;
+
+pub use super::parse_table::{AlterTableOp, ColumnSpec, CreateTableSpec};
+use super::parse_table::{parse_alter_table, parse_create_table, parse_option_list};
 
 /// Namespace of unqualified table names.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -23,7 +22,10 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Debug)]
 pub enum KalamStatement {
     CreateNamespace { name: NamespaceId, if_not_exists: bool },
+    AlterNamespace { name: String, options: serde_json::Map<String, serde_json::Value> },
     CreateTable(CreateTableSpec),
+    AlterTable { namespace: String, table: String, op: AlterTableOp },
+    ShowTableStats { namespace: String, table: String },
     FlushTable { namespace: NamespaceId, table: TableName },
     DropTable { namespace: String, table: String, if_exists: bool },
     DropNamespace { name: String, if_exists: bool, cascade: bool },
@@ -36,28 +38,7 @@ pub enum KalamStatement {
     Query(Box<Statement>),
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ColumnSpec {
-    pub name: String,
-    pub data_type: KalamType,
-    pub nullable: bool,
-    pub is_primary_key: bool,
-    pub default: Option<ColumnDefault>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CreateTableSpec {
-    pub table_type: TableType,
-    pub namespace: NamespaceId,
-    pub name: TableName,
-    pub if_not_exists: bool,
-    pub columns: Vec<ColumnSpec>,
-    pub storage: Option<String>,
-    pub flush_row_threshold: Option<u64>,
-    pub flush_interval_seconds: Option<u64>,
-}
-
-fn invalid_sql(e: ParserError) -> KalamError {
+pub(super) fn invalid_sql(e: ParserError) -> KalamError {
     let msg = match e {
         ParserError::ParserError(m) | ParserError::TokenizerError(m) => m,
         ParserError::RecursionLimitExceeded => "statement nested too deeply".to_owned(),
@@ -68,6 +49,41 @@ fn invalid_sql(e: ParserError) -> KalamError {
 /// Folds an identifier: unquoted names are lower-cased, quoted ones keep their case.
 pub fn ident_name(id: &Ident) -> String {
     if id.quote_style.is_some() { id.value.clone() } else { id.value.to_ascii_lowercase() }
+}
+
+/// A table reference of DML and queries: `[ns.]table`, or `ns.<qualifier>.table` addressing a
+/// user's partition of a USER or STREAM table (sql.md §1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub namespace: String,
+    pub table: String,
+    /// The middle part of a three-part name (`user` = the acting user).
+    pub qualifier: Option<String>,
+}
+
+impl TableRef {
+    pub fn parse(name: &ObjectName) -> Result<TableRef, KalamError> {
+        if let [ns, qualifier, table] = name.0.as_slice()
+            && let (Some(ns), Some(qualifier), Some(table)) = (ns.as_ident(), qualifier.as_ident(), table.as_ident())
+        {
+            // User ids are case-sensitive: an unquoted qualifier is taken as written.
+            return Ok(TableRef {
+                namespace: ident_name(ns),
+                table: ident_name(table),
+                qualifier: Some(qualifier.value.clone()),
+            });
+        }
+        let (namespace, table) = object_parts(name)?;
+        Ok(TableRef { namespace, table, qualifier: None })
+    }
+
+    /// The user whose partition the reference addresses.
+    pub fn partition_user(&self, acting: &UserId) -> Result<UserId, KalamError> {
+        match self.qualifier.as_deref() {
+            None | Some("user") => Ok(acting.clone()),
+            Some(other) => UserId::parse(other),
+        }
+    }
 }
 
 /// Splits `[ns.]table` into folded parts; unqualified names resolve to `default`.
@@ -85,11 +101,11 @@ pub fn object_parts(name: &ObjectName) -> Result<(String, String), KalamError> {
     }
 }
 
-fn next_is_word(p: &Parser<'_>, word: &str) -> bool {
+pub(super) fn next_is_word(p: &Parser<'_>, word: &str) -> bool {
     matches!(&p.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word) && w.quote_style.is_none())
 }
 
-fn parse_word(p: &mut Parser<'_>, word: &str) -> bool {
+pub(super) fn parse_word(p: &mut Parser<'_>, word: &str) -> bool {
     let found = next_is_word(p, word);
     if found {
         p.next_token();
@@ -97,12 +113,21 @@ fn parse_word(p: &mut Parser<'_>, word: &str) -> bool {
     found
 }
 
-fn expect_end(p: &mut Parser<'_>) -> Result<(), KalamError> {
+pub(super) fn expect_end(p: &mut Parser<'_>) -> Result<(), KalamError> {
     while p.consume_token(&Token::SemiColon) {}
     match p.peek_token().token {
         Token::EOF => Ok(()),
-        other => Err(KalamError::new(ErrorCode::InvalidSql, format!("syntax error at or near \"{other}\""))),
+        other => Err(syntax_error(&other)),
     }
+}
+
+/// The PostgreSQL-style syntax error for an unexpected token.
+pub(super) fn syntax_error(token: &Token) -> KalamError {
+    let near = match token {
+        Token::EOF => "end of input".to_owned(),
+        other => other.to_string(),
+    };
+    KalamError::new(ErrorCode::InvalidSql, format!("syntax error at or near \"{near}\""))
 }
 
 /// Tokenizes `sql`, accepting KalamDB's `CURRENT_USER()` spelling (the PostgreSQL grammar
@@ -162,13 +187,34 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
             None
         };
         if p.parse_keyword(Keyword::TABLE) {
-            let create = p.parse_create_table(false, false, None, false).map_err(invalid_sql)?;
-            let mut spec = create_table_spec(kind.unwrap_or(TableType::Shared), &create)?;
-            parse_table_options(&mut p, &mut spec)?;
-            expect_end(&mut p)?;
-            return Ok(KalamStatement::CreateTable(spec));
+            reject_auto_increment(&p)?;
+            return Ok(KalamStatement::CreateTable(parse_create_table(&mut p, kind.unwrap_or(TableType::Shared))?));
         }
         // Not ours: rewind and let the standard grammar report it.
+        while p.index() > start {
+            p.prev_token();
+        }
+    }
+    if next_is_word(&p, "ALTER") {
+        let start = p.index();
+        p.next_token();
+        if parse_word(&mut p, "NAMESPACE") {
+            let name = ident_name(&p.parse_identifier().map_err(invalid_sql)?);
+            if !(parse_word(&mut p, "SET") && parse_word(&mut p, "OPTIONS")) {
+                return Err(syntax_error(&p.peek_token().token));
+            }
+            let options = parse_option_list(&mut p)?;
+            expect_end(&mut p)?;
+            return Ok(KalamStatement::AlterNamespace { name, options });
+        }
+        let _kind = parse_word(&mut p, "USER") || parse_word(&mut p, "SHARED") || parse_word(&mut p, "STREAM");
+        if p.parse_keyword(Keyword::TABLE) {
+            let (namespace, table, op) = parse_alter_table(&mut p)?;
+            if RESERVED_NAMESPACES.contains(&namespace.as_str()) {
+                return Err(KalamError::new(ErrorCode::InvalidOperation, "System tables cannot be altered"));
+            }
+            return Ok(KalamStatement::AlterTable { namespace, table, op });
+        }
         while p.index() > start {
             p.prev_token();
         }
@@ -199,6 +245,13 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
         if parse_word(&mut p, "NAMESPACES") {
             expect_end(&mut p)?;
             return Ok(KalamStatement::ShowNamespaces);
+        }
+        let stats_for = parse_word(&mut p, "STATS") && parse_word(&mut p, "FOR") && p.parse_keyword(Keyword::TABLE);
+        if stats_for || (parse_word(&mut p, "TABLE") && parse_word(&mut p, "STATS")) {
+            let name = p.parse_object_name(false).map_err(invalid_sql)?;
+            expect_end(&mut p)?;
+            let (namespace, table) = object_parts(&name)?;
+            return Ok(KalamStatement::ShowTableStats { namespace, table });
         }
         if parse_word(&mut p, "TABLES") {
             let namespace = if parse_word(&mut p, "IN") || parse_word(&mut p, "FROM") {
@@ -252,28 +305,6 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     }
 }
 
-/// A DEFAULT clause: one of the DEFAULT functions (no arguments) or a literal valid for the
-/// column type.
-fn column_default(expr: &Expr, ty: KalamType, column: &str) -> Result<ColumnDefault, KalamError> {
-    if let Expr::Function(f) = expr {
-        let has_args = match &f.args {
-            FunctionArguments::None => false,
-            FunctionArguments::List(list) => !list.args.is_empty(),
-            FunctionArguments::Subquery(_) => true,
-        };
-        let name = f.name.to_string();
-        if has_args {
-            return Err(KalamError::new(
-                ErrorCode::InvalidSql,
-                format!("DEFAULT function '{name}' for column '{column}' takes no arguments"),
-            ));
-        }
-        return ColumnDefault::function(&name, ty, column);
-    }
-    let value = Value::coerce(&literal(expr)?, ty, column)?;
-    Ok(ColumnDefault::Literal(value.to_json().to_string()))
-}
-
 /// A literal of a VALUES list or DEFAULT clause (`-` numbers and parentheses included).
 pub fn literal(expr: &Expr) -> Result<Literal, KalamError> {
     let invalid = |m: String| KalamError::new(ErrorCode::InvalidSql, m);
@@ -297,184 +328,35 @@ pub fn literal(expr: &Expr) -> Result<Literal, KalamError> {
     }
 }
 
+/// `AUTO_INCREMENT` is not a column option of any table kind; say what to use instead.
+fn reject_auto_increment(p: &Parser<'_>) -> Result<(), KalamError> {
+    let mut i = 0;
+    loop {
+        match &p.peek_nth_token(i).token {
+            Token::EOF => return Ok(()),
+            Token::Word(w)
+                if w.quote_style.is_none()
+                    && ["AUTO_INCREMENT", "AUTOINCREMENT"].contains(&w.value.to_ascii_uppercase().as_str()) =>
+            {
+                return Err(KalamError::new(
+                    ErrorCode::InvalidSql,
+                    "AUTO_INCREMENT is not supported. Use DEFAULT SNOWFLAKE_ID() (BIGINT) or DEFAULT UUID_V7() / ULID() (TEXT)",
+                ));
+            }
+            _ => i += 1,
+        }
+    }
+}
+
 fn unsupported(sql: &str) -> KalamError {
     let first = sql.lines().next().unwrap_or("").trim();
     KalamError::new(ErrorCode::UnsupportedStatement, format!("Unsupported SQL statement: {first}"))
 }
 
-fn create_table_spec(table_type: TableType, create: &CreateTable) -> Result<CreateTableSpec, KalamError> {
-    let (ns, table) = object_parts(&create.name)?;
-    let namespace = NamespaceId::parse(&ns)?;
-    let name = TableName::parse(&table)?;
-    if create.columns.is_empty() {
-        return Err(KalamError::new(ErrorCode::InvalidSql, "A table needs at least one column"));
-    }
-    let mut columns: Vec<ColumnSpec> = Vec::with_capacity(create.columns.len());
-    for col in &create.columns {
-        let col_name = ident_name(&col.name);
-        if col_name.starts_with('_') {
-            return Err(KalamError::new(
-                ErrorCode::InvalidSql,
-                format!("Column '{col_name}' is a system column and cannot be written"),
-            ));
-        }
-        if !is_valid_name(&col_name) {
-            return Err(KalamError::new(
-                ErrorCode::InvalidSql,
-                format!("Invalid column name '{col_name}': names must match ^[a-z][a-z0-9_]{{0,63}}$"),
-            ));
-        }
-        if columns.iter().any(|c| c.name == col_name) {
-            return Err(KalamError::new(ErrorCode::InvalidSql, format!("Duplicate column name '{col_name}'")));
-        }
-        let data_type = KalamType::from_sql(&col.data_type.to_string())?;
-        let mut spec =
-            ColumnSpec { name: col_name.clone(), data_type, nullable: true, is_primary_key: false, default: None };
-        for opt in &col.options {
-            match &opt.option {
-                ColumnOption::Null => spec.nullable = true,
-                ColumnOption::NotNull => spec.nullable = false,
-                ColumnOption::PrimaryKey(_) => spec.is_primary_key = true,
-                ColumnOption::Default(expr) => spec.default = Some(column_default(expr, data_type, &col_name)?),
-                other => {
-                    return Err(KalamError::new(
-                        ErrorCode::UnsupportedStatement,
-                        format!("Column option '{other}' on column '{col_name}' is not supported"),
-                    ));
-                }
-            }
-        }
-        columns.push(spec);
-    }
-    for constraint in &create.constraints {
-        match constraint {
-            TableConstraint::PrimaryKey(pk) => {
-                for ic in &pk.columns {
-                    let pk_name = ic.column.expr.to_string().trim_matches('"').to_ascii_lowercase();
-                    match columns.iter_mut().find(|c| c.name == pk_name) {
-                        Some(c) => c.is_primary_key = true,
-                        None => {
-                            return Err(KalamError::new(
-                                ErrorCode::ColumnNotFound,
-                                format!("column \"{pk_name}\" does not exist"),
-                            ));
-                        }
-                    }
-                }
-            }
-            other => {
-                return Err(KalamError::new(
-                    ErrorCode::UnsupportedStatement,
-                    format!("Table constraint '{other}' is not supported"),
-                ));
-            }
-        }
-    }
-    let pks: Vec<&ColumnSpec> = columns.iter().filter(|c| c.is_primary_key).collect();
-    match pks.as_slice() {
-        [] => {
-            return Err(KalamError::new(
-                ErrorCode::InvalidSql,
-                "PRIMARY KEY is required: every USER, SHARED and STREAM table must declare exactly one primary key column",
-            ));
-        }
-        [pk] if !pk.data_type.can_be_primary_key() => {
-            return Err(KalamError::new(
-                ErrorCode::InvalidSql,
-                format!(
-                    "PRIMARY KEY '{}' has invalid type {}. Only BIGINT or TEXT are allowed.",
-                    pk.name, pk.data_type
-                ),
-            ));
-        }
-        [_] => {}
-        _ => return Err(KalamError::new(ErrorCode::InvalidSql, "Multiple PRIMARY KEY columns not supported")),
-    }
-    for c in columns.iter_mut().filter(|c| c.is_primary_key) {
-        c.nullable = false;
-    }
-    Ok(CreateTableSpec {
-        table_type,
-        namespace,
-        name,
-        if_not_exists: create.if_not_exists,
-        columns,
-        storage: None,
-        flush_row_threshold: None,
-        flush_interval_seconds: None,
-    })
-}
-
-/// Table options after the column list: `STORAGE <id>` and
-/// `FLUSH [INTERVAL <n>[s|m|h]] [ROW_THRESHOLD <n>]`.
-fn parse_table_options(p: &mut Parser<'_>, spec: &mut CreateTableSpec) -> Result<(), KalamError> {
-    loop {
-        if parse_word(p, "STORAGE") {
-            spec.storage = Some(ident_name(&p.parse_identifier().map_err(invalid_sql)?));
-        } else if parse_word(p, "FLUSH") {
-            let mut any = false;
-            loop {
-                if parse_word(p, "INTERVAL") {
-                    spec.flush_interval_seconds = Some(parse_duration_seconds(p)?);
-                } else if parse_word(p, "ROW_THRESHOLD") {
-                    spec.flush_row_threshold = Some(p.parse_literal_uint().map_err(invalid_sql)?);
-                } else {
-                    break;
-                }
-                any = true;
-            }
-            if !any {
-                return Err(KalamError::new(ErrorCode::InvalidSql, "FLUSH needs INTERVAL and/or ROW_THRESHOLD"));
-            }
-        } else {
-            break;
-        }
-    }
-    if let Some(n) = spec.flush_row_threshold
-        && !(1..=999_999).contains(&n)
-    {
-        return Err(KalamError::new(ErrorCode::InvalidSql, "ROW_THRESHOLD must be between 1 and 999999"));
-    }
-    if let Some(n) = spec.flush_interval_seconds
-        && !(1..=86_399).contains(&n)
-    {
-        return Err(KalamError::new(ErrorCode::InvalidSql, "INTERVAL must be between 1s and 86399s"));
-    }
-    Ok(())
-}
-
-/// `<n>`, `<n>s`, `<n>m`, `<n>h` (the unit may be glued to the number or separate).
-fn parse_duration_seconds(p: &mut Parser<'_>) -> Result<u64, KalamError> {
-    let tok = p.next_token().token;
-    let text = match tok {
-        Token::Number(n, _) => {
-            let unit = match &p.peek_token().token {
-                Token::Word(w) if ["s", "m", "h"].contains(&w.value.to_ascii_lowercase().as_str()) => {
-                    let u = w.value.to_ascii_lowercase();
-                    p.next_token();
-                    u
-                }
-                _ => String::new(),
-            };
-            format!("{n}{unit}")
-        }
-        other => return Err(KalamError::new(ErrorCode::InvalidSql, format!("syntax error at or near \"{other}\""))),
-    };
-    let (digits, mult) = match text.chars().last() {
-        Some('s') => (&text[..text.len() - 1], 1),
-        Some('m') => (&text[..text.len() - 1], 60),
-        Some('h') => (&text[..text.len() - 1], 3600),
-        _ => (text.as_str(), 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| KalamError::new(ErrorCode::InvalidSql, format!("invalid interval '{text}'")))
-}
-
 #[cfg(test)]
 mod tests {
+    use kalam_types::schema::{AccessLevel, ColumnDefault, Sharding};
+
     use super::*;
 
     fn create(sql: &str) -> CreateTableSpec {
@@ -493,8 +375,8 @@ mod tests {
         assert_eq!((s.namespace.as_str(), s.name.as_str()), ("app", "messages"));
         assert!(s.columns[0].is_primary_key && !s.columns[0].nullable);
         assert!(!s.columns[1].nullable);
-        assert_eq!(s.storage.as_deref(), Some("local"));
-        assert_eq!((s.flush_interval_seconds, s.flush_row_threshold), (Some(30), Some(100)));
+        assert_eq!(s.options.storage.as_deref(), Some("local"));
+        assert_eq!((s.options.flush_interval_seconds, s.options.flush_row_threshold), (Some(30), Some(100)));
         let s = create("CREATE TABLE IF NOT EXISTS t (k TEXT, v BIGINT, PRIMARY KEY (k))");
         assert_eq!(s.table_type, TableType::Shared);
         assert_eq!(s.namespace.as_str(), DEFAULT_NAMESPACE);
@@ -548,5 +430,104 @@ mod tests {
         assert!(matches!(parse_statement("SELECT 1").unwrap(), KalamStatement::Query(_)));
         assert_eq!(parse_statement("SELEC 1").unwrap_err().code, ErrorCode::InvalidSql);
         assert_eq!(parse_statement("DROP VIEW v").unwrap_err().code, ErrorCode::UnsupportedStatement);
+    }
+
+    #[test]
+    fn table_options_in_clause_and_with_forms() {
+        let s = create(
+            "CREATE USER TABLE a.t (id BIGINT PRIMARY KEY) SHARDING hash(4) DELETED_RETENTION '2d' USE_USER_STORAGE FLUSH ROWS 50",
+        );
+        assert_eq!(s.options.sharding, Some(Sharding::Hash(4)));
+        assert_eq!(s.options.deleted_retention_hours, Some(Some(48)));
+        assert_eq!(s.options.use_user_storage, Some(true));
+        assert_eq!(s.options.flush_row_threshold, Some(50));
+        let s = create(
+            "CREATE SHARED TABLE a.t (id BIGINT PRIMARY KEY) WITH (storage = 'local', flush_row_threshold = 1000, deleted_retention = 'off', access = 'restricted')",
+        );
+        assert_eq!(s.options.access, Some(AccessLevel::Restricted));
+        assert_eq!(s.options.deleted_retention_hours, Some(None));
+        let s = create("CREATE STREAM TABLE a.e (id TEXT PRIMARY KEY) TTL 10s MAX_BUFFER 1000 EPHEMERAL");
+        assert_eq!(
+            (s.options.ttl_seconds, s.options.max_buffer, s.options.ephemeral),
+            (Some(10), Some(1000), Some(true))
+        );
+        let s = create(
+            "CREATE SHARED TABLE a.t (id BIGINT PRIMARY KEY) FLUSH POLICY COMBINED ROW_LIMIT 10 TIME_INTERVAL 60",
+        );
+        assert_eq!((s.options.flush_row_threshold, s.options.flush_interval_seconds), (Some(10), Some(60)));
+    }
+
+    #[test]
+    fn table_option_errors() {
+        let err = |sql: &str| parse_statement(sql).unwrap_err().message;
+        assert_eq!(
+            err("CREATE USER TABLE a.t (id BIGINT PRIMARY KEY) TTL 5s"),
+            "Option TTL is only valid for STREAM tables"
+        );
+        assert_eq!(
+            err("CREATE USER TABLE a.t (id BIGINT PRIMARY KEY) ACCESS public"),
+            "Option ACCESS is only valid for SHARED tables"
+        );
+        assert!(
+            err("CREATE SHARED TABLE a.t (id BIGINT PRIMARY KEY) ACCESS everyone").starts_with("Invalid ACCESS value")
+        );
+        assert!(
+            err("CREATE SHARED TABLE a.t (id BIGINT PRIMARY KEY) TABLE_TYPE shared")
+                .starts_with("TABLE_TYPE is not supported")
+        );
+        assert_eq!(err("CREATE SHARED TABLE a.t (id BIGINT PRIMARY KEY) OWNER_ID 'x'"), "OWNER_ID is not supported");
+        assert!(
+            err("CREATE SHARED TABLE a.t (id BIGINT PRIMARY KEY AUTO_INCREMENT)")
+                .starts_with("AUTO_INCREMENT is not supported")
+        );
+        assert_eq!(
+            err("CREATE SHARED TABLE a.t (id BIGINT PRIMARY KEY) FLUSH ROW_THRESHOLD 0"),
+            "ROW_THRESHOLD must be between 1 and 999999"
+        );
+        assert_eq!(
+            err("CREATE SHARED TABLE a.t (id BIGINT PRIMARY KEY) STORAGE local STORAGE local"),
+            "Option STORAGE specified more than once"
+        );
+    }
+
+    #[test]
+    fn alter_statements() {
+        let alter = |sql: &str| match parse_statement(sql).unwrap() {
+            KalamStatement::AlterTable { namespace, table, op } => (namespace, table, op),
+            other => panic!("not ALTER TABLE: {other:?}"),
+        };
+        let (ns, t, op) = alter("ALTER USER TABLE app.m ADD COLUMN priority TEXT NOT NULL DEFAULT 'low'");
+        assert_eq!((ns.as_str(), t.as_str()), ("app", "m"));
+        assert!(matches!(op, AlterTableOp::AddColumn(c) if c.name == "priority" && !c.nullable));
+        assert!(matches!(alter("ALTER TABLE app.m DROP body").2, AlterTableOp::DropColumn(c) if c == "body"));
+        assert!(matches!(alter("ALTER TABLE app.m RENAME COLUMN a TO b").2, AlterTableOp::RenameColumn { .. }));
+        assert!(matches!(
+            alter("ALTER TABLE app.m MODIFY COLUMN n BIGINT NOT NULL").2,
+            AlterTableOp::ModifyColumn { nullable: Some(false), .. }
+        ));
+        assert_eq!(
+            parse_statement("ALTER TABLE system.users ADD COLUMN x TEXT").unwrap_err().message,
+            "System tables cannot be altered"
+        );
+        assert!(matches!(
+            parse_statement("ALTER NAMESPACE app SET OPTIONS (retention_days = 90, owner = 'team-a')").unwrap(),
+            KalamStatement::AlterNamespace { options, .. } if options.len() == 2
+        ));
+        assert!(matches!(parse_statement("SHOW TABLE STATS app.m").unwrap(), KalamStatement::ShowTableStats { .. }));
+        assert!(matches!(
+            parse_statement("SHOW STATS FOR TABLE app.m").unwrap(),
+            KalamStatement::ShowTableStats { .. }
+        ));
+    }
+
+    #[test]
+    fn three_part_names_address_a_user_partition() {
+        let name = ObjectName::from(vec![Ident::new("app"), Ident::new("Alice"), Ident::new("messages")]);
+        let r = TableRef::parse(&name).unwrap();
+        assert_eq!(r.qualifier.as_deref(), Some("Alice"));
+        let me = UserId::parse("bob").unwrap();
+        assert_eq!(r.partition_user(&me).unwrap().as_str(), "Alice");
+        let own = TableRef { qualifier: Some("user".into()), ..r };
+        assert_eq!(own.partition_user(&me).unwrap(), me);
     }
 }

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::catalog::MemorySchemaProvider;
+use datafusion::catalog::{MemoryCatalogProvider, MemorySchemaProvider};
 use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{
     Expr, Query, SetExpr, Statement, TableFactor, Visit, visit_expressions, visit_relations,
 };
-use kalam_types::error::{ErrorCode, KalamError};
+
 use kalam_types::ids::UserId;
 use kalam_types::schema::{DELETED_COLUMN, UPDATED_COLUMN};
 use kalam_types::value::{double_to_json, encode_hex};
@@ -26,7 +26,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::provider::KalamTableProvider;
 use crate::rowjson::OrderedRow;
-use crate::sql::parse::{DEFAULT_NAMESPACE, object_parts};
+use crate::sql::parse::{DEFAULT_NAMESPACE, TableRef};
 use crate::sql::system;
 
 /// Rows of a query, ready for the envelope.
@@ -49,45 +49,63 @@ pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) ->
     for f in crate::sql::udf::functions(&engine.ids, user.as_str()) {
         ctx.register_udf(f);
     }
-    let catalog = ctx.catalog("datafusion").ok_or_else(|| EngineError::internal("default catalog missing"))?;
-    catalog.register_schema(DEFAULT_NAMESPACE, Arc::new(MemorySchemaProvider::new()))?;
+    register_schema(&ctx, "datafusion", DEFAULT_NAMESPACE)?;
     for name in &relations {
         let qualified = name.0.len() > 1;
-        let (ns, table) = object_parts(name)?;
-        if catalog.schema(&ns).is_none() {
-            catalog.register_schema(&ns, Arc::new(MemorySchemaProvider::new()))?;
-        }
-        let reference = TableReference::partial(ns.clone(), table.clone());
-        if ns == system::NAMESPACE {
-            let (schema, batch) = system::table(engine, &table)?;
+        let table_ref = TableRef::parse(name)?;
+        let (ns, table) = (table_ref.namespace.clone(), table_ref.table.clone());
+        if system::is_builtin_namespace(&ns) && table_ref.qualifier.is_none() {
+            register_schema(&ctx, "datafusion", &ns)?;
+            let (schema, batch) = system::table(engine, &ns, &table).await?;
+            let reference = TableReference::partial(ns, table);
             ctx.register_table(reference, Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))?;
             continue;
         }
-        match engine.catalog.table(&ns, &table) {
-            Some(def) => {
-                let provider = KalamTableProvider::new(
-                    engine.clone(),
-                    def,
-                    user.clone(),
-                    names_system_columns,
-                    where_names_deleted(stmt),
-                );
-                ctx.register_table(reference, Arc::new(provider))?;
-            }
+        if engine.catalog.table(&ns, &table).is_none() && !qualified {
             // An unqualified name may be a CTE; DataFusion reports it if it is not.
-            None if !qualified => {}
-            None => {
-                return Err(EngineError::User(KalamError::new(
-                    ErrorCode::TableNotFound,
-                    format!("relation \"{ns}.{table}\" does not exist"),
-                )));
-            }
+            continue;
         }
+        let (def, partition_user) = crate::sql::resolve_table(engine, &table_ref, user)?;
+        let provider = KalamTableProvider::new(
+            engine.clone(),
+            def,
+            partition_user,
+            names_system_columns,
+            where_names_deleted(stmt),
+        );
+        let reference = match &table_ref.qualifier {
+            // `ns.<user>.table`: catalog `ns`, schema `<user>` (DataFusion's three-part form).
+            Some(q) => {
+                register_schema(&ctx, &ns, q)?;
+                TableReference::full(ns, q.clone(), table)
+            }
+            None => {
+                register_schema(&ctx, "datafusion", &ns)?;
+                TableReference::partial(ns, table)
+            }
+        };
+        ctx.register_table(reference, Arc::new(provider))?;
     }
     let plan =
         ctx.state().statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone()))).await?;
     let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
     encode_batches(&batches)
+}
+
+/// Makes sure `catalog.schema` exists in the session (creating the catalog too).
+fn register_schema(ctx: &SessionContext, catalog: &str, schema: &str) -> Result<(), EngineError> {
+    let provider = match ctx.catalog(catalog) {
+        Some(c) => c,
+        None => {
+            let c: Arc<dyn datafusion::catalog::CatalogProvider> = Arc::new(MemoryCatalogProvider::new());
+            ctx.register_catalog(catalog, c.clone());
+            c
+        }
+    };
+    if provider.schema(schema).is_none() {
+        provider.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
+    }
+    Ok(())
 }
 
 /// True when any expression inside `node` names one of `columns` (plain or qualified).

@@ -136,6 +136,49 @@ impl Default for LimitsConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+pub struct RetentionConfig {
+    /// DELETED_RETENTION of tables created without one.
+    pub default_deleted_retention_hours: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { default_deleted_retention_hours: 168 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamConfig {
+    /// TTL of STREAM tables created without one.
+    pub default_ttl_seconds: u64,
+    /// MAX_BUFFER of STREAM tables created without one.
+    pub default_max_buffer: u64,
+    /// How often expired STREAM rows are evicted.
+    pub eviction_interval_seconds: u64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self { default_ttl_seconds: 10, default_max_buffer: 10_000, eviction_interval_seconds: 1 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueryConfig {
+    /// Entries of the global plan cache.
+    pub plan_cache_size: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self { plan_cache_size: 1000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LoggingConfig {
     pub level: String,
     /// Empty = `<data_dir>/logs`.
@@ -161,6 +204,9 @@ pub struct KalamConfig {
     pub websocket: WebSocketConfig,
     pub limits: LimitsConfig,
     pub logging: LoggingConfig,
+    pub retention: RetentionConfig,
+    pub stream: StreamConfig,
+    pub query: QueryConfig,
 }
 
 /// Environment variables with their own spelling; everything else is `KALAMDB_<SECTION>_<KEY>`.
@@ -225,6 +271,12 @@ impl KalamConfig {
         }
         if self.flush.node_id > 1023 {
             return Err(ConfigError::Invalid { key: "flush.node_id", reason: "must be between 0 and 1023".into() });
+        }
+        if self.stream.default_ttl_seconds == 0
+            || self.stream.default_max_buffer == 0
+            || self.stream.eviction_interval_seconds == 0
+        {
+            return Err(ConfigError::Invalid { key: "stream", reason: "values must be > 0".into() });
         }
         if self.websocket.max_pending_messages == 0 || self.limits.max_message_size == 0 {
             return Err(ConfigError::Invalid { key: "limits", reason: "sizes must be > 0".into() });

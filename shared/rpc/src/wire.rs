@@ -109,11 +109,18 @@ pub struct TableStats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveSubscription {
     pub live_id: String,
+    pub connection_id: String,
+    pub subscription_id: String,
     pub user_id: String,
     pub namespace: String,
     pub table: String,
     pub sql: String,
+    /// Options as sent by the client (JSON object text).
+    pub options: Option<String>,
     pub changes: u64,
+    pub created_at_us: i64,
+    /// Time of the last delivered notification (`created_at_us` initially).
+    pub last_update_us: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

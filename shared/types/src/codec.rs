@@ -3,6 +3,7 @@
 
 use crate::datatype::KalamType;
 use crate::ids::UserId;
+use crate::schema::TableDefinition;
 use crate::value::Value;
 
 /// Version byte at the start of every encoded row.
@@ -23,6 +24,8 @@ pub enum CodecError {
     Utf8 { index: usize },
     #[error("value of column {index} does not fit the row format")]
     TooLarge { index: usize },
+    #[error("row written under unknown schema version {0}")]
+    UnknownSchemaVersion(u32),
     #[error("row key has no user separator")]
     BadKey,
 }
@@ -106,6 +109,33 @@ pub fn decode_row(bytes: &[u8], types: &[KalamType]) -> Result<StoredRow, CodecE
         _ => return Err(CodecError::TagMismatch { index: count + 1, expected: KalamType::Boolean, found: TAG_NULL }),
     };
     Ok(StoredRow { schema_version, values, updated_us, deleted })
+}
+
+/// Decodes the buffered rows of one table, whatever schema version wrote them, as rows of its
+/// current schema (storage.md §3: older rows are decoded with their own version's columns and
+/// projected like Parquet files).
+pub struct RowDecoder<'a> {
+    def: &'a TableDefinition,
+    types: Vec<KalamType>,
+}
+
+impl<'a> RowDecoder<'a> {
+    pub fn new(def: &'a TableDefinition) -> Self {
+        Self { def, types: def.column_types() }
+    }
+
+    pub fn decode(&self, bytes: &[u8]) -> Result<StoredRow, CodecError> {
+        let version = row_schema_version(bytes)?;
+        if version == self.def.schema_version {
+            return decode_row(bytes, &self.types);
+        }
+        let columns = self.def.columns_of(version).ok_or(CodecError::UnknownSchemaVersion(version))?;
+        let types: Vec<KalamType> = columns.iter().map(|c| c.data_type).collect();
+        let mut row = decode_row(bytes, &types)?;
+        row.values = self.def.project(columns, row.values);
+        row.schema_version = self.def.schema_version;
+        Ok(row)
+    }
 }
 
 /// Reads only the schema version of an encoded row.

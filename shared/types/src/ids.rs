@@ -114,6 +114,11 @@ impl JobId {
         Self(format!("flush-{table}-{created_ms}-{suffix:08x}"))
     }
 
+    /// A job id for a job not bound to a table (`<job_type>-<unix_ms>-<8 hex>`).
+    pub fn untargeted(job_type: &str, created_ms: i64, suffix: u32) -> Self {
+        Self(format!("{job_type}-{created_ms}-{suffix:08x}"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::datatype::KalamType;
 use crate::error::{ErrorCode, KalamError};
 use crate::ids::{NamespaceId, TableName};
+use crate::value::{Literal, Value};
 
 /// Name of the hidden last-write-time column.
 pub const UPDATED_COLUMN: &str = "_updated";
@@ -92,6 +93,131 @@ pub struct FlushPolicy {
     pub interval_seconds: Option<u64>,
 }
 
+/// Visibility of a SHARED table for non-privileged roles (sql.md §17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLevel {
+    #[default]
+    Public,
+    Private,
+    Restricted,
+}
+
+impl AccessLevel {
+    pub fn parse(text: &str) -> Result<Self, KalamError> {
+        match text.to_ascii_lowercase().as_str() {
+            "public" => Ok(Self::Public),
+            "private" => Ok(Self::Private),
+            "restricted" => Ok(Self::Restricted),
+            _ => Err(KalamError::new(
+                ErrorCode::InvalidSql,
+                format!("Invalid ACCESS value '{text}'. Allowed values: public, private, restricted"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Private => "private",
+            Self::Restricted => "restricted",
+        }
+    }
+}
+
+/// How `{shard}` is computed in USER table paths (storage.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharding {
+    #[default]
+    None,
+    Alphabetic,
+    Numeric,
+    Hash(u32),
+}
+
+impl Sharding {
+    /// `none`, `alphabetic`, `numeric` or `hash(<n>)` with 1 ≤ n ≤ 1024.
+    pub fn parse(text: &str) -> Result<Self, KalamError> {
+        let lower = text.trim().to_ascii_lowercase();
+        let invalid = || {
+            KalamError::new(
+                ErrorCode::InvalidSql,
+                format!("Invalid SHARDING value '{text}'. Allowed values: none, alphabetic, numeric, hash(<n>)"),
+            )
+        };
+        match lower.as_str() {
+            "none" => Ok(Self::None),
+            "alphabetic" => Ok(Self::Alphabetic),
+            "numeric" => Ok(Self::Numeric),
+            _ => {
+                let n = lower
+                    .strip_prefix("hash(")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .and_then(|n| n.trim().parse::<u32>().ok())
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(invalid)?;
+                Ok(Self::Hash(n))
+            }
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Self::None => "none".into(),
+            Self::Alphabetic => "alphabetic".into(),
+            Self::Numeric => "numeric".into(),
+            Self::Hash(n) => format!("hash({n})"),
+        }
+    }
+}
+
+/// Per-table options of sql.md §7.1 that are not the flush policy or the storage. Fields that do
+/// not apply to the table's type keep their defaults and are reported as NULL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TableOptions {
+    /// SHARED tables.
+    pub access: AccessLevel,
+    /// USER tables.
+    pub sharding: Sharding,
+    /// USER tables: resolve the storage per user.
+    pub use_user_storage: bool,
+    /// USER and SHARED tables; `None` = keep soft-deleted rows forever (`off`).
+    pub deleted_retention_hours: Option<u64>,
+    /// STREAM tables: row lifetime.
+    pub ttl_seconds: u64,
+    /// STREAM tables: most rows kept per user partition.
+    pub max_buffer: u64,
+    /// STREAM tables: drop rows for users without a subscription.
+    pub ephemeral: bool,
+    /// Set by PAUSE / RESUME FLUSH.
+    pub flush_paused: bool,
+}
+
+impl Default for TableOptions {
+    fn default() -> Self {
+        Self {
+            access: AccessLevel::Public,
+            sharding: Sharding::None,
+            use_user_storage: false,
+            deleted_retention_hours: Some(168),
+            ttl_seconds: 10,
+            max_buffer: 10_000,
+            ephemeral: false,
+            flush_paused: false,
+        }
+    }
+}
+
+/// The user columns of one earlier schema version, kept so rows and files written under it can
+/// be read through the current schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaVersion {
+    pub version: u32,
+    pub columns: Vec<ColumnDefinition>,
+}
+
 /// A complete table definition (schema version `schema_version`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableDefinition {
@@ -104,6 +230,14 @@ pub struct TableDefinition {
     pub flush_policy: FlushPolicy,
     /// Microseconds since the epoch.
     pub created_at_us: i64,
+    /// Last DDL or settings change (µs); `created_at_us` until the first change.
+    #[serde(default)]
+    pub updated_at_us: i64,
+    #[serde(default)]
+    pub options: TableOptions,
+    /// Column lists of the earlier schema versions, oldest first.
+    #[serde(default)]
+    pub history: Vec<SchemaVersion>,
 }
 
 impl TableDefinition {
@@ -122,6 +256,66 @@ impl TableDefinition {
 
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The user columns of schema version `version` (current or historical).
+    pub fn columns_of(&self, version: u32) -> Option<&[ColumnDefinition]> {
+        if version == self.schema_version {
+            return Some(&self.columns);
+        }
+        self.history.iter().find(|h| h.version == version).map(|h| h.columns.as_slice())
+    }
+
+    /// The next unused column id (ids are never reused, even after DROP COLUMN).
+    pub fn next_column_id(&self) -> u32 {
+        let all = self.columns.iter().chain(self.history.iter().flat_map(|h| h.columns.iter()));
+        all.map(|c| c.column_id).max().unwrap_or(0) + 1
+    }
+
+    /// Projects values written under the columns `from` onto the current schema (storage.md §9
+    /// step 5): columns are matched by id, so renamed columns keep their data, dropped ones
+    /// disappear, added ones read their literal DEFAULT (or NULL), and INT values widened to
+    /// BIGINT are converted.
+    pub fn project(&self, from: &[ColumnDefinition], values: Vec<Value>) -> Vec<Value> {
+        let mut values: Vec<Option<Value>> = values.into_iter().map(Some).collect();
+        self.columns
+            .iter()
+            .map(|col| match from.iter().position(|c| c.column_id == col.column_id) {
+                Some(i) => widen(values.get_mut(i).and_then(Option::take).unwrap_or(Value::Null), col.data_type),
+                None => added_column_value(col),
+            })
+            .collect()
+    }
+}
+
+/// What rows written before `col` was added read for it: its literal DEFAULT, or NULL.
+pub fn added_column_value(col: &ColumnDefinition) -> Value {
+    let value = col.default.as_ref().map(|d| d.literal_value(col.data_type, &col.name));
+    value.and_then(|v| v.ok().flatten()).unwrap_or(Value::Null)
+}
+
+fn widen(v: Value, ty: KalamType) -> Value {
+    match (v, ty) {
+        (Value::Int(i), KalamType::BigInt) => Value::BigInt(i64::from(i)),
+        (v, _) => v,
+    }
+}
+
+impl ColumnDefault {
+    /// The value of a literal DEFAULT; `Ok(None)` for DEFAULT functions.
+    pub fn literal_value(&self, ty: KalamType, column: &str) -> Result<Option<Value>, KalamError> {
+        let ColumnDefault::Literal(json) = self else { return Ok(None) };
+        let parsed = serde_json::from_str::<serde_json::Value>(json).map_err(|e| {
+            KalamError::new(ErrorCode::InternalError, format!("stored DEFAULT of column '{column}': {e}"))
+        })?;
+        let lit = match parsed {
+            serde_json::Value::Null => Literal::Null,
+            serde_json::Value::Bool(b) => Literal::Boolean(b),
+            serde_json::Value::Number(n) => Literal::Number(n.to_string()),
+            serde_json::Value::String(s) => Literal::String(s),
+            other => Literal::String(other.to_string()),
+        };
+        Value::coerce(&lit, ty, column).map(Some)
     }
 }
 
