@@ -27,6 +27,7 @@ pub struct Engine {
     pub clock: VersionClock,
     pub ids: Arc<IdGenerators>,
     pub streams: crate::stream::StreamBuffers,
+    pub(crate) parquet_footers: crate::read::ParquetMetadataCache,
     pub(crate) flush_index: std::sync::Mutex<FlushIndex>,
     /// When this kalamd started (µs): the time trigger of never-flushed tables counts from it.
     pub started_at_us: i64,
@@ -54,6 +55,7 @@ impl Engine {
             clock: VersionClock::default(),
             ids,
             streams: crate::stream::StreamBuffers::default(),
+            parquet_footers: crate::read::ParquetMetadataCache::default(),
             flush_index,
             started_at_us: crate::clock::wall_clock_us(),
             uptime_origin_ms,

@@ -55,13 +55,12 @@ impl EngineError {
 fn datafusion_to_client(e: &datafusion::error::DataFusionError) -> KalamError {
     use datafusion::error::DataFusionError as D;
     match e.find_root() {
-        D::SchemaError(inner, _) => {
-            let code = match inner.as_ref() {
-                datafusion::common::SchemaError::FieldNotFound { .. } => ErrorCode::ColumnNotFound,
-                _ => ErrorCode::InvalidSql,
-            };
-            KalamError::new(code, inner.to_string())
-        }
+        D::SchemaError(inner, _) => match inner.as_ref() {
+            datafusion::common::SchemaError::FieldNotFound { field, .. } => {
+                KalamError::new(ErrorCode::ColumnNotFound, format!("column \"{}\" does not exist", field.name))
+            }
+            other => KalamError::new(ErrorCode::InvalidSql, other.to_string()),
+        },
         D::Plan(msg) => KalamError::new(ErrorCode::InvalidSql, msg.clone()),
         D::SQL(err, _) => KalamError::new(ErrorCode::InvalidSql, err.to_string()),
         D::NotImplemented(msg) => KalamError::new(ErrorCode::UnsupportedStatement, msg.clone()),

@@ -1,10 +1,11 @@
 //! The merged read of one partition (storage.md §9): Parquet files from the manifest plus the
 //! RocksDB buffer, one version per primary key (greatest `_updated`, the buffer winning ties).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder, RowSelection};
 use kalam_types::arrow::{COLUMN_ID_KEY, value_at};
 use kalam_types::codec;
 use kalam_types::ids::UserId;
@@ -109,7 +110,7 @@ pub fn any_visible_null(engine: &Engine, def: &TableDefinition, idx: usize) -> R
 }
 
 /// The newest version of every key in the given flushed files, keyed by primary-key bytes.
-pub fn read_cold(
+fn read_cold(
     engine: &Engine,
     def: &TableDefinition,
     entries: &[ManifestEntry],
@@ -130,47 +131,175 @@ pub fn read_cold(
     Ok(merged)
 }
 
+fn parquet_error(path: &std::path::Path, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Parquet(format!("{}: {e}", path.display()))
+}
+
 /// Reads one flushed file, projecting its columns onto the current definition by column id
 /// (field metadata), so files written before an ALTER TABLE read through the current schema.
 fn read_parquet(engine: &Engine, def: &TableDefinition, entry: &ManifestEntry) -> Result<Vec<MergedRow>, EngineError> {
     let path = engine.storage_base().join(&entry.path);
-    let file = File::open(&path).map_err(|e| EngineError::Parquet(format!("{}: {e}", path.display())))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| EngineError::Parquet(format!("{}: {e}", path.display())))?;
+    let metadata = engine.parquet_metadata(&path)?;
+    let file = File::open(&path).map_err(|e| parquet_error(&path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
+        .build()
+        .map_err(|e| parquet_error(&path, e))?;
     let mut rows = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| EngineError::Parquet(format!("{}: {e}", path.display())))?;
-        let schema = batch.schema();
-        let col_of = |name: &str| schema.index_of(name).ok().map(|i| batch.column(i).clone());
-        let by_id = |id: u32| {
-            let id = id.to_string();
-            let field = schema.fields().iter().position(|f| f.metadata().get(COLUMN_ID_KEY) == Some(&id));
-            field.map(|i| batch.column(i).clone())
-        };
-        let columns: Vec<_> = def.columns.iter().map(|c| by_id(c.column_id)).collect();
-        let (Some(updated), Some(deleted)) = (col_of(UPDATED_COLUMN), col_of(DELETED_COLUMN)) else {
-            return Err(EngineError::Parquet(format!("{}: system columns missing", path.display())));
-        };
-        for r in 0..batch.num_rows() {
-            let values = def
-                .columns
-                .iter()
-                .zip(&columns)
-                .map(|(c, arr)| match arr {
-                    Some(a) => cold_value(a.as_ref(), r, c),
-                    None => added_column_value(c),
-                })
-                .collect();
-            let updated_us = match value_at(updated.as_ref(), r, KalamType::Timestamp) {
-                Some(Value::Timestamp(t)) => t,
-                _ => 0,
-            };
-            let deleted = matches!(value_at(deleted.as_ref(), r, KalamType::Boolean), Some(Value::Boolean(true)));
-            rows.push(MergedRow { values, updated_us, deleted, buffered: false });
-        }
+        batch_rows(def, &batch.map_err(|e| parquet_error(&path, e))?, &path, &mut rows)?;
     }
     Ok(rows)
+}
+
+/// Reads only the rows of one flushed file whose primary key is in `wanted`: a first pass
+/// decodes the key column alone, a second reads the matching rows.
+fn lookup_parquet(
+    engine: &Engine,
+    def: &TableDefinition,
+    entry: &ManifestEntry,
+    wanted: &HashSet<Vec<u8>>,
+) -> Result<Vec<MergedRow>, EngineError> {
+    let path = engine.storage_base().join(&entry.path);
+    let pk_col = &def.columns[def.primary_key_index()];
+    let metadata = engine.parquet_metadata(&path)?;
+    let open = || {
+        let file = File::open(&path).map_err(|e| parquet_error(&path, e))?;
+        Ok::<_, EngineError>(ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone()))
+    };
+    let builder = open()?;
+    let id = pk_col.column_id.to_string();
+    let Some(leaf) = builder.schema().fields().iter().position(|f| f.metadata().get(COLUMN_ID_KEY) == Some(&id)) else {
+        // A file without the key column cannot be matched by key: read it whole.
+        return read_parquet(engine, def, entry);
+    };
+    let mask = ProjectionMask::leaves(builder.parquet_schema(), [leaf]);
+    let mut selected: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut offset = 0;
+    for batch in builder.with_projection(mask).build().map_err(|e| parquet_error(&path, e))? {
+        let batch = batch.map_err(|e| parquet_error(&path, e))?;
+        let keys = batch.column(0);
+        for r in 0..batch.num_rows() {
+            let value = cold_value(keys.as_ref(), r, pk_col);
+            if codec::encode_pk(&value).is_some_and(|pk| wanted.contains(&pk)) {
+                selected.push(offset + r..offset + r + 1);
+            }
+        }
+        offset += batch.num_rows();
+    }
+    if selected.is_empty() {
+        return Ok(Vec::new());
+    }
+    let selection = RowSelection::from_consecutive_ranges(selected.into_iter(), offset);
+    let reader = open()?.with_row_selection(selection).build().map_err(|e| parquet_error(&path, e))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        batch_rows(def, &batch.map_err(|e| parquet_error(&path, e))?, &path, &mut rows)?;
+    }
+    Ok(rows)
+}
+
+/// Converts one batch of a flushed file into rows of the current schema.
+fn batch_rows(
+    def: &TableDefinition,
+    batch: &datafusion::arrow::record_batch::RecordBatch,
+    path: &std::path::Path,
+    rows: &mut Vec<MergedRow>,
+) -> Result<(), EngineError> {
+    let schema = batch.schema();
+    let col_of = |name: &str| schema.index_of(name).ok().map(|i| batch.column(i).clone());
+    let by_id = |id: u32| {
+        let id = id.to_string();
+        let field = schema.fields().iter().position(|f| f.metadata().get(COLUMN_ID_KEY) == Some(&id));
+        field.map(|i| batch.column(i).clone())
+    };
+    let columns: Vec<_> = def.columns.iter().map(|c| by_id(c.column_id)).collect();
+    let (Some(updated), Some(deleted)) = (col_of(UPDATED_COLUMN), col_of(DELETED_COLUMN)) else {
+        return Err(EngineError::Parquet(format!("{}: system columns missing", path.display())));
+    };
+    for r in 0..batch.num_rows() {
+        let values = def
+            .columns
+            .iter()
+            .zip(&columns)
+            .map(|(c, arr)| match arr {
+                Some(a) => cold_value(a.as_ref(), r, c),
+                None => added_column_value(c),
+            })
+            .collect();
+        let updated_us = match value_at(updated.as_ref(), r, KalamType::Timestamp) {
+            Some(Value::Timestamp(t)) => t,
+            _ => 0,
+        };
+        let deleted = matches!(value_at(deleted.as_ref(), r, KalamType::Boolean), Some(Value::Boolean(true)));
+        rows.push(MergedRow { values, updated_us, deleted, buffered: false });
+    }
+    Ok(())
+}
+
+/// The newest version of each of `pks` in the given flushed files (only files whose key range
+/// may hold a wanted key are opened, and only matching rows are decoded).
+pub fn lookup_cold(
+    engine: &Engine,
+    def: &TableDefinition,
+    entries: &[ManifestEntry],
+    pks: &[Vec<u8>],
+) -> Result<BTreeMap<Vec<u8>, MergedRow>, EngineError> {
+    let mut merged: BTreeMap<Vec<u8>, MergedRow> = BTreeMap::new();
+    let pk_idx = def.primary_key_index();
+    for entry in entries {
+        let wanted: HashSet<Vec<u8>> = pks.iter().filter(|pk| entry.may_contain(pk)).cloned().collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        for row in lookup_parquet(engine, def, entry, &wanted)? {
+            let Some(pk) = codec::encode_pk(&row.values[pk_idx]) else { continue };
+            match merged.get(&pk) {
+                Some(existing) if existing.updated_us >= row.updated_us => {}
+                _ => {
+                    merged.insert(pk, row);
+                }
+            }
+        }
+    }
+    Ok(merged)
+}
+
+/// The merged newest version of each of `pks` in one partition (buffer and files), without
+/// reading the rest of the partition: the point-lookup path of primary-key SELECTs.
+pub fn lookup_keys(
+    engine: &Engine,
+    def: &TableDefinition,
+    user: Option<&UserId>,
+    pks: &[Vec<u8>],
+) -> Result<BTreeMap<Vec<u8>, MergedRow>, EngineError> {
+    let user = if def.table_type == TableType::Shared { None } else { user };
+    let cf_name = table_cf_name(def);
+    let decoder = codec::RowDecoder::new(def);
+    // Buffer before manifest, as in `read_partition`.
+    let mut hot = BTreeMap::new();
+    for pk in pks {
+        let key = match user {
+            Some(u) => codec::user_row_key(u, pk),
+            None => pk.clone(),
+        };
+        if let Some(bytes) = engine.store.get(&cf_name, &key)? {
+            let row = decoder.decode(&bytes).map_err(|e| EngineError::corrupt("table", e))?;
+            hot.insert(
+                pk.clone(),
+                MergedRow { values: row.values, updated_us: row.updated_us, deleted: row.deleted, buffered: true },
+            );
+        }
+    }
+    let mut merged = lookup_cold(engine, def, &manifest_entries(engine, def, user)?, pks)?;
+    for (pk, row) in hot {
+        match merged.get(&pk) {
+            Some(existing) if existing.updated_us > row.updated_us => {}
+            _ => {
+                merged.insert(pk, row);
+            }
+        }
+    }
+    Ok(merged)
 }
 
 /// A cell of a flushed file as a value of the column's current type (INT files widen to BIGINT).
@@ -182,4 +311,32 @@ fn cold_value(array: &dyn datafusion::arrow::array::Array, row: usize, col: &Col
         };
     }
     value_at(array, row, col.data_type).unwrap_or(Value::Null)
+}
+
+/// Parsed footers of flushed files, which never change once written: point lookups open the
+/// same files again and again. Bounded; emptied when full.
+#[derive(Default)]
+pub struct ParquetMetadataCache {
+    entries: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, ArrowReaderMetadata>>,
+}
+
+/// Most cached footers.
+const MAX_CACHED_FOOTERS: usize = 4096;
+
+impl Engine {
+    /// The parsed footer of a flushed file (cached).
+    pub fn parquet_metadata(&self, path: &std::path::Path) -> Result<ArrowReaderMetadata, EngineError> {
+        let cache = &self.parquet_footers.entries;
+        if let Some(m) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+            return Ok(m.clone());
+        }
+        let file = File::open(path).map_err(|e| parquet_error(path, e))?;
+        let metadata = ArrowReaderMetadata::load(&file, Default::default()).map_err(|e| parquet_error(path, e))?;
+        let mut entries = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_CACHED_FOOTERS {
+            entries.clear();
+        }
+        entries.insert(path.to_path_buf(), metadata.clone());
+        Ok(metadata)
+    }
 }

@@ -9,7 +9,6 @@ use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::Schema;
 use datafusion::common::DFSchema;
-use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{Expr, Insert, SetExpr, Statement, TableObject};
 use kalam_types::KalamType;
 use kalam_types::arrow::{arrow_type, value_at};
@@ -23,46 +22,39 @@ use kalam_types::value::Value;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::rowjson::full_row_json;
+use crate::sql::eval::ExprEvaluator;
 use crate::sql::parse::{TableRef, ident_name, literal};
 use crate::store::{counter_key, table_cf_name};
 
-/// Executes an INSERT as `user`; returns the number of rows written and the table.
-pub fn insert(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<(u64, Arc<TableDefinition>), EngineError> {
+/// The SELECT of an `INSERT … SELECT`, if that is the statement's source.
+pub fn select_source(stmt: &Statement) -> Option<Statement> {
+    let Statement::Insert(ins) = stmt else { return None };
+    let source = ins.source.as_ref()?;
+    (!matches!(source.body.as_ref(), SetExpr::Values(_))).then(|| Statement::Query(source.clone()))
+}
+
+/// Executes an INSERT as `user`; returns the number of rows written and the table. `selected`
+/// holds the rows of an `INSERT … SELECT` source, already computed.
+pub fn insert(
+    engine: &Engine,
+    stmt: &Statement,
+    user: &UserId,
+    selected: Option<Vec<RecordBatch>>,
+) -> Result<(u64, Arc<TableDefinition>), EngineError> {
     let Statement::Insert(ins) = stmt else {
         return Err(EngineError::internal("insert() called with another statement"));
     };
     let (def, user) = target_table(engine, ins, user)?;
     let user = &user;
     let positions = column_positions(&def, ins)?;
-    let rows = value_rows(ins)?;
-    let mut evaluator: Option<ConstEvaluator> = None;
     // NOW() is the same for every row of one statement.
     let statement_time = crate::clock::wall_clock_us();
-    let mut built = Vec::with_capacity(rows.len());
-    for exprs in rows {
-        if exprs.len() != positions.len() {
-            return Err(EngineError::user(
-                ErrorCode::InvalidSql,
-                format!("INSERT has {} values but {} columns", exprs.len(), positions.len()),
-            ));
-        }
-        let mut values = vec![Value::Null; def.columns.len()];
-        let mut given = vec![false; def.columns.len()];
-        for (expr, &idx) in exprs.iter().zip(&positions) {
-            let col = &def.columns[idx];
-            values[idx] = match literal(expr) {
-                Ok(lit) => Value::coerce(&lit, col.data_type, &col.name)?,
-                // Not a plain literal: evaluate it (DataFusion rejects column references).
-                Err(_) => {
-                    if evaluator.is_none() {
-                        evaluator = Some(ConstEvaluator::new(engine, user)?);
-                    }
-                    let eval = evaluator.as_ref().ok_or_else(|| EngineError::internal("evaluator"))?;
-                    eval.value(expr, col.data_type, &col.name)?
-                }
-            };
-            given[idx] = true;
-        }
+    let given_rows = match selected {
+        Some(batches) => selected_rows(&def, &positions, &batches)?,
+        None => literal_rows(engine, &def, &positions, ins, user, statement_time)?,
+    };
+    let mut built = Vec::with_capacity(given_rows.len());
+    for (mut values, given) in given_rows {
         for (idx, col) in def.columns.iter().enumerate() {
             if !given[idx]
                 && let Some(default) = &col.default
@@ -141,41 +133,110 @@ fn column_positions(def: &TableDefinition, ins: &Insert) -> Result<Vec<usize>, E
         .collect()
 }
 
-fn value_rows(ins: &Insert) -> Result<Vec<&[Expr]>, EngineError> {
+/// A row under construction: values in table order and which columns the statement gave.
+type GivenRow = (Vec<Value>, Vec<bool>);
+
+fn wrong_arity(got: usize, columns: usize) -> EngineError {
+    EngineError::user(ErrorCode::InvalidSql, format!("INSERT has {got} values but {columns} columns"))
+}
+
+/// The rows of a VALUES list: literals are coerced directly, other expressions evaluated.
+fn literal_rows(
+    engine: &Engine,
+    def: &TableDefinition,
+    positions: &[usize],
+    ins: &Insert,
+    user: &UserId,
+    statement_time: i64,
+) -> Result<Vec<GivenRow>, EngineError> {
     let source = ins.source.as_ref().ok_or_else(|| EngineError::user(ErrorCode::InvalidSql, "INSERT needs VALUES"))?;
     let SetExpr::Values(values) = source.body.as_ref() else {
-        return Err(EngineError::user(ErrorCode::UnsupportedStatement, "INSERT ... SELECT is not supported yet"));
+        return Err(EngineError::internal("INSERT ... SELECT reached the VALUES path"));
     };
-    Ok(values.rows.iter().map(|row| row.as_slice()).collect())
+    let mut evaluator: Option<ConstEvaluator> = None;
+    let mut rows = Vec::with_capacity(values.rows.len());
+    for exprs in &values.rows {
+        if exprs.len() != positions.len() {
+            return Err(wrong_arity(exprs.len(), positions.len()));
+        }
+        let mut row = vec![Value::Null; def.columns.len()];
+        let mut given = vec![false; def.columns.len()];
+        for (expr, &idx) in exprs.iter().zip(positions) {
+            let col = &def.columns[idx];
+            row[idx] = match literal(expr) {
+                Ok(lit) => Value::coerce(&lit, col.data_type, &col.name)?,
+                // Not a plain literal: evaluate it (DataFusion rejects column references).
+                Err(_) => {
+                    if evaluator.is_none() {
+                        evaluator = Some(ConstEvaluator::new(engine, user, statement_time)?);
+                    }
+                    let eval = evaluator.as_ref().ok_or_else(|| EngineError::internal("evaluator"))?;
+                    eval.value(expr, col.data_type, &col.name)?
+                }
+            };
+            given[idx] = true;
+        }
+        rows.push((row, given));
+    }
+    Ok(rows)
+}
+
+/// The rows of an `INSERT … SELECT`: each result column is cast (strictly) to its target
+/// column's type and validated.
+fn selected_rows(
+    def: &TableDefinition,
+    positions: &[usize],
+    batches: &[RecordBatch],
+) -> Result<Vec<GivenRow>, EngineError> {
+    let strict = CastOptions { safe: false, ..Default::default() };
+    let mut rows = Vec::new();
+    for batch in batches {
+        if batch.num_columns() != positions.len() {
+            return Err(wrong_arity(batch.num_columns(), positions.len()));
+        }
+        let mut columns = Vec::with_capacity(positions.len());
+        for (array, &idx) in batch.columns().iter().zip(positions) {
+            let col = &def.columns[idx];
+            let cast = cast_with_options(array, &arrow_type(col.data_type), &strict).map_err(|e| {
+                EngineError::User(KalamError::new(ErrorCode::TypeError, format!("column '{}': {e}", col.name)))
+            })?;
+            columns.push((idx, col, cast));
+        }
+        for r in 0..batch.num_rows() {
+            let mut row = vec![Value::Null; def.columns.len()];
+            let mut given = vec![false; def.columns.len()];
+            for (idx, col, array) in &columns {
+                let v = value_at(array.as_ref(), r, col.data_type).unwrap_or(Value::Null);
+                row[*idx] = v.validate(col.data_type, &col.name)?;
+                given[*idx] = true;
+            }
+            rows.push((row, given));
+        }
+    }
+    Ok(rows)
 }
 
 /// Evaluates row-independent expressions of a VALUES list (`upper('x')`, `NOW()`,
 /// `SNOWFLAKE_ID()`, `1 + 2`, ...) with DataFusion, as the acting user.
 struct ConstEvaluator {
-    ctx: SessionContext,
+    eval: ExprEvaluator,
     schema: DFSchema,
     one_row: RecordBatch,
 }
 
 impl ConstEvaluator {
-    fn new(engine: &Engine, user: &UserId) -> Result<Self, EngineError> {
-        let ctx = SessionContext::new();
-        for f in crate::sql::udf::functions(&engine.ids, user.as_str()) {
-            ctx.register_udf(f);
-        }
+    fn new(engine: &Engine, user: &UserId, statement_time: i64) -> Result<Self, EngineError> {
         let one_row = RecordBatch::try_new_with_options(
             Arc::new(Schema::empty()),
             vec![],
             &RecordBatchOptions::new().with_row_count(Some(1)),
         )
         .map_err(EngineError::internal)?;
-        Ok(Self { ctx, schema: DFSchema::empty(), one_row })
+        Ok(Self { eval: ExprEvaluator::new(engine, user, statement_time), schema: DFSchema::empty(), one_row })
     }
 
     fn value(&self, expr: &Expr, ty: KalamType, column: &str) -> Result<Value, EngineError> {
-        let logical = self.ctx.parse_sql_expr(&expr.to_string(), &self.schema)?;
-        let physical = self.ctx.create_physical_expr(logical, &self.schema)?;
-        let array = physical.evaluate(&self.one_row)?.into_array(1)?;
+        let array = self.eval.evaluate(&self.schema, &self.one_row, expr)?;
         let strict = CastOptions { safe: false, ..Default::default() };
         let cast = cast_with_options(&array, &arrow_type(ty), &strict)
             .map_err(|e| EngineError::User(KalamError::new(ErrorCode::TypeError, format!("column '{column}': {e}"))))?;
@@ -201,11 +262,8 @@ fn write_inserts(
     let mut guard = engine.store.begin();
     // Keys of flushed rows count too. Only files whose key range covers a new key are read.
     let new_pks: Vec<Vec<u8>> = rows.iter().filter_map(|v| codec::encode_pk(&v[pk_idx])).collect();
-    let candidates: Vec<_> = crate::read::manifest_entries(engine, def, partition_user)?
-        .into_iter()
-        .filter(|e| new_pks.iter().any(|pk| e.may_contain(pk)))
-        .collect();
-    let cold = crate::read::read_cold(engine, def, &candidates)?;
+    let entries = crate::read::manifest_entries(engine, def, partition_user)?;
+    let cold = crate::read::lookup_cold(engine, def, &entries, &new_pks)?;
     let cf = engine.store.cf(&cf_name)?;
     let mut keys_in_statement = HashSet::new();
     let mut new_keys = 0i64;

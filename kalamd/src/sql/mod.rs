@@ -3,6 +3,8 @@
 
 pub mod ddl;
 pub mod dml;
+pub mod eval;
+pub mod fast;
 pub mod introspect;
 pub mod mutate;
 pub mod params;
@@ -128,7 +130,15 @@ async fn execute_statement(
     }
     match stmt {
         KalamStatement::Query(stmt) => {
-            let out = query::run_query(engine, &stmt, user).await?;
+            let out = match fast::plan(engine, &stmt, user) {
+                Some(point) => {
+                    let engine = engine.clone();
+                    tokio::task::spawn_blocking(move || point.execute(&engine))
+                        .await
+                        .map_err(EngineError::internal)??
+                }
+                None => query::run_query(engine, &stmt, user).await?,
+            };
             let n = out.rows.len() as u64;
             Ok(StatementResult { columns: out.columns, rows: Some(out.rows), row_count: n, message: None })
         }
@@ -161,15 +171,29 @@ async fn execute_statement(
         // Writes wait for the commit lock and do blocking RocksDB and file I/O: keep them off
         // the async workers so a long commit never stalls health checks or other requests.
         other => {
+            // The SELECT of an INSERT … SELECT runs here, on the async side, before the write.
+            let selected = match &other {
+                KalamStatement::Insert(stmt) => match dml::select_source(stmt) {
+                    Some(query) => Some(query::collect(engine, &query, user).await?.1),
+                    None => None,
+                },
+                _ => None,
+            };
             let (engine, user) = (engine.clone(), user.clone());
-            tokio::task::spawn_blocking(move || execute_write(&engine, other, &user))
+            tokio::task::spawn_blocking(move || execute_write(&engine, other, &user, selected))
                 .await
                 .map_err(EngineError::internal)?
         }
     }
 }
 
-fn execute_write(engine: &Arc<Engine>, stmt: KalamStatement, user: &UserId) -> Result<StatementResult, EngineError> {
+/// `selected` is the computed source of an `INSERT … SELECT`.
+fn execute_write(
+    engine: &Arc<Engine>,
+    stmt: KalamStatement,
+    user: &UserId,
+    selected: Option<Vec<datafusion::arrow::array::RecordBatch>>,
+) -> Result<StatementResult, EngineError> {
     match stmt {
         KalamStatement::CreateNamespace { name, if_not_exists } => {
             if engine.catalog.create_namespace(&name, wall_clock_us())? {
@@ -205,7 +229,7 @@ fn execute_write(engine: &Arc<Engine>, stmt: KalamStatement, user: &UserId) -> R
             })
         }
         KalamStatement::Insert(stmt) => {
-            let (n, def) = dml::insert(engine, &stmt, user)?;
+            let (n, def) = dml::insert(engine, &stmt, user, selected)?;
             engine.maybe_trigger_flush(&def);
             Ok(StatementResult::message(n, format!("Inserted {n} row(s)")))
         }

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
+use crate::sql::eval::ExprEvaluator;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::common::DFSchema;
-use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
     AssignmentTarget, Delete, Expr, FromTable, ObjectName, Statement, TableFactor, TableWithJoins, Update,
 };
@@ -118,18 +118,6 @@ enum Change<'a> {
     Delete,
 }
 
-/// Evaluates a SQL expression over `batch` (columns of `def`, then `_updated`, `_deleted`).
-fn evaluate(
-    ctx: &SessionContext,
-    schema: &DFSchema,
-    batch: &RecordBatch,
-    expr: &Expr,
-) -> Result<ArrayRef, EngineError> {
-    let logical = ctx.parse_sql_expr(&expr.to_string(), schema)?;
-    let physical = ctx.create_physical_expr(logical, schema)?;
-    Ok(physical.evaluate(batch)?.into_array(batch.num_rows())?)
-}
-
 fn type_error(e: impl std::fmt::Display) -> EngineError {
     EngineError::User(KalamError::new(ErrorCode::TypeError, e.to_string()))
 }
@@ -161,12 +149,12 @@ fn apply(
     arrays.push(build_array(KalamType::Boolean, deleted.iter()));
     let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(EngineError::internal)?;
     let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-    let ctx = SessionContext::new();
+    let eval = ExprEvaluator::new(engine, user, crate::clock::wall_clock_us());
 
     let matched: Vec<usize> = match selection {
         None => (0..rows.len()).collect(),
         Some(pred) => {
-            let mask = evaluate(&ctx, &df_schema, &batch, pred)?;
+            let mask = eval.evaluate(&df_schema, &batch, pred)?;
             let mask = mask
                 .as_any()
                 .downcast_ref::<BooleanArray>()
@@ -184,7 +172,7 @@ fn apply(
         let strict = CastOptions { safe: false, ..Default::default() };
         for (col_idx, expr) in sets.iter() {
             let col = &def.columns[*col_idx];
-            let computed = evaluate(&ctx, &df_schema, &batch, expr)?;
+            let computed = eval.evaluate(&df_schema, &batch, expr)?;
             let cast = cast_with_options(&computed, &arrow_type(col.data_type), &strict).map_err(type_error)?;
             for (slot, &row) in new_values.iter_mut().zip(&matched) {
                 let v = value_at(cast.as_ref(), row, col.data_type).unwrap_or(Value::Null);

@@ -38,12 +38,20 @@ pub enum KalamStatement {
     Query(Box<Statement>),
 }
 
+/// sqlparser's error in the PostgreSQL form of the catalogue: `syntax error at or near "<token>"`
+/// (`syntax error at end of input` when the statement stops early).
 pub(super) fn invalid_sql(e: ParserError) -> KalamError {
     let msg = match e {
         ParserError::ParserError(m) | ParserError::TokenizerError(m) => m,
         ParserError::RecursionLimitExceeded => "statement nested too deeply".to_owned(),
     };
-    KalamError::new(ErrorCode::InvalidSql, msg)
+    let found = msg.split_once("found: ").map(|(_, rest)| rest.split(" at Line:").next().unwrap_or(rest).trim());
+    let text = match found {
+        Some("EOF") => "syntax error at end of input".to_owned(),
+        Some(token) => format!("syntax error at or near \"{token}\""),
+        None => msg,
+    };
+    KalamError::new(ErrorCode::InvalidSql, text)
 }
 
 /// Folds an identifier: unquoted names are lower-cased, quoted ones keep their case.
@@ -123,11 +131,11 @@ pub(super) fn expect_end(p: &mut Parser<'_>) -> Result<(), KalamError> {
 
 /// The PostgreSQL-style syntax error for an unexpected token.
 pub(super) fn syntax_error(token: &Token) -> KalamError {
-    let near = match token {
-        Token::EOF => "end of input".to_owned(),
-        other => other.to_string(),
+    let text = match token {
+        Token::EOF => "syntax error at end of input".to_owned(),
+        other => format!("syntax error at or near \"{other}\""),
     };
-    KalamError::new(ErrorCode::InvalidSql, format!("syntax error at or near \"{near}\""))
+    KalamError::new(ErrorCode::InvalidSql, text)
 }
 
 /// Tokenizes `sql`, accepting KalamDB's `CURRENT_USER()` spelling (the PostgreSQL grammar

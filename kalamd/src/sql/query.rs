@@ -5,15 +5,19 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::{
+    DataType, DurationNanosecondType, Field, IntervalMonthDayNanoType, IntervalUnit, TimeUnit,
+};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::{MemoryCatalogProvider, MemorySchemaProvider};
 use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{
-    Expr, Query, SetExpr, Statement, TableFactor, Visit, visit_expressions, visit_relations,
+    Expr, Ident, Query, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, Visit, VisitMut,
+    Visitor, VisitorMut, WildcardAdditionalOptions, visit_expressions, visit_relations,
 };
 
 use kalam_types::ids::UserId;
@@ -26,7 +30,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::provider::KalamTableProvider;
 use crate::rowjson::OrderedRow;
-use crate::sql::parse::{DEFAULT_NAMESPACE, TableRef};
+use crate::sql::parse::{DEFAULT_NAMESPACE, TableRef, ident_name};
 use crate::sql::system;
 
 /// Rows of a query, ready for the envelope.
@@ -37,12 +41,29 @@ pub struct QueryOutput {
 }
 
 pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) -> Result<QueryOutput, EngineError> {
+    let (names, batches) = collect(engine, stmt, user).await?;
+    encode_batches(names, &batches)
+}
+
+/// Plans and runs a query; returns its column names and result batches.
+pub async fn collect(
+    engine: &Arc<Engine>,
+    stmt: &Statement,
+    user: &UserId,
+) -> Result<(Vec<String>, Vec<RecordBatch>), EngineError> {
     let mut relations = BTreeSet::new();
     let _ = visit_relations(stmt, |name| {
         relations.insert(name.clone());
         ControlFlow::<()>::Continue(())
     });
     let names_system_columns = mentions_column(stmt, &[UPDATED_COLUMN, DELETED_COLUMN]);
+    let mut stmt = stmt.clone();
+    if names_system_columns {
+        // The providers then expose `_updated`/`_deleted`; `*` must still mean user columns.
+        let _ = VisitMut::visit(&mut stmt, &mut WildcardExpander { engine });
+    }
+    let stmt = &stmt;
+    let ctes = cte_names(stmt);
 
     let config = SessionConfig::new().with_default_catalog_and_schema("datafusion", DEFAULT_NAMESPACE);
     let ctx = SessionContext::new_with_config(config);
@@ -61,8 +82,7 @@ pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) ->
             ctx.register_table(reference, Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))?;
             continue;
         }
-        if engine.catalog.table(&ns, &table).is_none() && !qualified {
-            // An unqualified name may be a CTE; DataFusion reports it if it is not.
+        if !qualified && ctes.contains(&table) {
             continue;
         }
         let (def, partition_user) = crate::sql::resolve_table(engine, &table_ref, user)?;
@@ -88,8 +108,83 @@ pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) ->
     }
     let plan =
         ctx.state().statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone()))).await?;
-    let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
-    encode_batches(&batches)
+    let frame = ctx.execute_logical_plan(plan).await?;
+    let names: Vec<String> = frame.schema().fields().iter().map(|f| f.name().clone()).collect();
+    Ok((names, frame.collect().await?))
+}
+
+/// Names of the common table expressions anywhere in the statement (unqualified references to
+/// them are not tables).
+fn cte_names(stmt: &Statement) -> BTreeSet<String> {
+    struct Ctes(BTreeSet<String>);
+    impl Visitor for Ctes {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            if let Some(with) = &q.with {
+                self.0.extend(with.cte_tables.iter().map(|c| ident_name(&c.alias.name)));
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut ctes = Ctes(BTreeSet::new());
+    let _ = stmt.visit(&mut ctes);
+    ctes.0
+}
+
+/// Rewrites `*` (and `t.*`) over a single USER/SHARED table into its user columns, so a
+/// statement that also names `_updated`/`_deleted` does not get them twice (sql.md §3).
+struct WildcardExpander<'a> {
+    engine: &'a Engine,
+}
+
+impl VisitorMut for WildcardExpander<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
+        let SetExpr::Select(select) = q.body.as_mut() else { return ControlFlow::Continue(()) };
+        let [from] = select.from.as_slice() else { return ControlFlow::Continue(()) };
+        let TableFactor::Table { name, alias, .. } = &from.relation else { return ControlFlow::Continue(()) };
+        if !from.joins.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        let Ok(table) = TableRef::parse(name) else { return ControlFlow::Continue(()) };
+        let Some(def) = self.engine.catalog.table(&table.namespace, &table.table) else {
+            return ControlFlow::Continue(());
+        };
+        if def.table_type == kalam_types::schema::TableType::Stream {
+            return ControlFlow::Continue(());
+        }
+        let reference = alias.as_ref().map(|a| ident_name(&a.name)).unwrap_or_else(|| table.table.clone());
+        let plain = |o: &WildcardAdditionalOptions| {
+            o.opt_ilike.is_none()
+                && o.opt_exclude.is_none()
+                && o.opt_except.is_none()
+                && o.opt_replace.is_none()
+                && o.opt_rename.is_none()
+                && o.opt_alias.is_none()
+        };
+        let mut projection = Vec::with_capacity(select.projection.len());
+        for item in std::mem::take(&mut select.projection) {
+            let expand = match &item {
+                SelectItem::Wildcard(o) => plain(o),
+                SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), o) => {
+                    plain(o) && n.0.last().and_then(|p| p.as_ident()).is_some_and(|i| ident_name(i) == reference)
+                }
+                _ => false,
+            };
+            if expand {
+                projection.extend(
+                    def.columns
+                        .iter()
+                        .map(|c| SelectItem::UnnamedExpr(Expr::Identifier(Ident::with_quote('"', &c.name)))),
+                );
+            } else {
+                projection.push(item);
+            }
+        }
+        select.projection = projection;
+        ControlFlow::Continue(())
+    }
 }
 
 /// Makes sure `catalog.schema` exists in the session (creating the catalog too).
@@ -154,12 +249,10 @@ fn where_names_deleted(stmt: &Statement) -> bool {
     }
 }
 
-/// Encodes result batches per sql.md §2.3; duplicate column names get `_2`, `_3`, ... .
-pub fn encode_batches(batches: &[RecordBatch]) -> Result<QueryOutput, EngineError> {
-    let Some(first) = batches.first() else { return Ok(QueryOutput::default()) };
-    let mut columns: Vec<String> = Vec::new();
-    for field in first.schema().fields() {
-        let base = field.name().clone();
+/// Result column names: duplicates get `_2`, `_3`, ... .
+pub fn unique_names(names: Vec<String>) -> Vec<String> {
+    let mut columns: Vec<String> = Vec::with_capacity(names.len());
+    for base in names {
         let mut name = base.clone();
         let mut n = 2;
         while columns.contains(&name) {
@@ -168,6 +261,12 @@ pub fn encode_batches(batches: &[RecordBatch]) -> Result<QueryOutput, EngineErro
         }
         columns.push(name);
     }
+    columns
+}
+
+/// Encodes result batches (columns `names`, also when there are no rows) per sql.md §2.3.
+pub fn encode_batches(names: Vec<String>, batches: &[RecordBatch]) -> Result<QueryOutput, EngineError> {
+    let columns = unique_names(names);
     let mut rows = Vec::new();
     for batch in batches {
         for r in 0..batch.num_rows() {
@@ -228,6 +327,42 @@ fn cell_json(array: &ArrayRef, row: usize) -> Result<Json, EngineError> {
             let a = cast_to(&DataType::Time64(TimeUnit::Microsecond))?;
             as_type_of(&a, KalamType::Time)
         }
+        DataType::Interval(_) => {
+            let a = cast_to(&DataType::Interval(IntervalUnit::MonthDayNano))?;
+            let v = a.as_primitive::<IntervalMonthDayNanoType>().value(0);
+            Json::String(iso_duration(v.months, v.days, v.nanoseconds))
+        }
+        DataType::Duration(_) => {
+            let a = cast_to(&DataType::Duration(TimeUnit::Nanosecond))?;
+            Json::String(iso_duration(0, 0, a.as_primitive::<DurationNanosecondType>().value(0)))
+        }
+        DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _) | DataType::ListView(_) => {
+            let a = cast_to(&DataType::List(Arc::new(Field::new_list_field(list_item_type(array.data_type()), true))))?;
+            let values = a.as_list::<i32>().value(0);
+            Json::Array((0..values.len()).map(|i| cell_json(&values, i)).collect::<Result<_, _>>()?)
+        }
+        DataType::Struct(fields) => {
+            let s = array.as_struct();
+            let mut obj = serde_json::Map::new();
+            for (field, column) in fields.iter().zip(s.columns()) {
+                obj.insert(field.name().clone(), cell_json(column, row)?);
+            }
+            Json::Object(obj)
+        }
+        DataType::Map(_, _) => {
+            let m = array.as_map();
+            let entries = m.value(row);
+            let (keys, values) = (entries.column(0), entries.column(1));
+            let mut obj = serde_json::Map::new();
+            for i in 0..entries.len() {
+                let key = match cell_json(keys, i)? {
+                    Json::String(s) => s,
+                    other => other.to_string(),
+                };
+                obj.insert(key, cell_json(values, i)?);
+            }
+            Json::Object(obj)
+        }
         _ => {
             let fmt =
                 ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()).map_err(EngineError::internal)?;
@@ -236,6 +371,67 @@ fn cell_json(array: &ArrayRef, row: usize) -> Result<Json, EngineError> {
     })
 }
 
+/// The element type of a list type.
+fn list_item_type(ty: &DataType) -> DataType {
+    match ty {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) | DataType::ListView(f) => {
+            f.data_type().clone()
+        }
+        other => other.clone(),
+    }
+}
+
+/// ISO-8601 duration text (`P1Y2M3DT4H5M6.5S`; `PT0S` when zero), sql.md §2.3.
+fn iso_duration(months: i32, days: i32, nanos: i64) -> String {
+    let mut out = String::from("P");
+    let (years, months) = (months / 12, months % 12);
+    for (n, unit) in [(years as i64, 'Y'), (months as i64, 'M'), (days as i64, 'D')] {
+        if n != 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    let (hours, rest) = (nanos / 3_600_000_000_000, nanos % 3_600_000_000_000);
+    let (minutes, rest) = (rest / 60_000_000_000, rest % 60_000_000_000);
+    let (seconds, frac) = (rest / 1_000_000_000, rest % 1_000_000_000);
+    if hours != 0 || minutes != 0 || seconds != 0 || frac != 0 || out.len() == 1 {
+        out.push('T');
+        if hours != 0 {
+            out.push_str(&format!("{hours}H"));
+        }
+        if minutes != 0 {
+            out.push_str(&format!("{minutes}M"));
+        }
+        if seconds != 0 || frac != 0 {
+            let sign = if seconds == 0 && frac < 0 { "-" } else { "" };
+            let mut s = format!("{sign}{seconds}");
+            if frac != 0 {
+                let digits = format!("{:09}", frac.unsigned_abs());
+                s.push('.');
+                s.push_str(digits.trim_end_matches('0'));
+            }
+            out.push_str(&s);
+            out.push('S');
+        } else if out.ends_with('T') {
+            out.push_str("0S");
+        }
+    }
+    out
+}
+
 fn as_type_of(array: &ArrayRef, ty: KalamType) -> Json {
     value_at(array.as_ref(), 0, ty).map(|v| v.to_json()).unwrap_or(Json::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_iso_8601() {
+        assert_eq!(iso_duration(0, 0, 5_400_000_000_000), "PT1H30M");
+        assert_eq!(iso_duration(14, 3, 0), "P1Y2M3D");
+        assert_eq!(iso_duration(0, 1, 1_500_000_000), "P1DT1.5S");
+        assert_eq!(iso_duration(0, 0, 0), "PT0S");
+        assert_eq!(iso_duration(0, 0, -30_000_000_000), "PT-30S");
+    }
 }

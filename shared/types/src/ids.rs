@@ -26,11 +26,11 @@ macro_rules! name_type {
         pub struct $ty(String);
 
         impl $ty {
-            /// Folds to lower case and validates.
+            /// Validates a name as written: identifier folding (unquoted names to lower case)
+            /// happens in the parser, so a quoted `"Upper"` stays invalid here.
             pub fn parse(raw: &str) -> Result<Self, KalamError> {
-                let folded = raw.to_ascii_lowercase();
-                if is_valid_name(&folded) {
-                    Ok(Self(folded))
+                if is_valid_name(raw) {
+                    Ok(Self(raw.to_owned()))
                 } else {
                     Err(KalamError::new(
                         ErrorCode::InvalidSql,
@@ -135,8 +135,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_folded_and_validated() {
-        assert_eq!(NamespaceId::parse("App").unwrap().as_str(), "app");
+    fn names_are_validated_as_written() {
+        assert_eq!(NamespaceId::parse("app").unwrap().as_str(), "app");
+        assert!(NamespaceId::parse("App").is_err(), "a quoted mixed-case name is not a valid name");
         assert!(TableName::parse("_hidden").is_err());
         assert!(TableName::parse("1abc").is_err());
         assert!(TableName::parse(&"a".repeat(65)).is_err());

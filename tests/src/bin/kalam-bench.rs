@@ -52,6 +52,16 @@ async fn insert_rows(clients: &[KalamLinkClient], first_id: usize, args: &Args) 
     Ok(started.elapsed())
 }
 
+fn report_latency(what: &str, latencies: &mut [Duration]) {
+    latencies.sort();
+    println!(
+        "{what:<40} {:>8} p50 {:>6.2} ms  p99 {:>6.2} ms",
+        latencies.len(),
+        percentile(latencies, 0.5).as_secs_f64() * 1000.0,
+        percentile(latencies, 0.99).as_secs_f64() * 1000.0
+    );
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -85,12 +95,34 @@ async fn main() -> anyhow::Result<()> {
 
     report("insert after flush (new keys)", total, insert_rows(&clients, 1_000_000, &args).await?);
 
-    let started = Instant::now();
-    let queries = 50;
-    for i in 0..queries {
-        clients[i % args.users].query(&format!("SELECT payload FROM bench.t WHERE id = {}", i)).await?;
+    let samples = 500;
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let started = Instant::now();
+        clients[i % args.users].query(&format!("SELECT payload FROM bench.t WHERE id = {}", i * 7 % total)).await?;
+        latencies.push(started.elapsed());
     }
-    report("point SELECT (buffer + Parquet merge)", queries, started.elapsed());
+    report_latency("point SELECT by primary key", &mut latencies);
+
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let started = Instant::now();
+        let sql = format!("INSERT INTO bench.t (id, payload) VALUES ({}, 'single row')", 3_000_000 + i);
+        clients[i % args.users].query(&sql).await?;
+        latencies.push(started.elapsed());
+    }
+    report_latency("single-row INSERT", &mut latencies);
+
+    let batches = 10;
+    let started = Instant::now();
+    for b in 0..batches {
+        let first = 4_000_000 + b * 1000;
+        let values: Vec<String> = (first..first + 1000).map(|i| format!("({i}, 'bulk row {i}')")).collect();
+        clients[b % args.users]
+            .query(&format!("INSERT INTO bench.t (id, payload) VALUES {}", values.join(", ")))
+            .await?;
+    }
+    report("1,000-row INSERT statements", batches * 1000, started.elapsed());
 
     let mut ws = clients[0].connect_live().await?;
     ws.subscribe("bench", "SELECT * FROM bench.t").await?;
@@ -102,13 +134,6 @@ async fn main() -> anyhow::Result<()> {
         ws.next_message().await?;
         latencies.push(started.elapsed());
     }
-    latencies.sort();
-    println!(
-        "{:<40} {:>8} p50 {:>6.2} ms  p99 {:>6.2} ms",
-        "insert → live change delivered",
-        latencies.len(),
-        percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
-        percentile(&latencies, 0.99).as_secs_f64() * 1000.0
-    );
+    report_latency("insert → live change delivered", &mut latencies);
     Ok(())
 }

@@ -1,0 +1,153 @@
+//! The point-SELECT fast path: `SELECT <columns | *> FROM <table> WHERE <pk> = <literal>` on a
+//! USER or SHARED table is answered by a key lookup (buffer `get` plus the flushed files whose
+//! key range may hold the key, decoding only matching rows) without DataFusion planning.
+//! Anything else — or anything this path cannot answer exactly like DataFusion would — takes
+//! the general path.
+
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, Expr, GroupByExpr, Query, SelectFlavor, SelectItem, SetExpr, Statement, TableFactor,
+    WildcardAdditionalOptions,
+};
+use kalam_types::codec;
+use kalam_types::ids::UserId;
+use kalam_types::schema::{DELETED_COLUMN, TableDefinition, TableType, UPDATED_COLUMN};
+use kalam_types::value::Value;
+use serde_json::Value as Json;
+use std::sync::Arc;
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::read::lookup_keys;
+use crate::rowjson::OrderedRow;
+use crate::sql::parse::{TableRef, ident_name, literal};
+use crate::sql::query::{QueryOutput, unique_names};
+
+/// One output column of a point query.
+enum Output {
+    Column(usize),
+    Updated,
+    Deleted,
+}
+
+/// A recognised point query, ready to run.
+pub struct PointQuery {
+    def: Arc<TableDefinition>,
+    user: UserId,
+    pk: Vec<u8>,
+    columns: Vec<String>,
+    outputs: Vec<Output>,
+}
+
+/// Recognises a point query; `None` sends the statement to the general path.
+pub fn plan(engine: &Engine, stmt: &Statement, acting: &UserId) -> Option<PointQuery> {
+    let Statement::Query(q) = stmt else { return None };
+    let Query { with: None, body, order_by: None, limit_clause: None, fetch: None, locks, for_clause: None, .. } =
+        q.as_ref()
+    else {
+        return None;
+    };
+    if !locks.is_empty() {
+        return None;
+    }
+    let SetExpr::Select(s) = body.as_ref() else { return None };
+    let plain = s.distinct.is_none()
+        && s.select_modifiers.is_none()
+        && s.top.is_none()
+        && s.exclude.is_none()
+        && s.into.is_none()
+        && s.lateral_views.is_empty()
+        && s.prewhere.is_none()
+        && s.connect_by.is_empty()
+        && matches!(&s.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty())
+        && s.cluster_by.is_empty()
+        && s.distribute_by.is_empty()
+        && s.sort_by.is_empty()
+        && s.having.is_none()
+        && s.named_window.is_empty()
+        && s.qualify.is_none()
+        && s.value_table_mode.is_none()
+        && matches!(s.flavor, SelectFlavor::Standard);
+    if !plain || s.from.len() != 1 || !s.from[0].joins.is_empty() {
+        return None;
+    }
+    let TableFactor::Table { name, alias: None, args: None, with_hints, version: None, .. } = &s.from[0].relation
+    else {
+        return None;
+    };
+    if !with_hints.is_empty() {
+        return None;
+    }
+    let table = TableRef::parse(name).ok()?;
+    if crate::sql::system::is_builtin_namespace(&table.namespace) {
+        return None;
+    }
+    let (def, user) = crate::sql::resolve_table(engine, &table, acting).ok()?;
+    if def.table_type == TableType::Stream {
+        return None;
+    }
+    let pk_col = &def.columns[def.primary_key_index()];
+    let Some(Expr::BinaryOp { left, op: BinaryOperator::Eq, right }) = &s.selection else { return None };
+    let key_literal = match (left.as_ref(), right.as_ref()) {
+        (Expr::Identifier(id), other) | (other, Expr::Identifier(id)) if ident_name(id) == pk_col.name => other,
+        _ => return None,
+    };
+    let key = Value::coerce(&literal(key_literal).ok()?, pk_col.data_type, &pk_col.name).ok()?;
+    let pk = codec::encode_pk(&key)?;
+
+    let mut columns = Vec::new();
+    let mut outputs = Vec::new();
+    let mut column = |name: String, label: String| -> Option<()> {
+        let output = match name.as_str() {
+            UPDATED_COLUMN => Output::Updated,
+            DELETED_COLUMN => Output::Deleted,
+            n => Output::Column(def.column_index(n)?),
+        };
+        columns.push(label);
+        outputs.push(output);
+        Some(())
+    };
+    for item in &s.projection {
+        match item {
+            SelectItem::Wildcard(opts)
+                if *opts
+                    == WildcardAdditionalOptions {
+                        wildcard_token: opts.wildcard_token.clone(),
+                        ..Default::default()
+                    } =>
+            {
+                for c in &def.columns {
+                    column(c.name.clone(), c.name.clone())?;
+                }
+            }
+            SelectItem::UnnamedExpr(Expr::Identifier(id)) => column(ident_name(id), ident_name(id))?,
+            SelectItem::ExprWithAlias { expr: Expr::Identifier(id), alias } => {
+                column(ident_name(id), ident_name(alias))?
+            }
+            _ => return None,
+        }
+    }
+    Some(PointQuery { def, user, pk, columns: unique_names(columns), outputs })
+}
+
+impl PointQuery {
+    /// Looks the key up (blocking I/O: run on the blocking pool).
+    pub fn execute(self, engine: &Engine) -> Result<QueryOutput, EngineError> {
+        let found = lookup_keys(engine, &self.def, Some(&self.user), std::slice::from_ref(&self.pk))?;
+        let rows = found
+            .into_values()
+            .filter(|r| !r.deleted)
+            .map(|r| {
+                let cells = self.columns.iter().zip(&self.outputs).map(|(name, out)| {
+                    let v = match out {
+                        Output::Column(i) => r.values[*i].to_json(),
+                        Output::Updated => Value::Timestamp(r.updated_us).to_json(),
+                        Output::Deleted => Json::Bool(r.deleted),
+                    };
+                    (name.clone(), v)
+                });
+                OrderedRow(cells.collect())
+            })
+            .collect();
+        Ok(QueryOutput { columns: self.columns, rows })
+    }
+}
