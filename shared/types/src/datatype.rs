@@ -28,13 +28,12 @@ const SUPPORTED_HINT: &str = "Supported types: BOOLEAN, INT, BIGINT, DOUBLE, TEX
 
 impl KalamType {
     /// Parses a SQL type spelling (`BIGINT`, `VARCHAR(20)`, `DOUBLE PRECISION`, ...). Rejected
-    /// types fail with the catalogue message `Data type <T> not supported. <hint>`.
+    /// types fail with the catalogue message `Data type <T> not supported. <hint>`, where `<T>` is
+    /// the whole spelling without its parenthesised arguments (`INT UNSIGNED`, `TIMESTAMP WITH TIME
+    /// ZONE`, `DECIMAL`).
     pub fn from_sql(spelling: &str) -> Result<Self, KalamError> {
-        let upper = spelling.trim().to_ascii_uppercase();
-        // `VARCHAR(20)` -> `VARCHAR`; the length is accepted and ignored.
-        let base = upper.split('(').next().unwrap_or("").trim();
-        let base = base.split_whitespace().collect::<Vec<_>>().join(" ");
-        let ty = match base.as_str() {
+        let name = type_name(spelling);
+        let ty = match name.as_str() {
             "BOOLEAN" | "BOOL" => Self::Boolean,
             "INT" | "INTEGER" | "INT4" => Self::Int,
             "BIGINT" | "INT8" => Self::BigInt,
@@ -45,11 +44,8 @@ impl KalamType {
             "TIME" | "TIME WITHOUT TIME ZONE" => Self::Time,
             "JSON" | "JSONB" | "OBJECT" => Self::Json,
             "BYTES" | "BINARY" | "BYTEA" | "BLOB" | "VARBINARY" => Self::Bytes,
-            _ => return Err(rejected(&base)),
+            _ => return Err(rejected(&name)),
         };
-        if upper.contains("UNSIGNED") || upper.contains('[') {
-            return Err(rejected(&base));
-        }
         Ok(ty)
     }
 
@@ -97,19 +93,40 @@ impl fmt::Display for KalamType {
     }
 }
 
-fn rejected(base: &str) -> KalamError {
-    let first = base.split_whitespace().next().unwrap_or(base);
-    let hint = match first {
-        "DECIMAL" | "NUMERIC" | "FLOAT" | "FLOAT4" | "REAL" => {
-            "Use DOUBLE for floating point or BIGINT for large integers"
+/// The spelling upper-cased, with parenthesised arguments dropped and whitespace collapsed:
+/// `varchar(20)` -> `VARCHAR`, `INT(11)  unsigned` -> `INT UNSIGNED`.
+fn type_name(spelling: &str) -> String {
+    let mut bare = String::with_capacity(spelling.len());
+    let mut depth = 0usize;
+    for c in spelling.chars() {
+        match c {
+            '(' => {
+                depth += 1;
+                bare.push(' ');
+            }
+            ')' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => bare.push(c.to_ascii_uppercase()),
+            _ => {}
         }
-        "SMALLINT" | "INT2" | "TINYINT" | "MEDIUMINT" => "Use INT for small integers",
-        "UUID" => "Use TEXT with DEFAULT UUID_V7()",
-        "SERIAL" | "BIGSERIAL" | "SMALLSERIAL" => "Use BIGINT PRIMARY KEY DEFAULT SNOWFLAKE_ID()",
-        _ if base.contains("UNSIGNED") => "Use BIGINT for larger positive ranges",
-        _ => SUPPORTED_HINT,
+    }
+    bare.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn rejected(name: &str) -> KalamError {
+    let hint = if name.split_whitespace().any(|word| word == "UNSIGNED") {
+        "Use BIGINT for larger positive ranges"
+    } else {
+        match name.split_whitespace().next().unwrap_or("") {
+            "DECIMAL" | "NUMERIC" | "FLOAT" | "FLOAT4" | "REAL" => {
+                "Use DOUBLE for floating point or BIGINT for large integers"
+            }
+            "SMALLINT" | "INT2" | "TINYINT" | "MEDIUMINT" => "Use INT for small integers",
+            "UUID" => "Use TEXT with DEFAULT UUID_V7()",
+            "SERIAL" | "BIGSERIAL" | "SMALLSERIAL" => "Use BIGINT PRIMARY KEY DEFAULT SNOWFLAKE_ID()",
+            _ => SUPPORTED_HINT,
+        }
     };
-    KalamError::new(ErrorCode::UnsupportedType, format!("Data type {first} not supported. {hint}"))
+    KalamError::new(ErrorCode::UnsupportedType, format!("Data type {name} not supported. {hint}"))
 }
 
 #[cfg(test)]
@@ -134,6 +151,57 @@ mod tests {
         );
         assert!(KalamType::from_sql("UUID").unwrap_err().message.contains("UUID_V7()"));
         assert!(KalamType::from_sql("INTERVAL").unwrap_err().message.contains(SUPPORTED_HINT));
-        assert!(KalamType::from_sql("INT UNSIGNED").is_err());
+    }
+
+    #[test]
+    fn unsigned_types_are_named_in_full() {
+        let message = |s: &str| KalamType::from_sql(s).unwrap_err().message;
+        assert_eq!(
+            message("INT UNSIGNED"),
+            "Data type INT UNSIGNED not supported. Use BIGINT for larger positive ranges"
+        );
+        assert_eq!(
+            message("BIGINT UNSIGNED"),
+            "Data type BIGINT UNSIGNED not supported. Use BIGINT for larger positive ranges"
+        );
+        // MySQL's display width is dropped from the name, the UNSIGNED is not.
+        assert_eq!(
+            message("int(11)  unsigned"),
+            "Data type INT UNSIGNED not supported. Use BIGINT for larger positive ranges"
+        );
+        assert!(message("DOUBLE PRECISION UNSIGNED").ends_with("Use BIGINT for larger positive ranges"));
+    }
+
+    #[test]
+    fn time_zone_types_are_named_as_written() {
+        let message = |s: &str| KalamType::from_sql(s).unwrap_err().message;
+        assert_eq!(message("TIMESTAMPTZ"), format!("Data type TIMESTAMPTZ not supported. {SUPPORTED_HINT}"));
+        assert_eq!(
+            message("TIMESTAMP WITH TIME ZONE"),
+            format!("Data type TIMESTAMP WITH TIME ZONE not supported. {SUPPORTED_HINT}")
+        );
+        // A precision before the zone clause must not hide it.
+        assert_eq!(
+            message("TIMESTAMP(3) WITH TIME ZONE"),
+            format!("Data type TIMESTAMP WITH TIME ZONE not supported. {SUPPORTED_HINT}")
+        );
+        assert_eq!(
+            message("TIME WITH TIME ZONE"),
+            format!("Data type TIME WITH TIME ZONE not supported. {SUPPORTED_HINT}")
+        );
+        assert_eq!(KalamType::from_sql("TIMESTAMP WITHOUT TIME ZONE").unwrap(), KalamType::Timestamp);
+    }
+
+    #[test]
+    fn arrays_and_lengths() {
+        assert_eq!(KalamType::from_sql("CHARACTER VARYING(20)").unwrap(), KalamType::Text);
+        assert_eq!(
+            KalamType::from_sql("INT[]").unwrap_err().message,
+            format!("Data type INT[] not supported. {SUPPORTED_HINT}")
+        );
+        assert_eq!(
+            KalamType::from_sql("NUMERIC(10, 2)").unwrap_err().message,
+            "Data type NUMERIC not supported. Use DOUBLE for floating point or BIGINT for large integers"
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod datatype;
 pub mod error;
 pub mod ids;
+mod numeric;
 pub mod schema;
 pub mod time;
 pub mod value;
