@@ -94,7 +94,7 @@ fn write_group(
     rows: &[StoredRow],
 ) -> Result<FlushedFile, FlushError> {
     let def = &plan.table;
-    let rel_dir = group_dir(def.table_type, def.namespace.as_str(), def.name.as_str(), user)?;
+    let rel_dir = group_dir(def.table_type, def.namespace.as_str(), def.name.as_str(), user, def.options.sharding)?;
     let dir = Path::new(&plan.storage_base).join(&rel_dir);
     let io = |path: &Path| {
         let path = path.display().to_string();

@@ -86,7 +86,10 @@ pub fn create_table(engine: &Engine, spec: CreateTableSpec) -> Result<StatementR
         history: Vec::new(),
     };
     let shared_dir = (def.table_type == TableType::Shared)
-        .then(|| kalam_storage::group_dir(def.table_type, def.namespace.as_str(), def.name.as_str(), None))
+        .then(|| {
+            let sharding = def.options.sharding;
+            kalam_storage::group_dir(def.table_type, def.namespace.as_str(), def.name.as_str(), None, sharding)
+        })
         .transpose()
         .map_err(EngineError::internal)?;
     if engine.catalog.create_table(def)? {

@@ -166,19 +166,6 @@ impl Default for StreamConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct QueryConfig {
-    /// Entries of the global plan cache.
-    pub plan_cache_size: usize,
-}
-
-impl Default for QueryConfig {
-    fn default() -> Self {
-        Self { plan_cache_size: 1000 }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct LoggingConfig {
     pub level: String,
     /// Empty = `<data_dir>/logs`.
@@ -206,7 +193,6 @@ pub struct KalamConfig {
     pub logging: LoggingConfig,
     pub retention: RetentionConfig,
     pub stream: StreamConfig,
-    pub query: QueryConfig,
 }
 
 /// Environment variables with their own spelling; everything else is `KALAMDB_<SECTION>_<KEY>`.

@@ -7,7 +7,7 @@
 //! manifest; kalam-flushd writes them. Both call this crate, so the layout is defined once.
 
 use chrono::DateTime;
-use kalam_types::schema::TableType;
+use kalam_types::schema::{Sharding, TableType};
 
 /// Default template of SHARED tables in storage `local`.
 pub const DEFAULT_SHARED_TEMPLATE: &str = "{namespace}/shared/{tableName}";
@@ -66,17 +66,20 @@ pub fn resolve_template(template: &str, vars: TemplateVars<'_>) -> Result<String
 }
 
 /// The directory (relative to the storage base) holding one flush group's files.
+/// `sharding` gives `{shard}` of USER tables.
 pub fn group_dir(
     table_type: TableType,
     namespace: &str,
     table: &str,
     user_id: Option<&str>,
+    sharding: Sharding,
 ) -> Result<String, PathError> {
     let template = match table_type {
         TableType::Shared => DEFAULT_SHARED_TEMPLATE,
         TableType::User | TableType::Stream => DEFAULT_USER_TEMPLATE,
     };
-    resolve_template(template, TemplateVars { namespace, table, user_id, shard: "" })
+    let shard = user_id.map(|u| sharding.shard_of(u)).unwrap_or_default();
+    resolve_template(template, TemplateVars { namespace, table, user_id, shard: &shard })
 }
 
 /// `<YYYY-MM-DDTHH-MM-SS>-<job_id>-<n>.parquet`, the time being the job's creation (UTC).
@@ -103,10 +106,14 @@ mod tests {
     #[test]
     fn default_templates_match_the_documented_layout() {
         assert_eq!(
-            group_dir(TableType::User, "app", "messages", Some("user123")).unwrap(),
+            group_dir(TableType::User, "app", "messages", Some("user123"), Sharding::None).unwrap(),
             "app/users/messages/user123"
         );
-        assert_eq!(group_dir(TableType::Shared, "app", "config", None).unwrap(), "app/shared/config");
+        assert_eq!(group_dir(TableType::Shared, "app", "config", None, Sharding::None).unwrap(), "app/shared/config");
+        assert_eq!(
+            group_dir(TableType::User, "app", "messages", Some("user123"), Sharding::Alphabetic).unwrap(),
+            "app/users/messages/u/user123"
+        );
     }
 
     #[test]

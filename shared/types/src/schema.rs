@@ -137,7 +137,7 @@ pub enum Sharding {
 }
 
 impl Sharding {
-    /// `none`, `alphabetic`, `numeric` or `hash(<n>)` with 1 ≤ n ≤ 1024.
+    /// `none`, `alphabetic`, `numeric` or `hash(<n>)` with 1 ≤ n ≤ 10 000.
     pub fn parse(text: &str) -> Result<Self, KalamError> {
         let lower = text.trim().to_ascii_lowercase();
         let invalid = || {
@@ -155,10 +155,23 @@ impl Sharding {
                     .strip_prefix("hash(")
                     .and_then(|r| r.strip_suffix(')'))
                     .and_then(|n| n.trim().parse::<u32>().ok())
-                    .filter(|n| (1..=1024).contains(n))
+                    .filter(|n| (1..=10_000).contains(n))
                     .ok_or_else(invalid)?;
                 Ok(Self::Hash(n))
             }
+        }
+    }
+
+    /// The `{shard}` path segment of `user_id` (storage.md §7; empty for `none`).
+    pub fn shard_of(self, user_id: &str) -> String {
+        match self {
+            Self::None => String::new(),
+            Self::Alphabetic => match user_id.chars().next().map(|c| c.to_ascii_lowercase()) {
+                Some(c @ 'a'..='z') => c.to_string(),
+                _ => "z".into(),
+            },
+            Self::Numeric => user_id.chars().find(char::is_ascii_digit).unwrap_or('9').to_string(),
+            Self::Hash(n) => format!("shard-{:04}", fnv1a_64(user_id.as_bytes()) % u64::from(n.max(1))),
         }
     }
 
@@ -170,6 +183,11 @@ impl Sharding {
             Self::Hash(n) => format!("hash({n})"),
         }
     }
+}
+
+/// FNV-1a, 64-bit (the hash of `hash(N)` sharding; fixed by the storage layout).
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Per-table options of sql.md §7.1 that are not the flush policy or the storage. Fields that do
@@ -337,5 +355,20 @@ mod tests {
         );
         let err = ColumnDefault::function("random", KalamType::Text, "c").unwrap_err();
         assert_eq!(err.message, "Unknown DEFAULT function 'RANDOM' for column 'c'");
+    }
+
+    #[test]
+    fn shard_segments_follow_the_storage_layout() {
+        assert_eq!(Sharding::None.shard_of("alice"), "");
+        assert_eq!(Sharding::Alphabetic.shard_of("alice"), "a");
+        assert_eq!(Sharding::Alphabetic.shard_of("Bob"), "b");
+        assert_eq!(Sharding::Alphabetic.shard_of("9x"), "z");
+        assert_eq!(Sharding::Numeric.shard_of("user42"), "4");
+        assert_eq!(Sharding::Numeric.shard_of("alice"), "9");
+        // FNV-1a-64("a") = 0xaf63dc4c8601ec8c.
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(Sharding::Hash(16).shard_of("a"), format!("shard-{:04}", 0xaf63_dc4c_8601_ec8c_u64 % 16));
+        assert_eq!(Sharding::parse("hash(10000)").unwrap(), Sharding::Hash(10_000));
+        assert!(Sharding::parse("hash(0)").is_err());
     }
 }
