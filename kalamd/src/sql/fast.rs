@@ -85,14 +85,7 @@ pub fn plan(engine: &Engine, stmt: &Statement, acting: &UserId) -> Option<PointQ
     if def.table_type == TableType::Stream {
         return None;
     }
-    let pk_col = &def.columns[def.primary_key_index()];
-    let Some(Expr::BinaryOp { left, op: BinaryOperator::Eq, right }) = &s.selection else { return None };
-    let key_literal = match (left.as_ref(), right.as_ref()) {
-        (Expr::Identifier(id), other) | (other, Expr::Identifier(id)) if ident_name(id) == pk_col.name => other,
-        _ => return None,
-    };
-    let key = Value::coerce(&literal(key_literal).ok()?, pk_col.data_type, &pk_col.name).ok()?;
-    let pk = codec::encode_pk(&key)?;
+    let pk = primary_key_equality(&def, s.selection.as_ref()?)?;
 
     let mut columns = Vec::new();
     let mut outputs = Vec::new();
@@ -127,6 +120,19 @@ pub fn plan(engine: &Engine, stmt: &Statement, acting: &UserId) -> Option<PointQ
         }
     }
     Some(PointQuery { def, user, pk, columns: unique_names(columns), outputs })
+}
+
+/// The key bytes when `predicate` is exactly `<pk> = <literal>` (either side), with a literal
+/// that is a valid key value.
+pub fn primary_key_equality(def: &TableDefinition, predicate: &Expr) -> Option<Vec<u8>> {
+    let pk_col = &def.columns[def.primary_key_index()];
+    let Expr::BinaryOp { left, op: BinaryOperator::Eq, right } = predicate else { return None };
+    let key_literal = match (left.as_ref(), right.as_ref()) {
+        (Expr::Identifier(id), other) | (other, Expr::Identifier(id)) if ident_name(id) == pk_col.name => other,
+        _ => return None,
+    };
+    let key = Value::coerce(&literal(key_literal).ok()?, pk_col.data_type, &pk_col.name).ok()?;
+    codec::encode_pk(&key)
 }
 
 impl PointQuery {

@@ -131,8 +131,14 @@ fn apply(
 ) -> Result<u64, EngineError> {
     let partition_user = (def.table_type != TableType::Shared).then_some(user);
     let mut guard = engine.store.begin();
-    let rows: Vec<MergedRow> =
-        read_partition(engine, def, partition_user)?.into_iter().filter(|r| !r.deleted).collect();
+    // `WHERE <pk> = <literal>` reads one key, not the partition (the predicate still runs below).
+    let point = selection.and_then(|p| crate::sql::fast::primary_key_equality(def, p));
+    let rows: Vec<MergedRow> = match point {
+        Some(pk) if def.table_type != TableType::Stream => {
+            crate::read::lookup_keys(engine, def, partition_user, &[pk])?.into_values().filter(|r| !r.deleted).collect()
+        }
+        _ => read_partition(engine, def, partition_user)?.into_iter().filter(|r| !r.deleted).collect(),
+    };
     if rows.is_empty() {
         return Ok(0);
     }

@@ -538,4 +538,58 @@ mod tests {
         let own = TableRef { qualifier: Some("user".into()), ..r };
         assert_eq!(own.partition_user(&me).unwrap(), me);
     }
+
+    #[test]
+    fn no_token_soup_panics_the_parser() {
+        let words = [
+            "CREATE",
+            "ALTER",
+            "DROP",
+            "SHOW",
+            "TABLE",
+            "USER",
+            "STREAM",
+            "NAMESPACE",
+            "app.t",
+            "a.b.c",
+            "(",
+            ")",
+            ",",
+            "=",
+            "'x'",
+            "1",
+            "-",
+            "FLUSH",
+            "WITH",
+            "TTL",
+            "STATS",
+            "ADD",
+            "COLUMN",
+            "MODIFY",
+            "INT",
+            "NOT",
+            "NULL",
+            ";",
+            "SELECT",
+            "*",
+            "FROM",
+            "$1",
+            "DEFAULT",
+            "NOW()",
+            "RENAME",
+            "TO",
+        ];
+        let mut checked = 0;
+        for a in words {
+            for b in words {
+                for c in words {
+                    let sql = format!("{a} {b} {c}");
+                    let _ = parse_statement(&sql);
+                    let _ = parse_statement(&format!("{sql} {a} ({b} {c}"));
+                    checked += 2;
+                }
+            }
+        }
+        assert!(checked > 90_000);
+    }
 }

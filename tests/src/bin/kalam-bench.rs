@@ -113,6 +113,15 @@ async fn main() -> anyhow::Result<()> {
     }
     report_latency("single-row INSERT", &mut latencies);
 
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let started = Instant::now();
+        let sql = format!("UPDATE bench.t SET payload = 'updated' WHERE id = {}", i * 7 % total);
+        clients[i % args.users].query(&sql).await?;
+        latencies.push(started.elapsed());
+    }
+    report_latency("UPDATE by primary key", &mut latencies);
+
     let batches = 10;
     let started = Instant::now();
     for b in 0..batches {
