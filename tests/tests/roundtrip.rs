@@ -172,12 +172,13 @@ async fn buffered_rows(cluster: &Cluster, table: &str) -> u64 {
 fn assert_json_encoding(select_all: &QueryResponse) {
     let rows = rows(select_all);
     let find = |col: &str, want: &dyn Fn(&Json) -> bool| rows.iter().any(|r| want(&r[col]));
-    assert!(find("g", &|v| v.as_i64() == Some(i64::MAX) && v.to_string() == "9223372036854775807"));
+    assert!(find("g", &|v| v.as_i64() == Some(i64::MAX)
+        && serde_json::to_string(v).is_ok_and(|s| s == "9223372036854775807")));
     assert!(find("g", &|v| v.as_i64() == Some(9_007_199_254_740_993)), "BIGINT beyond 2^53 stays exact");
     for special in ["NaN", "Infinity", "-Infinity"] {
         assert!(find("d", &|v| v == special), "DOUBLE {special} is the string \"{special}\"");
     }
-    assert!(find("d", &|v| v.is_f64() && v.to_string() == "-0.0"), "-0.0 keeps its sign");
+    assert!(find("d", &|v| v.is_f64() && serde_json::to_string(v).is_ok_and(|s| s == "-0.0")), "-0.0 keeps its sign");
     assert!(find("b", &|v| v.is_boolean()));
     assert!(find("i", &|v| v.as_i64() == Some(i64::from(i32::MIN))));
     assert!(find("ts", &|v| v == "2025-10-24T09:00:00.000000Z"), "offsets are converted to UTC");

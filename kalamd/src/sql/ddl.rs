@@ -178,7 +178,7 @@ pub fn alter_table(
         return Err(invalid("ALTER TABLE is not supported on STREAM tables"));
     }
     // Checks that read data run before the catalog change, outside the commit lock.
-    if let AlterTableOp::ModifyColumn { column, nullable: Some(false), .. } = &op {
+    if let AlterTableOp::Modify { column, nullable: Some(false), .. } = &op {
         let idx = current.column_index(column).ok_or_else(|| column_not_found(column))?;
         if current.columns[idx].nullable && has_null(&current, idx)? {
             return Err(EngineError::user(
@@ -191,7 +191,7 @@ pub fn alter_table(
     let def = engine.catalog.update_table(ns, table, |cur| {
         let mut def = cur.clone();
         match op {
-            AlterTableOp::AddColumn(spec) => {
+            AlterTableOp::Add(spec) => {
                 check_not_system(&spec.name)?;
                 if def.column_index(&spec.name).is_some() {
                     return Err(EngineError::user(
@@ -208,7 +208,7 @@ pub fn alter_table(
                 let id = def.next_column_id();
                 def.columns.push(column_definition(spec, id));
             }
-            AlterTableOp::DropColumn(name) => {
+            AlterTableOp::Drop(name) => {
                 check_not_system(&name)?;
                 let idx = def.column_index(&name).ok_or_else(|| column_not_found(&name))?;
                 if def.columns[idx].is_primary_key {
@@ -220,7 +220,7 @@ pub fn alter_table(
                 check_live_references(live_queries, &name)?;
                 def.columns.remove(idx);
             }
-            AlterTableOp::RenameColumn { from, to } => {
+            AlterTableOp::Rename { from, to } => {
                 check_not_system(&from)?;
                 check_not_system(&to)?;
                 if !kalam_types::ids::is_valid_name(&to) {
@@ -239,7 +239,7 @@ pub fn alter_table(
                 check_live_references(live_queries, &from)?;
                 def.columns[idx].name = to;
             }
-            AlterTableOp::ModifyColumn { column, data_type, nullable } => {
+            AlterTableOp::Modify { column, data_type, nullable } => {
                 check_not_system(&column)?;
                 let idx = def.column_index(&column).ok_or_else(|| column_not_found(&column))?;
                 let col = &mut def.columns[idx];

@@ -506,12 +506,12 @@ mod tests {
         };
         let (ns, t, op) = alter("ALTER USER TABLE app.m ADD COLUMN priority TEXT NOT NULL DEFAULT 'low'");
         assert_eq!((ns.as_str(), t.as_str()), ("app", "m"));
-        assert!(matches!(op, AlterTableOp::AddColumn(c) if c.name == "priority" && !c.nullable));
-        assert!(matches!(alter("ALTER TABLE app.m DROP body").2, AlterTableOp::DropColumn(c) if c == "body"));
-        assert!(matches!(alter("ALTER TABLE app.m RENAME COLUMN a TO b").2, AlterTableOp::RenameColumn { .. }));
+        assert!(matches!(op, AlterTableOp::Add(c) if c.name == "priority" && !c.nullable));
+        assert!(matches!(alter("ALTER TABLE app.m DROP body").2, AlterTableOp::Drop(c) if c == "body"));
+        assert!(matches!(alter("ALTER TABLE app.m RENAME COLUMN a TO b").2, AlterTableOp::Rename { .. }));
         assert!(matches!(
             alter("ALTER TABLE app.m MODIFY COLUMN n BIGINT NOT NULL").2,
-            AlterTableOp::ModifyColumn { nullable: Some(false), .. }
+            AlterTableOp::Modify { nullable: Some(false), .. }
         ));
         assert_eq!(
             parse_statement("ALTER TABLE system.users ADD COLUMN x TEXT").unwrap_err().message,

@@ -54,20 +54,24 @@ pub struct CreateTableSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlterTableOp {
-    AddColumn(ColumnSpec),
-    DropColumn(String),
-    RenameColumn { from: String, to: String },
-    ModifyColumn { column: String, data_type: KalamType, nullable: Option<bool> },
+    /// ADD COLUMN.
+    Add(ColumnSpec),
+    /// DROP COLUMN.
+    Drop(String),
+    /// RENAME COLUMN.
+    Rename { from: String, to: String },
+    /// MODIFY COLUMN: INT → BIGINT widening and nullability.
+    Modify { column: String, data_type: KalamType, nullable: Option<bool> },
 }
 
 impl AlterTableOp {
     /// The change description kept in the schema history.
     pub fn describe(&self) -> String {
         match self {
-            Self::AddColumn(c) => format!("ADD COLUMN {} {}", c.name, c.data_type),
-            Self::DropColumn(c) => format!("DROP COLUMN {c}"),
-            Self::RenameColumn { from, to } => format!("RENAME COLUMN {from} TO {to}"),
-            Self::ModifyColumn { column, data_type, nullable } => {
+            Self::Add(c) => format!("ADD COLUMN {} {}", c.name, c.data_type),
+            Self::Drop(c) => format!("DROP COLUMN {c}"),
+            Self::Rename { from, to } => format!("RENAME COLUMN {from} TO {to}"),
+            Self::Modify { column, data_type, nullable } => {
                 let null = match nullable {
                     Some(true) => " NULL",
                     Some(false) => " NOT NULL",
@@ -548,10 +552,10 @@ pub fn parse_alter_table(p: &mut Parser<'_>) -> Result<(String, String, AlterTab
         if spec.is_primary_key {
             return Err(user_error(ErrorCode::InvalidSql, "Cannot add a PRIMARY KEY column"));
         }
-        AlterTableOp::AddColumn(spec)
+        AlterTableOp::Add(spec)
     } else if parse_word(p, "DROP") {
         parse_word(p, "COLUMN");
-        AlterTableOp::DropColumn(ident_name(&p.parse_identifier().map_err(invalid_sql)?))
+        AlterTableOp::Drop(ident_name(&p.parse_identifier().map_err(invalid_sql)?))
     } else if parse_word(p, "RENAME") {
         if !parse_word(p, "COLUMN") {
             return Err(syntax_error(&p.peek_token().token));
@@ -561,7 +565,7 @@ pub fn parse_alter_table(p: &mut Parser<'_>) -> Result<(String, String, AlterTab
             return Err(syntax_error(&p.peek_token().token));
         }
         let to = ident_name(&p.parse_identifier().map_err(invalid_sql)?);
-        AlterTableOp::RenameColumn { from, to }
+        AlterTableOp::Rename { from, to }
     } else if parse_word(p, "MODIFY") {
         parse_word(p, "COLUMN");
         let column = ident_name(&p.parse_identifier().map_err(invalid_sql)?);
@@ -576,7 +580,7 @@ pub fn parse_alter_table(p: &mut Parser<'_>) -> Result<(String, String, AlterTab
         } else {
             None
         };
-        AlterTableOp::ModifyColumn { column, data_type, nullable }
+        AlterTableOp::Modify { column, data_type, nullable }
     } else {
         return Err(syntax_error(&p.peek_token().token));
     };

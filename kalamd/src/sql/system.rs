@@ -495,9 +495,12 @@ const INFORMATION_SCHEMA_TABLES_COLUMNS: [(&str, KalamType); 13] = [
     ("updated_at", KalamType::Timestamp),
 ];
 
+/// The column list of a built-in table.
+type Columns = &'static [(&'static str, KalamType)];
+
 /// The columns of every built-in table, by schema then name.
-fn builtin_schemas() -> Vec<(&'static str, &'static str, &'static [(&'static str, KalamType)])> {
-    let mut out: Vec<(&'static str, &'static str, &'static [(&'static str, KalamType)])> =
+fn builtin_schemas() -> Vec<(&'static str, &'static str, Columns)> {
+    let mut out: Vec<(&'static str, &'static str, Columns)> =
         SYSTEM_TABLES.iter().map(|(name, columns)| (NAMESPACE, *name, *columns)).collect();
     out.push((INFORMATION_SCHEMA, "columns", &INFORMATION_SCHEMA_COLUMNS_COLUMNS));
     out.push((INFORMATION_SCHEMA, "tables", &INFORMATION_SCHEMA_TABLES_COLUMNS));
