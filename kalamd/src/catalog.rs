@@ -117,8 +117,10 @@ impl Catalog {
         let mut guard = guard;
         let cf = self.store.cf(cf::NAMESPACES)?;
         guard.batch.put_cf(&cf, ns.as_str(), serde_json::to_vec(&rec).map_err(EngineError::internal)?);
-        guard.write()?;
-        self.namespaces.write().unwrap_or_else(|p| p.into_inner()).insert(rec.name.clone(), rec);
+        drop(cf);
+        guard.write_and(|| {
+            self.namespaces.write().unwrap_or_else(|p| p.into_inner()).insert(rec.name.clone(), rec);
+        })?;
         Ok(true)
     }
 
@@ -174,8 +176,9 @@ impl Catalog {
         let cf = self.store.cf(cf::NAMESPACES)?;
         guard.batch.put_cf(&cf, ns, serde_json::to_vec(&rec).map_err(EngineError::internal)?);
         drop(cf);
-        guard.write()?;
-        self.namespaces.write().unwrap_or_else(|p| p.into_inner()).insert(rec.name.clone(), rec);
+        guard.write_and(|| {
+            self.namespaces.write().unwrap_or_else(|p| p.into_inner()).insert(rec.name.clone(), rec);
+        })?;
         Ok(true)
     }
 
@@ -184,6 +187,14 @@ impl Catalog {
     /// existed.
     pub fn create_table(&self, def: TableDefinition) -> Result<bool, EngineError> {
         let mut guard = self.store.begin();
+        // Checked again under the commit lock: a concurrent DROP NAMESPACE cannot leave a table
+        // in a missing namespace.
+        if !self.namespace_exists(def.namespace.as_str()) {
+            return Err(EngineError::user(
+                ErrorCode::NamespaceNotFound,
+                format!("Namespace '{}' does not exist. Create it first with CREATE NAMESPACE.", def.namespace),
+            ));
+        }
         if self.table(def.namespace.as_str(), def.name.as_str()).is_some() {
             return Ok(false);
         }
@@ -201,9 +212,10 @@ impl Catalog {
         let key = table_key(def.namespace.as_str(), def.name.as_str());
         guard.batch.put_cf(&cf, key, serde_json::to_vec(&def).map_err(EngineError::internal)?);
         drop((cf, schemas));
-        guard.write()?;
         let key = (def.namespace.to_string(), def.name.to_string());
-        self.tables.write().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::new(def));
+        guard.write_and(|| {
+            self.tables.write().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::new(def));
+        })?;
         Ok(true)
     }
 
@@ -227,9 +239,11 @@ impl Catalog {
         let cf = self.store.cf(cf::TABLES)?;
         guard.batch.put_cf(&cf, table_key(ns, table), serde_json::to_vec(&def).map_err(EngineError::internal)?);
         drop(cf);
-        guard.write()?;
         let def = Arc::new(def);
-        self.tables.write().unwrap_or_else(|p| p.into_inner()).insert((ns.to_owned(), table.to_owned()), def.clone());
+        guard.write_and(|| {
+            let key = (ns.to_owned(), table.to_owned());
+            self.tables.write().unwrap_or_else(|p| p.into_inner()).insert(key, def.clone());
+        })?;
         Ok(def)
     }
 

@@ -91,9 +91,10 @@ impl Engine {
                 self.put_job(&mut guard.batch, &job)?;
             }
         }
-        guard.write()?;
-        self.flush_index().forget_table(ns, table);
-        self.catalog.forget_table(ns, table);
+        guard.write_and(|| {
+            self.flush_index().forget_table(ns, table);
+            self.catalog.forget_table(ns, table);
+        })?;
         if def.table_type == kalam_types::schema::TableType::Stream {
             self.streams.drop_table(ns, table);
         } else if let Err(e) = self.store.db().drop_cf(&table_cf_name(def)) {
@@ -118,6 +119,8 @@ impl Engine {
     }
 
     pub fn drop_namespace(&self, ns: &str) -> Result<(), EngineError> {
+        // Under the commit lock, so no CREATE TABLE can slip in between the count and the drop.
+        let mut guard = self.store.begin();
         let remaining = self.catalog.table_count(ns);
         if remaining > 0 {
             return Err(EngineError::user(
@@ -127,12 +130,10 @@ impl Engine {
                 ),
             ));
         }
-        let mut guard = self.store.begin();
         let namespaces = self.store.cf(cf::NAMESPACES)?;
         guard.batch.delete_cf(&namespaces, ns);
         drop(namespaces);
-        guard.write()?;
-        self.catalog.forget_namespace(ns);
+        guard.write_and(|| self.catalog.forget_namespace(ns))?;
         Ok(())
     }
 }

@@ -227,4 +227,29 @@ mod tests {
         let (_, err) = crate::sql::execute_batch(&engine, "SELECT k FROM a.s", None, &user).await;
         assert!(err.is_none());
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_namespace_drop_and_table_create_never_orphan_a_table() {
+        let (_dir, engine) = engine();
+        let user = UserId::parse("u1").unwrap();
+        for i in 0..30 {
+            let ns = format!("n{i}");
+            let (_, err) = crate::sql::execute_batch(&engine, &format!("CREATE NAMESPACE {ns}"), None, &user).await;
+            assert!(err.is_none());
+            let create = {
+                let (engine, user, sql) =
+                    (engine.clone(), user.clone(), format!("CREATE SHARED TABLE {ns}.t (id BIGINT PRIMARY KEY)"));
+                tokio::spawn(async move { crate::sql::execute_batch(&engine, &sql, None, &user).await.1.is_none() })
+            };
+            let drop = {
+                let (engine, user, sql) = (engine.clone(), user.clone(), format!("DROP NAMESPACE {ns}"));
+                tokio::spawn(async move { crate::sql::execute_batch(&engine, &sql, None, &user).await.1.is_none() })
+            };
+            let (created, dropped) = (create.await.unwrap(), drop.await.unwrap());
+            assert!(!(created && dropped), "round {i}: both the table and the namespace drop succeeded");
+            let table_exists = engine.catalog.table(&ns, "t").is_some();
+            assert_eq!(table_exists, created);
+            assert!(!table_exists || engine.catalog.namespace_exists(&ns), "round {i}: table without namespace");
+        }
+    }
 }

@@ -210,8 +210,10 @@ impl Engine {
             result: None,
         };
         self.put_job(&mut guard.batch, &job)?;
-        guard.write()?;
-        self.flush_index().active.insert((job.namespace_id.clone(), job.table_name.clone()), job_id.clone());
+        // The index changes before the lock is released: a concurrent FLUSH TABLE sees this job.
+        guard.write_and(|| {
+            self.flush_index().active.insert((job.namespace_id.clone(), job.table_name.clone()), job_id.clone());
+        })?;
         tracing::info!(job_id, table = %def.qualified_name(), "flush job queued");
         self.notify_flusher(job_id.clone());
         Ok((job_id, false))
@@ -364,8 +366,7 @@ impl Engine {
             .to_string(),
         );
         self.put_job(&mut guard.batch, &job)?;
-        guard.write()?;
-        self.flush_index().finished(&job.namespace_id, &job.table_name, job.completed_at_us);
+        guard.write_and(|| self.flush_index().finished(&job.namespace_id, &job.table_name, job.completed_at_us))?;
         remove_checkpoint(&checkpoint);
         tracing::info!(job_id, table = %def.qualified_name(), records_flushed = records, duration_ms, "Flush job completed");
         Ok(FlushSummary { records_flushed: records, files: files.len() as u64 })
@@ -384,8 +385,7 @@ impl Engine {
         job.error_message = Some(error.to_owned());
         job.completed_at_us = Some(wall_clock_us());
         self.put_job(&mut guard.batch, &job)?;
-        guard.write()?;
-        self.flush_index().finished(&job.namespace_id, &job.table_name, None);
+        guard.write_and(|| self.flush_index().finished(&job.namespace_id, &job.table_name, None))?;
         tracing::warn!(job_id, error, "flush job failed");
         Ok(())
     }

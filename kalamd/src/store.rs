@@ -248,6 +248,18 @@ impl CommitGuard<'_> {
 
     /// Writes the batch (data, counters, change log, sequence mark) atomically.
     pub fn write(mut self) -> Result<u64, StoreError> {
+        self.commit()
+    }
+
+    /// Writes the batch, then runs `apply` while still holding the commit lock: in-memory state
+    /// that mirrors the batch (the catalog) changes before any other writer can look at it.
+    pub fn write_and(mut self, apply: impl FnOnce()) -> Result<u64, StoreError> {
+        let seq = self.commit()?;
+        apply();
+        Ok(seq)
+    }
+
+    fn commit(&mut self) -> Result<u64, StoreError> {
         let log = self.store.cf(cf::CHANGE_LOG)?;
         for rec in &self.changes {
             let bytes = serde_json::to_vec(rec)
