@@ -153,6 +153,16 @@ impl Catalog {
         self.tables.read().unwrap_or_else(|p| p.into_inner()).get(&(ns.to_owned(), table.to_owned())).cloned()
     }
 
+    /// Fails with `TABLE_NOT_FOUND` when `def`'s table was dropped (or dropped and created
+    /// again) since the statement resolved it. Called under the commit lock by writes.
+    pub fn check_still_exists(&self, def: &TableDefinition) -> Result<(), KalamError> {
+        let (ns, table) = (def.namespace.as_str(), def.name.as_str());
+        match self.table(ns, table) {
+            Some(current) if current.created_at_us == def.created_at_us => Ok(()),
+            _ => Err(KalamError::new(ErrorCode::TableNotFound, format!("relation \"{ns}.{table}\" does not exist"))),
+        }
+    }
+
     /// The table or `TABLE_NOT_FOUND` with the catalogue message.
     pub fn require_table(&self, ns: &str, table: &str) -> Result<Arc<TableDefinition>, KalamError> {
         self.table(ns, table).ok_or_else(|| {

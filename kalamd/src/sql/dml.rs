@@ -260,6 +260,7 @@ fn write_inserts(
     let decoder = codec::RowDecoder::new(def);
     let partition_user = (def.table_type != TableType::Shared).then_some(user);
     let mut guard = engine.store.begin();
+    engine.catalog.check_still_exists(def)?;
     // Keys of flushed rows count too. Only files whose key range covers a new key are read.
     let new_pks: Vec<Vec<u8>> = rows.iter().filter_map(|v| codec::encode_pk(&v[pk_idx])).collect();
     let entries = crate::read::manifest_entries(engine, def, partition_user)?;
@@ -343,6 +344,7 @@ fn write_stream_inserts(
     }
     let pk_idx = def.primary_key_index();
     let mut guard = engine.store.begin();
+    engine.catalog.check_still_exists(def)?;
     let mut keys_in_statement = HashSet::new();
     let mut pending = Vec::with_capacity(rows.len());
     for values in rows {

@@ -131,6 +131,7 @@ fn apply(
 ) -> Result<u64, EngineError> {
     let partition_user = (def.table_type != TableType::Shared).then_some(user);
     let mut guard = engine.store.begin();
+    engine.catalog.check_still_exists(def)?;
     // `WHERE <pk> = <literal>` reads one key, not the partition (the predicate still runs below).
     let point = selection.and_then(|p| crate::sql::fast::primary_key_equality(def, p));
     let rows: Vec<MergedRow> = match point {
