@@ -42,6 +42,9 @@ pub struct JobRecord {
     pub error_message: Option<String>,
     /// JSON text: `{"records_flushed", "parquet_files", ...}`.
     pub result: Option<String>,
+    /// Failed after its last allowed attempt.
+    #[serde(default)]
+    pub dead_letter: bool,
 }
 
 /// A flushed file as recorded in the `table_files` manifest.
@@ -208,6 +211,7 @@ impl Engine {
             completed_at_us: None,
             error_message: None,
             result: None,
+            dead_letter: false,
         };
         self.put_job(&mut guard.batch, &job)?;
         // The index changes before the lock is released: a concurrent FLUSH TABLE sees this job.
@@ -248,6 +252,21 @@ impl Engine {
             ));
         }
         let def = self.catalog.require_table(&job.namespace_id, &job.table_name)?;
+        let max_attempts = self.cfg.flush.max_retries + 1;
+        if job.attempts >= max_attempts {
+            // Every allowed attempt started and none committed (crashes while flushing).
+            job.status = status::FAILED.into();
+            job.dead_letter = true;
+            job.completed_at_us = Some(wall_clock_us());
+            job.error_message = Some(format!("gave up after {} attempts", job.attempts));
+            self.put_job(&mut guard.batch, &job)?;
+            guard.write_and(|| self.flush_index().finished(&job.namespace_id, &job.table_name, None))?;
+            tracing::warn!(job_id, attempts = job.attempts, "flush job dead-lettered");
+            return Err(EngineError::user(
+                ErrorCode::InvalidOperation,
+                format!("Job '{job_id}' cannot be run (status: failed)"),
+            ));
+        }
         job.attempts += 1;
         self.remove_checkpoints_of(job_id);
         let checkpoint = self.checkpoint_path(job_id, job.attempts);
@@ -256,7 +275,7 @@ impl Engine {
             .and_then(|c| c.create_checkpoint(&checkpoint))
             .map_err(crate::store::StoreError::Rocks)?;
         job.status = status::RUNNING.into();
-        job.started_at_us = Some(wall_clock_us());
+        job.started_at_us.get_or_insert_with(wall_clock_us);
         self.put_job(&mut guard.batch, &job)?;
         guard.write()?;
         tracing::info!(job_id, table = %def.qualified_name(), attempt = job.attempts, "flush started");

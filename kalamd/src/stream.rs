@@ -213,6 +213,7 @@ impl Engine {
                 completed_at_us: Some(now),
                 error_message: None,
                 result: Some(serde_json::json!({ "rows_evicted": evicted }).to_string()),
+                dead_letter: false,
             };
             let mut guard = self.store.begin();
             self.put_job(&mut guard.batch, &job)?;

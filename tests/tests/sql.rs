@@ -212,4 +212,9 @@ slt! {
     soft_delete => "soft_delete.slt",
     isolation => "isolation.slt",
     namespaces => "namespaces.slt",
+    alter_table => "alter_table.slt",
+    stream_tables => "stream_tables.slt",
+    system_tables => "system_tables.slt",
+    table_options => "table_options.slt",
+    partitions_and_insert_select => "partitions_and_insert_select.slt",
 }

@@ -9,7 +9,7 @@ use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::Schema;
 use datafusion::common::DFSchema;
-use datafusion::sql::sqlparser::ast::{Expr, Insert, SetExpr, Statement, TableObject};
+use datafusion::sql::sqlparser::ast::{Expr, Ident, Insert, SelectItem, SetExpr, Statement, TableObject};
 use kalam_types::KalamType;
 use kalam_types::arrow::{arrow_type, value_at};
 use kalam_types::change::{ChangeKind, ChangeRecord};
@@ -17,7 +17,7 @@ use kalam_types::codec::{self, StoredRow};
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
 use kalam_types::schema::{ColumnDefault, TableDefinition, TableType};
-use kalam_types::value::Value;
+use kalam_types::value::{Literal, Value};
 
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -30,7 +30,24 @@ use crate::store::{counter_key, table_cf_name};
 pub fn select_source(stmt: &Statement) -> Option<Statement> {
     let Statement::Insert(ins) = stmt else { return None };
     let source = ins.source.as_ref()?;
-    (!matches!(source.body.as_ref(), SetExpr::Values(_))).then(|| Statement::Query(source.clone()))
+    if matches!(source.body.as_ref(), SetExpr::Values(_)) {
+        return None;
+    }
+    let mut query = source.clone();
+    // Values are matched by position, not name: give every item a distinct name so that
+    // `SELECT a, a` or `SELECT NULL, NULL` is not refused for repeating an expression.
+    if let SetExpr::Select(select) = query.body.as_mut() {
+        for (i, item) in select.projection.iter_mut().enumerate() {
+            let alias = Ident::new(format!("insert_value_{}", i + 1));
+            *item = match std::mem::replace(item, SelectItem::Wildcard(Default::default())) {
+                SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => {
+                    SelectItem::ExprWithAlias { expr, alias }
+                }
+                other => other,
+            };
+        }
+    }
+    Some(Statement::Query(query))
 }
 
 /// Executes an INSERT as `user`; returns the number of rows written and the table. `selected`
@@ -181,34 +198,27 @@ fn literal_rows(
     Ok(rows)
 }
 
-/// The rows of an `INSERT … SELECT`: each result column is cast (strictly) to its target
-/// column's type and validated.
+/// The rows of an `INSERT … SELECT`: every result cell is written into its target column with
+/// the same rules as a literal (sql.md §2.2), through its JSON encoding (§2.3), so a computed
+/// 1.5 is refused by a BIGINT column rather than truncated.
 fn selected_rows(
     def: &TableDefinition,
     positions: &[usize],
     batches: &[RecordBatch],
 ) -> Result<Vec<GivenRow>, EngineError> {
-    let strict = CastOptions { safe: false, ..Default::default() };
     let mut rows = Vec::new();
     for batch in batches {
         if batch.num_columns() != positions.len() {
             return Err(wrong_arity(batch.num_columns(), positions.len()));
         }
-        let mut columns = Vec::with_capacity(positions.len());
-        for (array, &idx) in batch.columns().iter().zip(positions) {
-            let col = &def.columns[idx];
-            let cast = cast_with_options(array, &arrow_type(col.data_type), &strict).map_err(|e| {
-                EngineError::User(KalamError::new(ErrorCode::TypeError, format!("column '{}': {e}", col.name)))
-            })?;
-            columns.push((idx, col, cast));
-        }
         for r in 0..batch.num_rows() {
             let mut row = vec![Value::Null; def.columns.len()];
             let mut given = vec![false; def.columns.len()];
-            for (idx, col, array) in &columns {
-                let v = value_at(array.as_ref(), r, col.data_type).unwrap_or(Value::Null);
-                row[*idx] = v.validate(col.data_type, &col.name)?;
-                given[*idx] = true;
+            for (array, &idx) in batch.columns().iter().zip(positions) {
+                let col = &def.columns[idx];
+                let cell = crate::sql::query::cell_json(array, r)?;
+                row[idx] = Value::coerce(&Literal::from_json(&cell), col.data_type, &col.name)?;
+                given[idx] = true;
             }
             rows.push((row, given));
         }

@@ -52,6 +52,9 @@ pub fn resolve_table(
     table: &parse::TableRef,
     acting: &UserId,
 ) -> Result<(Arc<kalam_types::schema::TableDefinition>, UserId), EngineError> {
+    if system::is_builtin_namespace(&table.namespace) && table.qualifier.is_none() {
+        return Err(builtin_write_error(&table.namespace, &table.table));
+    }
     let def = engine.catalog.require_table(&table.namespace, &table.table)?;
     if table.qualifier.is_some() && def.table_type == kalam_types::schema::TableType::Shared {
         return Err(EngineError::user(
@@ -60,6 +63,26 @@ pub fn resolve_table(
         ));
     }
     Ok((def, table.partition_user(acting)?))
+}
+
+/// Why a statement cannot write a built-in table (only DML resolves tables through
+/// [`resolve_table`] for writing; queries read built-ins directly).
+fn builtin_write_error(ns: &str, table: &str) -> EngineError {
+    let exists = if ns == system::NAMESPACE {
+        system::system_table_names().any(|t| t == table)
+    } else {
+        ["columns", "tables"].contains(&table)
+    };
+    match (exists, table) {
+        (false, _) => EngineError::user(ErrorCode::TableNotFound, format!("relation \"{ns}.{table}\" does not exist")),
+        (true, "users") if ns == system::NAMESPACE => EngineError::user(
+            ErrorCode::UnsupportedStatement,
+            "Changing users through system.users is not available in this version",
+        ),
+        (true, _) => {
+            EngineError::user(ErrorCode::PermissionDenied, format!("permission denied: {ns}.{table} is read-only"))
+        }
+    }
 }
 
 /// A failed statement inside a batch.

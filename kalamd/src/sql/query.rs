@@ -281,8 +281,10 @@ pub fn encode_batches(names: Vec<String>, batches: &[RecordBatch]) -> Result<Que
     Ok(QueryOutput { columns, rows })
 }
 
-fn cell_json(array: &ArrayRef, row: usize) -> Result<Json, EngineError> {
-    if array.is_null(row) {
+/// One result cell in the JSON encoding of sql.md §2.3.
+pub(crate) fn cell_json(array: &ArrayRef, row: usize) -> Result<Json, EngineError> {
+    // Logical nulls: a `NullArray` (the type of a bare `NULL`) has no validity buffer.
+    if array.logical_nulls().is_some_and(|n| n.is_null(row)) {
         return Ok(Json::Null);
     }
     let as_type = |ty: KalamType| value_at(array.as_ref(), row, ty).map(|v| v.to_json()).unwrap_or(Json::Null);

@@ -20,7 +20,7 @@ pub const NAMESPACE: &str = "system";
 pub const INFORMATION_SCHEMA: &str = "information_schema";
 
 /// The built-in tables of `system` with their columns, by name.
-pub const SYSTEM_TABLES: [(&str, &[(&str, KalamType)]); 10] = [
+pub const SYSTEM_TABLES: [(&str, Columns); 10] = [
     ("flush_status", &FLUSH_STATUS_COLUMNS),
     ("jobs", &JOBS_COLUMNS),
     ("live_queries", &LIVE_QUERY_COLUMNS),
@@ -45,20 +45,20 @@ pub fn is_builtin_namespace(ns: &str) -> bool {
 
 /// A materialised system table.
 pub struct SystemTable {
-    pub columns: Vec<(&'static str, KalamType)>,
+    pub columns: Vec<Column>,
     pub rows: Vec<Vec<Value>>,
 }
 
 impl SystemTable {
     pub fn into_batch(self) -> Result<(SchemaRef, RecordBatch), EngineError> {
         let schema: SchemaRef = Arc::new(Schema::new(
-            self.columns.iter().map(|(n, t)| Field::new(*n, arrow_type(*t), true)).collect::<Vec<_>>(),
+            self.columns.iter().map(|(n, t, _)| Field::new(*n, arrow_type(*t), true)).collect::<Vec<_>>(),
         ));
         let arrays = self
             .columns
             .iter()
             .enumerate()
-            .map(|(i, (_, t))| build_array(*t, self.rows.iter().map(|r| &r[i])))
+            .map(|(i, (_, t, _))| build_array(*t, self.rows.iter().map(|r| &r[i])))
             .collect();
         let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(EngineError::internal)?;
         Ok((schema, batch))
@@ -129,6 +129,7 @@ fn only(def: &TableDefinition, kinds: &[TableType], v: Value) -> Value {
 }
 
 fn jobs(engine: &Engine) -> Result<SystemTable, EngineError> {
+    let max_attempts = Value::Int(i32::try_from(engine.cfg.flush.max_retries + 1).unwrap_or(i32::MAX));
     let rows = engine
         .jobs()?
         .into_iter()
@@ -144,12 +145,20 @@ fn jobs(engine: &Engine) -> Result<SystemTable, EngineError> {
                 text(&j.status),
                 if table_job { text(&j.namespace_id) } else { Value::Null },
                 if table_job { text(format!("{}.{}", j.namespace_id, j.table_name)) } else { Value::Null },
+                // No per-user jobs yet.
                 Value::Null,
                 opt_json(&parameters),
                 opt_json(&j.result),
+                // Execution context and resource use are not recorded yet.
+                Value::Null,
                 opt_text(&j.error_message),
+                Value::Null,
+                Value::Null,
                 Value::Int(j.attempts as i32),
-                Value::Boolean(false),
+                if j.job_type == "flush" { max_attempts.clone() } else { Value::Int(1) },
+                // Failed jobs are not retried on a schedule.
+                Value::Null,
+                Value::Boolean(j.dead_letter),
                 text(&engine.cfg.server.node_id),
                 Value::Timestamp(j.created_at_us),
                 opt_ts(j.started_at_us),
@@ -462,41 +471,48 @@ pub fn column_rows(def: &TableDefinition) -> Vec<ColumnRow> {
 }
 
 /// The columns of a built-in table, from its materialised schema.
-fn builtin_columns(columns: &[(&'static str, KalamType)]) -> Vec<ColumnRow> {
-    columns.iter().enumerate().map(|(i, (n, t))| ((*n).to_owned(), i + 1, t.name(), true, None, false, false)).collect()
+fn builtin_columns(columns: &[Column]) -> Vec<ColumnRow> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, (n, t, nullable))| ((*n).to_owned(), i + 1, t.name(), *nullable, None, false, false))
+        .collect()
 }
 
-const INFORMATION_SCHEMA_COLUMNS_COLUMNS: [(&str, KalamType); 10] = [
-    ("table_catalog", KalamType::Text),
-    ("table_schema", KalamType::Text),
-    ("table_name", KalamType::Text),
-    ("column_name", KalamType::Text),
-    ("ordinal_position", KalamType::Int),
-    ("data_type", KalamType::Text),
-    ("is_nullable", KalamType::Boolean),
-    ("column_default", KalamType::Text),
-    ("is_primary_key", KalamType::Boolean),
-    ("is_system", KalamType::Boolean),
+const INFORMATION_SCHEMA_COLUMNS_COLUMNS: [Column; 10] = [
+    ("table_catalog", KalamType::Text, false),
+    ("table_schema", KalamType::Text, false),
+    ("table_name", KalamType::Text, false),
+    ("column_name", KalamType::Text, false),
+    ("ordinal_position", KalamType::Int, false),
+    ("data_type", KalamType::Text, false),
+    ("is_nullable", KalamType::Boolean, false),
+    ("column_default", KalamType::Text, true),
+    ("is_primary_key", KalamType::Boolean, false),
+    ("is_system", KalamType::Boolean, false),
 ];
 
-const INFORMATION_SCHEMA_TABLES_COLUMNS: [(&str, KalamType); 13] = [
-    ("table_catalog", KalamType::Text),
-    ("table_schema", KalamType::Text),
-    ("table_name", KalamType::Text),
-    ("table_type", KalamType::Text),
-    ("kalamdb_table_type", KalamType::Text),
-    ("storage_id", KalamType::Text),
-    ("use_user_storage", KalamType::Boolean),
-    ("flush_row_threshold", KalamType::BigInt),
-    ("flush_interval_seconds", KalamType::BigInt),
-    ("ttl_seconds", KalamType::BigInt),
-    ("schema_version", KalamType::Int),
-    ("created_at", KalamType::Timestamp),
-    ("updated_at", KalamType::Timestamp),
+const INFORMATION_SCHEMA_TABLES_COLUMNS: [Column; 13] = [
+    ("table_catalog", KalamType::Text, false),
+    ("table_schema", KalamType::Text, false),
+    ("table_name", KalamType::Text, false),
+    ("table_type", KalamType::Text, false),
+    ("kalamdb_table_type", KalamType::Text, true),
+    ("storage_id", KalamType::Text, true),
+    ("use_user_storage", KalamType::Boolean, true),
+    ("flush_row_threshold", KalamType::BigInt, true),
+    ("flush_interval_seconds", KalamType::BigInt, true),
+    ("ttl_seconds", KalamType::BigInt, true),
+    ("schema_version", KalamType::Int, true),
+    ("created_at", KalamType::Timestamp, true),
+    ("updated_at", KalamType::Timestamp, true),
 ];
+
+/// A column of a built-in table: name, type, nullable (system-tables.md).
+type Column = (&'static str, KalamType, bool);
 
 /// The column list of a built-in table.
-type Columns = &'static [(&'static str, KalamType)];
+type Columns = &'static [Column];
 
 /// The columns of every built-in table, by schema then name.
 fn builtin_schemas() -> Vec<(&'static str, &'static str, Columns)> {
@@ -508,23 +524,27 @@ fn builtin_schemas() -> Vec<(&'static str, &'static str, Columns)> {
     out
 }
 
-const LIVE_QUERY_COLUMNS: [(&str, KalamType); 12] = [
-    ("live_id", KalamType::Text),
-    ("connection_id", KalamType::Text),
-    ("subscription_id", KalamType::Text),
-    ("user_id", KalamType::Text),
-    ("namespace_id", KalamType::Text),
-    ("table_name", KalamType::Text),
-    ("query", KalamType::Text),
-    ("options", KalamType::Json),
-    ("changes", KalamType::BigInt),
-    ("created_at", KalamType::Timestamp),
-    ("last_update", KalamType::Timestamp),
-    ("node", KalamType::Text),
+const LIVE_QUERY_COLUMNS: [Column; 12] = [
+    ("live_id", KalamType::Text, false),
+    ("connection_id", KalamType::Text, false),
+    ("subscription_id", KalamType::Text, false),
+    ("user_id", KalamType::Text, false),
+    ("namespace_id", KalamType::Text, false),
+    ("table_name", KalamType::Text, false),
+    ("query", KalamType::Text, false),
+    ("options", KalamType::Json, true),
+    ("changes", KalamType::BigInt, false),
+    ("created_at", KalamType::Timestamp, false),
+    ("last_update", KalamType::Timestamp, false),
+    ("node", KalamType::Text, false),
 ];
 
-const PROCESS_COLUMNS: [(&str, KalamType); 4] =
-    [("name", KalamType::Text), ("pid", KalamType::BigInt), ("state", KalamType::Text), ("restarts", KalamType::Int)];
+const PROCESS_COLUMNS: [Column; 4] = [
+    ("name", KalamType::Text, false),
+    ("pid", KalamType::BigInt, true),
+    ("state", KalamType::Text, false),
+    ("restarts", KalamType::Int, false),
+];
 
 fn information_schema_tables(engine: &Engine) -> SystemTable {
     let mut rows = Vec::new();
@@ -606,117 +626,122 @@ fn information_schema_columns(engine: &Engine) -> SystemTable {
     SystemTable { columns: INFORMATION_SCHEMA_COLUMNS_COLUMNS.to_vec(), rows }
 }
 
-const JOBS_COLUMNS: [(&str, KalamType); 15] = [
-    ("job_id", KalamType::Text),
-    ("job_type", KalamType::Text),
-    ("status", KalamType::Text),
-    ("namespace_id", KalamType::Text),
-    ("table_name", KalamType::Text),
-    ("user_id", KalamType::Text),
-    ("parameters", KalamType::Json),
-    ("result", KalamType::Json),
-    ("error_message", KalamType::Text),
-    ("attempts", KalamType::Int),
-    ("dead_letter", KalamType::Boolean),
-    ("node_id", KalamType::Text),
-    ("created_at", KalamType::Timestamp),
-    ("started_at", KalamType::Timestamp),
-    ("completed_at", KalamType::Timestamp),
+const JOBS_COLUMNS: [Column; 20] = [
+    ("job_id", KalamType::Text, false),
+    ("job_type", KalamType::Text, false),
+    ("status", KalamType::Text, false),
+    ("namespace_id", KalamType::Text, true),
+    ("table_name", KalamType::Text, true),
+    ("user_id", KalamType::Text, true),
+    ("parameters", KalamType::Json, true),
+    ("result", KalamType::Json, true),
+    ("trace", KalamType::Text, true),
+    ("error_message", KalamType::Text, true),
+    ("memory_used", KalamType::BigInt, true),
+    ("cpu_used", KalamType::BigInt, true),
+    ("attempts", KalamType::Int, false),
+    ("max_attempts", KalamType::Int, false),
+    ("next_retry_at", KalamType::Timestamp, true),
+    ("dead_letter", KalamType::Boolean, false),
+    ("node_id", KalamType::Text, false),
+    ("created_at", KalamType::Timestamp, false),
+    ("started_at", KalamType::Timestamp, true),
+    ("completed_at", KalamType::Timestamp, true),
 ];
 
-const NAMESPACES_COLUMNS: [(&str, KalamType); 5] = [
-    ("namespace_id", KalamType::Text),
-    ("options", KalamType::Json),
-    ("table_count", KalamType::Int),
-    ("created_at", KalamType::Timestamp),
-    ("updated_at", KalamType::Timestamp),
+const NAMESPACES_COLUMNS: [Column; 5] = [
+    ("namespace_id", KalamType::Text, false),
+    ("options", KalamType::Json, false),
+    ("table_count", KalamType::Int, false),
+    ("created_at", KalamType::Timestamp, false),
+    ("updated_at", KalamType::Timestamp, false),
 ];
 
-const TABLES_COLUMNS: [(&str, KalamType); 19] = [
-    ("table_id", KalamType::Text),
-    ("namespace_id", KalamType::Text),
-    ("table_name", KalamType::Text),
-    ("table_type", KalamType::Text),
-    ("schema_version", KalamType::Int),
-    ("primary_key", KalamType::Text),
-    ("storage_id", KalamType::Text),
-    ("use_user_storage", KalamType::Boolean),
-    ("access", KalamType::Text),
-    ("flush_row_threshold", KalamType::BigInt),
-    ("flush_interval_seconds", KalamType::BigInt),
-    ("sharding", KalamType::Text),
-    ("flush_paused", KalamType::Boolean),
-    ("deleted_retention_hours", KalamType::Int),
-    ("ttl_seconds", KalamType::BigInt),
-    ("max_buffer", KalamType::BigInt),
-    ("ephemeral", KalamType::Boolean),
-    ("created_at", KalamType::Timestamp),
-    ("updated_at", KalamType::Timestamp),
+const TABLES_COLUMNS: [Column; 19] = [
+    ("table_id", KalamType::Text, false),
+    ("namespace_id", KalamType::Text, false),
+    ("table_name", KalamType::Text, false),
+    ("table_type", KalamType::Text, false),
+    ("schema_version", KalamType::Int, false),
+    ("primary_key", KalamType::Text, false),
+    ("storage_id", KalamType::Text, true),
+    ("use_user_storage", KalamType::Boolean, false),
+    ("access", KalamType::Text, true),
+    ("flush_row_threshold", KalamType::BigInt, true),
+    ("flush_interval_seconds", KalamType::BigInt, true),
+    ("sharding", KalamType::Text, true),
+    ("flush_paused", KalamType::Boolean, false),
+    ("deleted_retention_hours", KalamType::Int, true),
+    ("ttl_seconds", KalamType::BigInt, true),
+    ("max_buffer", KalamType::BigInt, true),
+    ("ephemeral", KalamType::Boolean, true),
+    ("created_at", KalamType::Timestamp, false),
+    ("updated_at", KalamType::Timestamp, false),
 ];
 
-const TABLE_SCHEMAS_COLUMNS: [(&str, KalamType); 8] = [
-    ("schema_id", KalamType::Text),
-    ("table_id", KalamType::Text),
-    ("namespace_id", KalamType::Text),
-    ("table_name", KalamType::Text),
-    ("version", KalamType::Int),
-    ("arrow_schema", KalamType::Json),
-    ("changes", KalamType::Text),
-    ("created_at", KalamType::Timestamp),
+const TABLE_SCHEMAS_COLUMNS: [Column; 8] = [
+    ("schema_id", KalamType::Text, false),
+    ("table_id", KalamType::Text, false),
+    ("namespace_id", KalamType::Text, false),
+    ("table_name", KalamType::Text, false),
+    ("version", KalamType::Int, false),
+    ("arrow_schema", KalamType::Json, false),
+    ("changes", KalamType::Text, true),
+    ("created_at", KalamType::Timestamp, false),
 ];
 
-const TABLE_OPTIONS_COLUMNS: [(&str, KalamType); 6] = [
-    ("namespace_id", KalamType::Text),
-    ("table_name", KalamType::Text),
-    ("option_key", KalamType::Text),
-    ("option_value", KalamType::Text),
-    ("value_type", KalamType::Text),
-    ("description", KalamType::Text),
+const TABLE_OPTIONS_COLUMNS: [Column; 6] = [
+    ("namespace_id", KalamType::Text, false),
+    ("table_name", KalamType::Text, false),
+    ("option_key", KalamType::Text, false),
+    ("option_value", KalamType::Text, true),
+    ("value_type", KalamType::Text, false),
+    ("description", KalamType::Text, false),
 ];
 
-const STORAGES_COLUMNS: [(&str, KalamType); 10] = [
-    ("storage_id", KalamType::Text),
-    ("storage_name", KalamType::Text),
-    ("description", KalamType::Text),
-    ("storage_type", KalamType::Text),
-    ("uri", KalamType::Text),
-    ("credentials", KalamType::Json),
-    ("shared_tables_template", KalamType::Text),
-    ("user_tables_template", KalamType::Text),
-    ("created_at", KalamType::Timestamp),
-    ("updated_at", KalamType::Timestamp),
+const STORAGES_COLUMNS: [Column; 10] = [
+    ("storage_id", KalamType::Text, false),
+    ("storage_name", KalamType::Text, false),
+    ("description", KalamType::Text, true),
+    ("storage_type", KalamType::Text, false),
+    ("uri", KalamType::Text, false),
+    ("credentials", KalamType::Json, true),
+    ("shared_tables_template", KalamType::Text, false),
+    ("user_tables_template", KalamType::Text, false),
+    ("created_at", KalamType::Timestamp, false),
+    ("updated_at", KalamType::Timestamp, false),
 ];
 
-const USERS_COLUMNS: [(&str, KalamType); 11] = [
-    ("user_id", KalamType::Text),
-    ("username", KalamType::Text),
-    ("email", KalamType::Text),
-    ("role", KalamType::Text),
-    ("apikey", KalamType::Text),
-    ("metadata", KalamType::Json),
-    ("storage_mode", KalamType::Text),
-    ("storage_id", KalamType::Text),
-    ("created_at", KalamType::Timestamp),
-    ("updated_at", KalamType::Timestamp),
-    ("deleted_at", KalamType::Timestamp),
+const USERS_COLUMNS: [Column; 11] = [
+    ("user_id", KalamType::Text, false),
+    ("username", KalamType::Text, false),
+    ("email", KalamType::Text, true),
+    ("role", KalamType::Text, false),
+    ("apikey", KalamType::Text, true),
+    ("metadata", KalamType::Json, true),
+    ("storage_mode", KalamType::Text, false),
+    ("storage_id", KalamType::Text, true),
+    ("created_at", KalamType::Timestamp, false),
+    ("updated_at", KalamType::Timestamp, false),
+    ("deleted_at", KalamType::Timestamp, true),
 ];
 
-const FLUSH_STATUS_COLUMNS: [(&str, KalamType); 17] = [
-    ("namespace_id", KalamType::Text),
-    ("table_name", KalamType::Text),
-    ("table_type", KalamType::Text),
-    ("buffered_rows", KalamType::BigInt),
-    ("buffered_users", KalamType::BigInt),
-    ("oldest_buffered_at", KalamType::Timestamp),
-    ("lag_seconds", KalamType::BigInt),
-    ("flushed_rows_total", KalamType::BigInt),
-    ("parquet_files", KalamType::BigInt),
-    ("storage_bytes", KalamType::BigInt),
-    ("last_flush_at", KalamType::Timestamp),
-    ("last_flush_job_id", KalamType::Text),
-    ("last_flush_status", KalamType::Text),
-    ("last_error", KalamType::Text),
-    ("consecutive_failures", KalamType::Int),
-    ("next_scheduled_flush_at", KalamType::Timestamp),
-    ("paused", KalamType::Boolean),
+const FLUSH_STATUS_COLUMNS: [Column; 17] = [
+    ("namespace_id", KalamType::Text, false),
+    ("table_name", KalamType::Text, false),
+    ("table_type", KalamType::Text, false),
+    ("buffered_rows", KalamType::BigInt, false),
+    ("buffered_users", KalamType::BigInt, false),
+    ("oldest_buffered_at", KalamType::Timestamp, true),
+    ("lag_seconds", KalamType::BigInt, true),
+    ("flushed_rows_total", KalamType::BigInt, false),
+    ("parquet_files", KalamType::BigInt, false),
+    ("storage_bytes", KalamType::BigInt, false),
+    ("last_flush_at", KalamType::Timestamp, true),
+    ("last_flush_job_id", KalamType::Text, true),
+    ("last_flush_status", KalamType::Text, true),
+    ("last_error", KalamType::Text, true),
+    ("consecutive_failures", KalamType::Int, false),
+    ("next_scheduled_flush_at", KalamType::Timestamp, true),
+    ("paused", KalamType::Boolean, false),
 ];

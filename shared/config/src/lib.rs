@@ -86,6 +86,9 @@ pub struct FlushConfig {
     /// How often kalam-flushd evaluates time triggers.
     pub check_interval_seconds: u64,
     pub max_concurrent_jobs: usize,
+    /// Attempts of a job beyond the first (a job resumed after a crash starts a new attempt);
+    /// after `max_retries + 1` attempts it fails as a dead letter.
+    pub max_retries: u32,
 }
 
 impl Default for FlushConfig {
@@ -96,6 +99,7 @@ impl Default for FlushConfig {
             default_time_interval: 300,
             check_interval_seconds: 1,
             max_concurrent_jobs: 4,
+            max_retries: 5,
         }
     }
 }

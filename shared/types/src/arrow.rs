@@ -37,13 +37,15 @@ pub fn arrow_type(ty: KalamType) -> DataType {
 }
 
 /// The Arrow schema of a table: user columns in ordinal order, then `_updated` and `_deleted`
-/// when `with_system_columns`.
+/// when `with_system_columns`. Only the primary key is non-nullable in Arrow: NOT NULL is
+/// enforced on writes, and soft-deleted or older versions of a row may still hold NULL in a
+/// column made NOT NULL later.
 pub fn table_schema(def: &TableDefinition, with_system_columns: bool) -> Schema {
     let mut fields: Vec<Field> = def
         .columns
         .iter()
         .map(|c| {
-            Field::new(&c.name, arrow_type(c.data_type), c.nullable && !c.is_primary_key)
+            Field::new(&c.name, arrow_type(c.data_type), !c.is_primary_key)
                 .with_metadata(HashMap::from([(COLUMN_ID_KEY.to_owned(), c.column_id.to_string())]))
         })
         .collect();

@@ -326,13 +326,7 @@ impl ColumnDefault {
         let parsed = serde_json::from_str::<serde_json::Value>(json).map_err(|e| {
             KalamError::new(ErrorCode::InternalError, format!("stored DEFAULT of column '{column}': {e}"))
         })?;
-        let lit = match parsed {
-            serde_json::Value::Null => Literal::Null,
-            serde_json::Value::Bool(b) => Literal::Boolean(b),
-            serde_json::Value::Number(n) => Literal::Number(n.to_string()),
-            serde_json::Value::String(s) => Literal::String(s),
-            other => Literal::String(other.to_string()),
-        };
+        let lit = Literal::from_json(&parsed);
         Value::coerce(&lit, ty, column).map(Some)
     }
 }

@@ -44,6 +44,18 @@ pub enum Literal {
 }
 
 impl Literal {
+    /// A JSON value as the literal it spells (objects and arrays as their JSON text): how
+    /// stored DEFAULTs and computed values are written into columns with the rules of §2.2.
+    pub fn from_json(json: &Json) -> Literal {
+        match json {
+            Json::Null => Literal::Null,
+            Json::Bool(b) => Literal::Boolean(*b),
+            Json::Number(n) => Literal::Number(n.to_string()),
+            Json::String(s) => Literal::String(s.clone()),
+            other => Literal::String(other.to_string()),
+        }
+    }
+
     /// The literal as SQL text: `NULL`, `TRUE`, `-12`, `'it''s'`.
     pub fn as_sql(&self) -> String {
         match self {
