@@ -40,10 +40,14 @@ struct Args {
 /// Job ids queued or running here, so one job is never run twice at once.
 type InFlight = Arc<Mutex<HashSet<String>>>;
 
+/// Job ids cancelled by KILL JOB while queued or running here.
+type Cancelled = Arc<Mutex<HashSet<String>>>;
+
 #[derive(Clone)]
 struct FlusherService {
     queue: mpsc::Sender<String>,
     in_flight: InFlight,
+    cancelled: Cancelled,
 }
 
 impl FlusherService {
@@ -66,6 +70,13 @@ impl kalam_rpc::Flusher for FlusherService {
     async fn run_job(self, _: Context, job_id: String) -> Result<(), RpcError> {
         self.enqueue(job_id)
     }
+
+    async fn cancel_job(self, _: Context, job_id: String) {
+        // Only jobs queued or running here can be affected; the set is emptied as they end.
+        if self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).contains(&job_id) {
+            self.cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(job_id);
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,7 +90,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
     let run_dir = cfg.run_dir();
     let (tx, rx) = mpsc::channel(MAX_QUEUED_JOBS);
-    let service = FlusherService { queue: tx, in_flight: Arc::default() };
+    let service = FlusherService { queue: tx, in_flight: Arc::default(), cancelled: Arc::default() };
     let rpc_listener = bind(&socket_path(&run_dir, sockets::FLUSHER))?;
     let rpc_task = tokio::spawn(kalam_rpc::serve_on!(rpc_listener, service.clone()));
     let shutdown = CancellationToken::new();
@@ -87,12 +98,13 @@ async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
         run_dir.clone(),
         cfg.flush.max_concurrent_jobs.max(1),
         rx,
-        service.in_flight.clone(),
+        service.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(resume_jobs(run_dir.clone(), service.clone(), shutdown.clone()));
     let check_every = Duration::from_secs(cfg.flush.check_interval_seconds.max(1));
-    let scheduler = tokio::spawn(schedule_time_triggers(run_dir.clone(), check_every, shutdown.clone()));
+    let scheduler =
+        tokio::spawn(schedule_time_triggers(run_dir.clone(), check_every, service.clone(), shutdown.clone()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "kalam-flushd serving");
 
     let mut term = signal(SignalKind::terminate())?;
@@ -112,7 +124,12 @@ async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
 /// Time triggers (storage.md §5): every `check_every`, ask kalamd for the tables with an
 /// interval and have it create a job for each one that is due. kalamd hands the job back to
 /// this daemon like any other.
-async fn schedule_time_triggers(run_dir: PathBuf, check_every: Duration, shutdown: CancellationToken) {
+async fn schedule_time_triggers(
+    run_dir: PathBuf,
+    check_every: Duration,
+    service: FlusherService,
+    shutdown: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(check_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client: Option<EngineClient> = None;
@@ -125,6 +142,22 @@ async fn schedule_time_triggers(run_dir: PathBuf, check_every: Duration, shutdow
             client = connect_engine(&run_dir).await.ok();
         }
         let Some(c) = client.clone() else { continue };
+        // Every unfinished job with a due attempt runs here (retries after their back-off, jobs
+        // re-queued by RETRY JOB, jobs whose notification was lost); running ones are skipped.
+        match c.runnable_flush_jobs(tarpc::context::current()).await {
+            Ok(Ok(jobs)) => {
+                for job in jobs {
+                    if let Err(e) = service.enqueue(job) {
+                        tracing::warn!(error = %e, "could not queue a runnable job");
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "kalamd refused the runnable jobs"),
+            Err(_) => {
+                client = None;
+                continue;
+            }
+        }
         let candidates = match c.flush_candidates(tarpc::context::current()).await {
             Ok(Ok(list)) => list,
             Ok(Err(e)) => {
@@ -181,7 +214,7 @@ async fn run_workers(
     run_dir: PathBuf,
     max_jobs: usize,
     mut rx: mpsc::Receiver<String>,
-    in_flight: InFlight,
+    service: FlusherService,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(max_jobs));
@@ -194,19 +227,20 @@ async fn run_workers(
         };
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let run_dir = run_dir.clone();
-        let in_flight = in_flight.clone();
+        let service = service.clone();
         running.spawn(async move {
             // A kalamd restart in the middle of an attempt is not the job's fault: run it again
             // once kalamd is back (it still has every row and the job record).
             let mut delay = Duration::from_millis(200);
             for _ in 0..MAX_ATTEMPTS_ON_LOST_KALAMD {
-                if run_one(&run_dir, &job_id).await == Attempt::Finished {
+                if run_one(&run_dir, &job_id, &service.cancelled).await == Attempt::Finished {
                     break;
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&job_id);
+            service.cancelled.lock().unwrap_or_else(|p| p.into_inner()).remove(&job_id);
+            service.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&job_id);
             drop(permit);
         });
     }
@@ -234,7 +268,7 @@ enum Attempt {
 }
 
 /// Runs one attempt of a job. Failures leave every row in kalamd's buffer.
-async fn run_one(run_dir: &std::path::Path, job_id: &str) -> Attempt {
+async fn run_one(run_dir: &std::path::Path, job_id: &str, cancelled: &Cancelled) -> Attempt {
     let Some(client) = engine(run_dir).await else {
         tracing::error!(job_id, "kalamd unreachable");
         return Attempt::KalamdLost;
@@ -253,10 +287,16 @@ async fn run_one(run_dir: &std::path::Path, job_id: &str) -> Attempt {
     tracing::info!(job_id, table = %plan.table.qualified_name(), namespace = %plan.table.namespace, "Flush job started");
     let written = {
         let plan = plan.clone();
-        tokio::task::spawn_blocking(move || writer::write_job(&plan)).await
+        let (cancelled, id) = (cancelled.clone(), job_id.to_owned());
+        let is_cancelled = move || cancelled.lock().unwrap_or_else(|p| p.into_inner()).contains(&id);
+        tokio::task::spawn_blocking(move || writer::write_job(&plan, &is_cancelled)).await
     };
     let files = match written {
         Ok(Ok(files)) => files,
+        Ok(Err(writer::FlushError::Cancelled)) => {
+            tracing::info!(job_id, "flush job cancelled; its files were removed");
+            return Attempt::Finished;
+        }
         Ok(Err(e)) => {
             tracing::error!(job_id, error = %e, "flush write failed");
             let _ =
@@ -271,7 +311,9 @@ async fn run_one(run_dir: &std::path::Path, job_id: &str) -> Attempt {
             return Attempt::Finished;
         }
     };
-    match client.commit_flush(context_with_timeout(COMMIT_TIMEOUT), job_id.to_owned(), plan.attempt, files).await {
+    let committed =
+        client.commit_flush(context_with_timeout(COMMIT_TIMEOUT), job_id.to_owned(), plan.attempt, files.clone()).await;
+    match committed {
         Ok(Ok(summary)) => {
             tracing::info!(
                 job_id,
@@ -283,7 +325,10 @@ async fn run_one(run_dir: &std::path::Path, job_id: &str) -> Attempt {
             Attempt::Finished
         }
         Ok(Err(e)) => {
-            tracing::warn!(job_id, error = %e, "kalamd refused the commit");
+            // Refused (cancelled, or the files do not match the checkpoint): these files will
+            // never be in the manifest. No other attempt of this job runs while this one does.
+            tracing::warn!(job_id, error = %e, "kalamd refused the commit; removing the attempt's files");
+            writer::remove_files(&plan, &files);
             Attempt::Finished
         }
         Err(e) => {

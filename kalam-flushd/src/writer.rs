@@ -37,6 +37,8 @@ pub enum FlushError {
     Parquet { path: String, source: parquet::errors::ParquetError },
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error("the job was cancelled")]
+    Cancelled,
 }
 
 impl FlushError {
@@ -49,13 +51,43 @@ impl FlushError {
             FlushError::Path(_) => "the storage path template could not be resolved",
             FlushError::Io { .. } => "storage I/O error while writing Parquet",
             FlushError::Parquet { .. } | FlushError::Arrow(_) => "Parquet encoding error",
+            FlushError::Cancelled => "cancelled",
         }
         .to_owned()
     }
 }
 
-/// Writes every group of the plan and returns the files, ready for kalamd's commit.
-pub fn write_job(plan: &FlushPlan) -> Result<Vec<FlushedFile>, FlushError> {
+/// Writes every group of the plan and returns the files, ready for kalamd's commit. When it
+/// fails, or `cancelled` turns true between groups, the files already written are removed:
+/// nothing of an attempt that will not commit stays in the storage.
+pub fn write_job(plan: &FlushPlan, cancelled: &dyn Fn() -> bool) -> Result<Vec<FlushedFile>, FlushError> {
+    let mut files = Vec::new();
+    match write_groups(plan, cancelled, &mut files) {
+        Ok(()) => Ok(files),
+        Err(e) => {
+            remove_files(plan, &files);
+            Err(e)
+        }
+    }
+}
+
+/// Deletes files of an attempt that did not (and will not) commit.
+pub fn remove_files(plan: &FlushPlan, files: &[FlushedFile]) {
+    for f in files {
+        let path = Path::new(&plan.storage_base).join(&f.path);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove an uncommitted flush file");
+        }
+    }
+}
+
+fn write_groups(
+    plan: &FlushPlan,
+    cancelled: &dyn Fn() -> bool,
+    files: &mut Vec<FlushedFile>,
+) -> Result<(), FlushError> {
     let def = &plan.table;
     let db =
         DB::open_cf_for_read_only(&Options::default(), &plan.checkpoint_path, [plan.column_family.as_str()], false)
@@ -65,7 +97,6 @@ pub fn write_job(plan: &FlushPlan) -> Result<Vec<FlushedFile>, FlushError> {
         .ok_or_else(|| FlushError::MissingColumnFamily(plan.checkpoint_path.clone()))?;
     let decoder = codec::RowDecoder::new(def);
     let schema: SchemaRef = Arc::new(table_schema(def, true));
-    let mut files = Vec::new();
     let mut group: Vec<StoredRow> = Vec::new();
     let mut group_user: Option<String> = None;
     for item in db.iterator_cf(&cf, IteratorMode::Start) {
@@ -76,15 +107,21 @@ pub fn write_job(plan: &FlushPlan) -> Result<Vec<FlushedFile>, FlushError> {
             _ => Some(codec::split_user_row_key(&key)?.0.to_owned()),
         };
         if user != group_user && !group.is_empty() {
+            if cancelled() {
+                return Err(FlushError::Cancelled);
+            }
             files.push(write_group(plan, &schema, group_user.as_deref(), &std::mem::take(&mut group))?);
         }
         group_user = user;
         group.push(decoder.decode(&value)?);
     }
     if !group.is_empty() {
+        if cancelled() {
+            return Err(FlushError::Cancelled);
+        }
         files.push(write_group(plan, &schema, group_user.as_deref(), &group)?);
     }
-    Ok(files)
+    Ok(())
 }
 
 fn write_group(
@@ -112,15 +149,26 @@ fn write_group(
     let min_updated = rows.iter().map(|r| r.updated_us).min().unwrap_or(0);
     let max_updated = rows.iter().map(|r| r.updated_us).max().unwrap_or(0);
     let props = writer_properties(plan, user, min_updated, max_updated);
-    let file = File::create(&temp_path).map_err(io(&temp_path))?;
-    let parquet_err = |source| FlushError::Parquet { path: temp_path.display().to_string(), source };
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_err)?;
-    writer.write(&batch).map_err(parquet_err)?;
-    let file = writer.into_inner().map_err(parquet_err)?;
-    file.sync_all().map_err(io(&temp_path))?;
-    let size_bytes = file.metadata().map_err(io(&temp_path))?.len();
-    drop(file);
-    std::fs::rename(&temp_path, &final_path).map_err(io(&final_path))?;
+    let written = (|| {
+        let file = File::create(&temp_path).map_err(io(&temp_path))?;
+        let parquet_err = |source| FlushError::Parquet { path: temp_path.display().to_string(), source };
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_err)?;
+        writer.write(&batch).map_err(parquet_err)?;
+        let file = writer.into_inner().map_err(parquet_err)?;
+        file.sync_all().map_err(io(&temp_path))?;
+        let size_bytes = file.metadata().map_err(io(&temp_path))?.len();
+        drop(file);
+        std::fs::rename(&temp_path, &final_path).map_err(io(&final_path))?;
+        Ok(size_bytes)
+    })();
+    let size_bytes = match written {
+        Ok(n) => n,
+        Err(e) => {
+            // A half-written temporary file is never visible, but it must not stay either.
+            let _ = std::fs::remove_file(&temp_path);
+            return Err(e);
+        }
+    };
     File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
     Ok(FlushedFile {
         user_id: user.map(str::to_owned),

@@ -28,6 +28,8 @@ pub struct Engine {
     pub ids: Arc<IdGenerators>,
     pub streams: crate::stream::StreamBuffers,
     pub(crate) parquet_footers: crate::read::ParquetMetadataCache,
+    /// `PAUSE FLUSH ALL` (persisted in `system_meta`).
+    pub(crate) flush_paused_all: AtomicBool,
     pub(crate) flush_index: std::sync::Mutex<FlushIndex>,
     /// When this kalamd started (µs): the time trigger of never-flushed tables counts from it.
     pub started_at_us: i64,
@@ -42,6 +44,7 @@ impl Engine {
         let store = Store::open(&cfg.storage.rocksdb_path)?;
         let catalog = Catalog::load(store.clone())?;
         crate::users::seed(&store, crate::clock::wall_clock_us())?;
+        let flush_paused_all = store.get(cf::META, crate::jobs::META_FLUSH_PAUSED_ALL)?.is_some();
         let uptime_origin_ms = std::env::var("KALAMDB_SUPERVISOR_STARTED_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -56,6 +59,7 @@ impl Engine {
             ids,
             streams: crate::stream::StreamBuffers::default(),
             parquet_footers: crate::read::ParquetMetadataCache::default(),
+            flush_paused_all: AtomicBool::new(flush_paused_all),
             flush_index,
             started_at_us: crate::clock::wall_clock_us(),
             uptime_origin_ms,

@@ -25,7 +25,9 @@ pub mod status {
     pub const RUNNING: &str = "running";
     pub const COMPLETED: &str = "completed";
     pub const FAILED: &str = "failed";
-    pub const ACTIVE: [&str; 4] = ["new", QUEUED, RUNNING, "retrying"];
+    pub const RETRYING: &str = "retrying";
+    pub const CANCELLED: &str = "cancelled";
+    pub const ACTIVE: [&str; 4] = ["new", QUEUED, RUNNING, RETRYING];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +47,9 @@ pub struct JobRecord {
     /// Failed after its last allowed attempt.
     #[serde(default)]
     pub dead_letter: bool,
+    /// When a `retrying` job runs again (µs).
+    #[serde(default)]
+    pub next_retry_at_us: Option<i64>,
 }
 
 /// A flushed file as recorded in the `table_files` manifest.
@@ -112,7 +117,11 @@ impl FlushIndex {
         self.last_flush_us.get(&(ns.to_owned(), table.to_owned())).copied()
     }
 
-    fn finished(&mut self, ns: &str, table: &str, completed_at_us: Option<i64>) {
+    pub fn started(&mut self, ns: &str, table: &str, job_id: &str) {
+        self.active.insert((ns.to_owned(), table.to_owned()), job_id.to_owned());
+    }
+
+    pub fn finished(&mut self, ns: &str, table: &str, completed_at_us: Option<i64>) {
         let key = (ns.to_owned(), table.to_owned());
         self.active.remove(&key);
         if let Some(t) = completed_at_us {
@@ -154,7 +163,7 @@ impl Engine {
     pub fn maybe_trigger_flush(self: &Arc<Self>, def: &TableDefinition) {
         let Some(threshold) = def.flush_policy.row_threshold else { return };
         let (ns, table) = (def.namespace.as_str(), def.name.as_str());
-        if self.flush_index().active_job(ns, table).is_some() {
+        if self.flush_paused(def) || self.flush_index().active_job(ns, table).is_some() {
             return;
         }
         match self.store.read_counter(&counter_key(ns, table, None)) {
@@ -192,6 +201,9 @@ impl Engine {
         }
         let mut guard = self.store.begin();
         let active = self.flush_index().active_job(def.namespace.as_str(), def.name.as_str()).cloned();
+        if active.is_none() {
+            self.check_flush_allowed(def)?;
+        }
         if let Some(job_id) = active {
             // kalam-flushd may have lost it (a restart of either side); it ignores duplicates.
             self.notify_flusher(job_id.clone());
@@ -212,11 +224,12 @@ impl Engine {
             error_message: None,
             result: None,
             dead_letter: false,
+            next_retry_at_us: None,
         };
         self.put_job(&mut guard.batch, &job)?;
         // The index changes before the lock is released: a concurrent FLUSH TABLE sees this job.
         guard.write_and(|| {
-            self.flush_index().active.insert((job.namespace_id.clone(), job.table_name.clone()), job_id.clone());
+            self.flush_index().started(&job.namespace_id, &job.table_name, &job_id);
         })?;
         tracing::info!(job_id, table = %def.qualified_name(), "flush job queued");
         self.notify_flusher(job_id.clone());
@@ -257,6 +270,7 @@ impl Engine {
             // Every allowed attempt started and none committed (crashes while flushing).
             job.status = status::FAILED.into();
             job.dead_letter = true;
+            job.next_retry_at_us = None;
             job.completed_at_us = Some(wall_clock_us());
             job.error_message = Some(format!("gave up after {} attempts", job.attempts));
             self.put_job(&mut guard.batch, &job)?;
@@ -275,6 +289,7 @@ impl Engine {
             .and_then(|c| c.create_checkpoint(&checkpoint))
             .map_err(crate::store::StoreError::Rocks)?;
         job.status = status::RUNNING.into();
+        job.next_retry_at_us = None;
         job.started_at_us.get_or_insert_with(wall_clock_us);
         self.put_job(&mut guard.batch, &job)?;
         guard.write()?;
@@ -400,12 +415,32 @@ impl Engine {
         if job.attempts != attempt || !status::ACTIVE.contains(&job.status.as_str()) {
             return Ok(());
         }
-        job.status = status::FAILED.into();
         job.error_message = Some(error.to_owned());
-        job.completed_at_us = Some(wall_clock_us());
-        self.put_job(&mut guard.batch, &job)?;
-        guard.write_and(|| self.flush_index().finished(&job.namespace_id, &job.table_name, None))?;
-        tracing::warn!(job_id, error, "flush job failed");
+        let now = wall_clock_us();
+        if job.attempts < self.cfg.flush.max_retries + 1 {
+            // Exponential back-off: base, 2 × base, 4 × base, … up to the maximum.
+            let shift = job.attempts.saturating_sub(1).min(30);
+            let delay_ms =
+                self.cfg.flush.retry_base_delay_ms.saturating_mul(1 << shift).min(self.cfg.flush.retry_max_delay_ms);
+            job.status = status::RETRYING.into();
+            job.next_retry_at_us = Some(now.saturating_add(i64::try_from(delay_ms).unwrap_or(i64::MAX / 1000) * 1000));
+            self.put_job(&mut guard.batch, &job)?;
+            guard.write()?;
+            tracing::warn!(job_id, error, attempt, delay_ms, "flush attempt failed; retrying");
+        } else {
+            job.status = status::FAILED.into();
+            job.dead_letter = true;
+            job.next_retry_at_us = None;
+            job.completed_at_us = Some(now);
+            self.put_job(&mut guard.batch, &job)?;
+            guard.write_and(|| self.flush_index().finished(&job.namespace_id, &job.table_name, None))?;
+            tracing::error!(
+                job_id,
+                error,
+                attempts = job.attempts,
+                "flush job failed after its last attempt (dead letter)"
+            );
+        }
         Ok(())
     }
 
@@ -414,7 +449,7 @@ impl Engine {
         let mut out = Vec::new();
         for def in self.catalog.tables() {
             let Some(interval_seconds) = def.flush_policy.interval_seconds else { continue };
-            if def.table_type == TableType::Stream {
+            if def.table_type == TableType::Stream || self.flush_paused(&def) {
                 continue;
             }
             let (ns, table) = (def.namespace.as_str(), def.name.as_str());
@@ -425,23 +460,43 @@ impl Engine {
                 table: table.to_owned(),
                 buffered_rows,
                 interval_seconds,
-                last_flush_at_us: index
-                    .last_flush_us(ns, table)
-                    .unwrap_or_else(|| def.created_at_us.max(self.started_at_us)),
+                last_flush_at_us: timer_origin(&def, index.last_flush_us(ns, table)),
                 active: index.active_job(ns, table).is_some(),
             });
         }
         Ok(out)
     }
 
+    /// Unfinished flush jobs that may run now: every active job except a `retrying` one whose
+    /// back-off has not elapsed (kalam-flushd's scheduler picks that up when it is due).
+    ///
+    /// Read from the flush index (every active job, one per table), not by scanning the job
+    /// history: kalam-flushd asks every scheduler tick.
     pub fn runnable_flush_jobs(&self) -> Result<Vec<String>, EngineError> {
-        Ok(self
-            .jobs()?
-            .into_iter()
-            .filter(|j| j.job_type == "flush" && status::ACTIVE.contains(&j.status.as_str()))
-            .map(|j| j.job_id)
-            .collect())
+        let now = wall_clock_us();
+        let active: Vec<String> = self.flush_index().active.values().cloned().collect();
+        let mut out = Vec::with_capacity(active.len());
+        for job_id in active {
+            let job = match self.job(&job_id) {
+                Ok(j) => j,
+                Err(EngineError::User(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let due = job.status != status::RETRYING || job.next_retry_at_us.is_none_or(|t| t <= now);
+            if status::ACTIVE.contains(&job.status.as_str()) && due {
+                out.push(job_id);
+            }
+        }
+        out.sort();
+        Ok(out)
     }
+}
+
+/// Where a table's interval timer counts from: its last completed flush, or its creation, or
+/// the last change of its definition (ALTER FLUSH SETTINGS, RESUME FLUSH), whichever is latest.
+/// A table overdue when kalamd starts flushes at once.
+pub fn timer_origin(def: &TableDefinition, last_flush_us: Option<i64>) -> i64 {
+    last_flush_us.unwrap_or(def.created_at_us).max(def.updated_at_us)
 }
 
 fn open_checkpoint(path: &std::path::Path, cf_name: &str) -> Result<DB, EngineError> {

@@ -13,6 +13,7 @@ mod error;
 mod flush;
 mod http;
 mod ids;
+mod jobs;
 mod listener;
 mod provider;
 mod read;

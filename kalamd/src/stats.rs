@@ -128,9 +128,9 @@ pub fn flush_status(engine: &Engine, def: &TableDefinition, jobs: &[JobRecord]) 
     }
     st.last_flush_at_us = engine.flush_index().last_flush_us(ns, table);
     if let Some(interval) = def.flush_policy.interval_seconds
-        && !def.options.flush_paused
+        && !engine.flush_paused(def)
     {
-        let since = st.last_flush_at_us.unwrap_or_else(|| def.created_at_us.max(engine.started_at_us));
+        let since = crate::flush::timer_origin(def, st.last_flush_at_us);
         st.next_scheduled_flush_at_us = Some(since.saturating_add(interval as i64 * 1_000_000));
     }
     Ok(st)

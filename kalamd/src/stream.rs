@@ -214,6 +214,7 @@ impl Engine {
                 error_message: None,
                 result: Some(serde_json::json!({ "rows_evicted": evicted }).to_string()),
                 dead_letter: false,
+                next_retry_at_us: None,
             };
             let mut guard = self.store.begin();
             self.put_job(&mut guard.batch, &job)?;

@@ -251,6 +251,31 @@ fn execute_write(
                 message: Some(message),
             })
         }
+        KalamStatement::FlushAll { namespace } => flush_all(engine, namespace.as_deref()),
+        KalamStatement::PauseFlush { table } => {
+            let table = table.as_ref().map(|(n, t)| (n.as_str(), t.as_str()));
+            Ok(StatementResult::message(0, engine.set_flush_paused(table, true)?))
+        }
+        KalamStatement::ResumeFlush { table } => {
+            let table = table.as_ref().map(|(n, t)| (n.as_str(), t.as_str()));
+            let message = engine.set_flush_paused(table, false)?;
+            // A table whose row threshold was reached while paused flushes now.
+            let resumed = match table {
+                Some((n, t)) => engine.catalog.table(n, t).into_iter().collect(),
+                None => engine.catalog.tables(),
+            };
+            resumed.iter().for_each(|def| engine.maybe_trigger_flush(def));
+            Ok(StatementResult::message(0, message))
+        }
+        KalamStatement::AlterFlushSettings { namespace, table, change } => {
+            let message = engine.alter_flush_settings(&namespace, &table, &change)?;
+            if let Some(def) = engine.catalog.table(&namespace, &table) {
+                engine.maybe_trigger_flush(&def);
+            }
+            Ok(StatementResult::message(0, message))
+        }
+        KalamStatement::KillJob { job_id } => Ok(StatementResult::message(0, engine.kill_job(&job_id)?)),
+        KalamStatement::RetryJob { job_id } => Ok(StatementResult::message(0, engine.retry_job(&job_id)?)),
         KalamStatement::Insert(stmt) => {
             let (n, def) = dml::insert(engine, &stmt, user, selected)?;
             engine.maybe_trigger_flush(&def);
@@ -275,6 +300,46 @@ fn execute_write(
         | KalamStatement::ShowTableStats { .. }
         | KalamStatement::AlterTable { .. } => Err(EngineError::internal("statement reached the write path")),
     }
+}
+
+/// FLUSH ALL TABLES [IN ns]: one job per USER/SHARED table that is not paused, in namespace
+/// then table order (an active job is reported instead of a new one).
+fn flush_all(engine: &Arc<Engine>, namespace: Option<&str>) -> Result<StatementResult, EngineError> {
+    if let Some(ns) = namespace
+        && !engine.catalog.namespace_exists(ns)
+    {
+        return Err(EngineError::user(ErrorCode::NamespaceNotFound, format!("Namespace '{ns}' does not exist")));
+    }
+    if engine.flush_paused_all.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(EngineError::user(
+            ErrorCode::InvalidOperation,
+            "Flush is paused for all tables. Use RESUME FLUSH ALL first.",
+        ));
+    }
+    let columns: Vec<String> = ["job_id", "namespace_id", "table_name", "status"].map(String::from).to_vec();
+    let mut rows = Vec::new();
+    let mut ids = Vec::new();
+    for def in engine.catalog.tables() {
+        let in_scope = namespace.is_none_or(|ns| def.namespace.as_str() == ns);
+        if !in_scope || def.table_type == kalam_types::schema::TableType::Stream || engine.flush_paused(&def) {
+            continue;
+        }
+        let (job_id, _) = engine.create_flush_job(&def)?;
+        let status = engine.job(&job_id)?.status;
+        rows.push(OrderedRow(vec![
+            ("job_id".into(), Json::String(job_id.clone())),
+            ("namespace_id".into(), Json::String(def.namespace.to_string())),
+            ("table_name".into(), Json::String(def.name.to_string())),
+            ("status".into(), Json::String(status)),
+        ]));
+        ids.push(job_id);
+    }
+    let message = if ids.is_empty() {
+        "No tables to flush".to_owned()
+    } else {
+        format!("Flush started for {} table(s). Job IDs: [{}]", ids.len(), ids.join(", "))
+    };
+    Ok(StatementResult { columns, row_count: rows.len() as u64, rows: Some(rows), message: Some(message) })
 }
 
 async fn drop_table(

@@ -13,25 +13,77 @@ use kalam_types::ids::{NamespaceId, RESERVED_NAMESPACES, TableName, UserId};
 use kalam_types::schema::TableType;
 use kalam_types::value::Literal;
 
-pub use super::parse_table::{AlterTableOp, ColumnSpec, CreateTableSpec};
-use super::parse_table::{parse_alter_table, parse_create_table, parse_option_list};
+pub use super::parse_table::{AlterTableOp, ColumnSpec, CreateTableSpec, FlushSettingsChange};
+use super::parse_table::{parse_alter_table, parse_create_table, parse_flush_settings, parse_option_list};
 
 /// Namespace of unqualified table names.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 #[derive(Debug)]
 pub enum KalamStatement {
-    CreateNamespace { name: NamespaceId, if_not_exists: bool },
-    AlterNamespace { name: String, options: serde_json::Map<String, serde_json::Value> },
+    CreateNamespace {
+        name: NamespaceId,
+        if_not_exists: bool,
+    },
+    AlterNamespace {
+        name: String,
+        options: serde_json::Map<String, serde_json::Value>,
+    },
     CreateTable(CreateTableSpec),
-    AlterTable { namespace: String, table: String, op: AlterTableOp },
-    ShowTableStats { namespace: String, table: String },
-    FlushTable { namespace: NamespaceId, table: TableName },
-    DropTable { namespace: String, table: String, if_exists: bool },
-    DropNamespace { name: String, if_exists: bool, cascade: bool },
+    AlterTable {
+        namespace: String,
+        table: String,
+        op: AlterTableOp,
+    },
+    ShowTableStats {
+        namespace: String,
+        table: String,
+    },
+    FlushTable {
+        namespace: NamespaceId,
+        table: TableName,
+    },
+    /// `FLUSH ALL TABLES [IN ns]`.
+    FlushAll {
+        namespace: Option<String>,
+    },
+    /// `PAUSE FLUSH <ns>.<t>` (`None` = `PAUSE FLUSH ALL`).
+    PauseFlush {
+        table: Option<(String, String)>,
+    },
+    /// `RESUME FLUSH <ns>.<t>` (`None` = `RESUME FLUSH ALL`).
+    ResumeFlush {
+        table: Option<(String, String)>,
+    },
+    AlterFlushSettings {
+        namespace: String,
+        table: String,
+        change: FlushSettingsChange,
+    },
+    KillJob {
+        job_id: String,
+    },
+    RetryJob {
+        job_id: String,
+    },
+    DropTable {
+        namespace: String,
+        table: String,
+        if_exists: bool,
+    },
+    DropNamespace {
+        name: String,
+        if_exists: bool,
+        cascade: bool,
+    },
     ShowNamespaces,
-    ShowTables { namespace: Option<String> },
-    Describe { namespace: String, table: String },
+    ShowTables {
+        namespace: Option<String>,
+    },
+    Describe {
+        namespace: String,
+        table: String,
+    },
     Insert(Box<Statement>),
     Update(Box<Statement>),
     Delete(Box<Statement>),
@@ -206,6 +258,15 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     if next_is_word(&p, "ALTER") {
         let start = p.index();
         p.next_token();
+        if parse_word(&mut p, "FLUSH") {
+            if !parse_word(&mut p, "SETTINGS") {
+                return Err(syntax_error(&p.peek_token().token));
+            }
+            let (namespace, table) = qualified_table(&mut p, "ALTER FLUSH SETTINGS")?;
+            let change = parse_flush_settings(&mut p)?;
+            expect_end(&mut p)?;
+            return Ok(KalamStatement::AlterFlushSettings { namespace, table, change });
+        }
         if parse_word(&mut p, "NAMESPACE") {
             let name = ident_name(&p.parse_identifier().map_err(invalid_sql)?);
             if !(parse_word(&mut p, "SET") && parse_word(&mut p, "OPTIONS")) {
@@ -272,6 +333,53 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
         }
         return Err(unsupported(sql));
     }
+    for (word, pause) in [("PAUSE", true), ("RESUME", false)] {
+        if next_is_word(&p, word)
+            && matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case("FLUSH"))
+        {
+            p.next_token();
+            p.next_token();
+            let table = if parse_word(&mut p, "ALL") {
+                None
+            } else {
+                Some(qualified_table(&mut p, if pause { "PAUSE FLUSH" } else { "RESUME FLUSH" })?)
+            };
+            expect_end(&mut p)?;
+            return Ok(if pause {
+                KalamStatement::PauseFlush { table }
+            } else {
+                KalamStatement::ResumeFlush { table }
+            });
+        }
+    }
+    for (word, retry) in [("KILL", false), ("RETRY", true)] {
+        if next_is_word(&p, word)
+            && matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case("JOB"))
+        {
+            p.next_token();
+            p.next_token();
+            let job_id = match p.next_token().token {
+                Token::SingleQuotedString(s) => s,
+                Token::Word(w) => {
+                    // A bare id: words and dashes (`flush-t-123-abc`) up to the end.
+                    let mut id = w.value;
+                    loop {
+                        match &p.peek_token().token {
+                            Token::Minus => id.push('-'),
+                            Token::Word(w) => id.push_str(&w.value),
+                            Token::Number(n, _) => id.push_str(n),
+                            _ => break,
+                        }
+                        p.next_token();
+                    }
+                    id
+                }
+                other => return Err(syntax_error(&other)),
+            };
+            expect_end(&mut p)?;
+            return Ok(if retry { KalamStatement::RetryJob { job_id } } else { KalamStatement::KillJob { job_id } });
+        }
+    }
     if parse_word(&mut p, "DESCRIBE")
         || (next_is_word(&p, "DESC") && {
             p.next_token();
@@ -285,6 +393,18 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
         return Ok(KalamStatement::Describe { namespace, table });
     }
     if parse_word(&mut p, "FLUSH") {
+        if parse_word(&mut p, "ALL") {
+            if !parse_word(&mut p, "TABLES") {
+                return Err(syntax_error(&p.peek_token().token));
+            }
+            let namespace = if parse_word(&mut p, "IN") {
+                Some(ident_name(&p.parse_identifier().map_err(invalid_sql)?))
+            } else {
+                None
+            };
+            expect_end(&mut p)?;
+            return Ok(KalamStatement::FlushAll { namespace });
+        }
         if !p.parse_keyword(Keyword::TABLE) {
             return Err(unsupported(sql));
         }
@@ -334,6 +454,18 @@ pub fn literal(expr: &Expr) -> Result<Literal, KalamError> {
             format!("expected a literal value; '{other}' is not supported here yet"),
         )),
     }
+}
+
+/// A `<ns>.<table>` name (statements that require qualification).
+fn qualified_table(p: &mut Parser<'_>, statement: &str) -> Result<(String, String), KalamError> {
+    let name = p.parse_object_name(false).map_err(invalid_sql)?;
+    if name.0.len() != 2 {
+        return Err(KalamError::new(
+            ErrorCode::InvalidSql,
+            format!("Table name must be qualified (namespace.table) for {statement}"),
+        ));
+    }
+    object_parts(&name)
 }
 
 /// `AUTO_INCREMENT` is not a column option of any table kind; say what to use instead.

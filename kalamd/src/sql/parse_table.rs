@@ -623,3 +623,54 @@ pub fn parse_option_list(p: &mut Parser<'_>) -> Result<serde_json::Map<String, s
     }
     Ok(out)
 }
+
+/// The changes of `ALTER FLUSH SETTINGS <t> SET … | RESET` (sql.md §11); `None` = unchanged,
+/// `Some(None)` = `NONE`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlushSettingsChange {
+    /// Back to the server defaults.
+    pub reset: bool,
+    pub interval_seconds: Option<Option<u64>>,
+    pub row_threshold: Option<Option<u64>>,
+    pub sharding: Option<Sharding>,
+}
+
+/// `SET INTERVAL <d>|NONE, ROW_THRESHOLD <n>|NONE, SHARDING <s>` or `RESET`.
+pub fn parse_flush_settings(p: &mut Parser<'_>) -> Result<FlushSettingsChange, KalamError> {
+    let mut change = FlushSettingsChange::default();
+    if parse_word(p, "RESET") {
+        change.reset = true;
+        return Ok(change);
+    }
+    if !parse_word(p, "SET") {
+        return Err(syntax_error(&p.peek_token().token));
+    }
+    let none = |p: &mut Parser<'_>| parse_word(p, "NONE");
+    loop {
+        if parse_word(p, "INTERVAL") {
+            if change.interval_seconds.is_some() {
+                return Err(user_error(ErrorCode::InvalidSql, "INTERVAL specified more than once"));
+            }
+            change.interval_seconds =
+                Some(if none(p) { None } else { Some(duration_seconds("INTERVAL", &parse_option_value(p)?)?) });
+        } else if parse_word(p, "ROW_THRESHOLD") {
+            if change.row_threshold.is_some() {
+                return Err(user_error(ErrorCode::InvalidSql, "ROW_THRESHOLD specified more than once"));
+            }
+            change.row_threshold =
+                Some(if none(p) { None } else { Some(count("ROW_THRESHOLD", &parse_option_value(p)?)?) });
+        } else if parse_word(p, "SHARDING") {
+            if change.sharding.is_some() {
+                return Err(user_error(ErrorCode::InvalidSql, "SHARDING specified more than once"));
+            }
+            change.sharding = Some(Sharding::parse(&parse_option_value(p)?.text())?);
+        } else {
+            return Err(syntax_error(&p.peek_token().token));
+        }
+        if !p.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    check_flush_bounds(change.row_threshold.flatten(), change.interval_seconds.flatten())?;
+    Ok(change)
+}

@@ -156,8 +156,7 @@ fn jobs(engine: &Engine) -> Result<SystemTable, EngineError> {
                 Value::Null,
                 Value::Int(j.attempts as i32),
                 if j.job_type == "flush" { max_attempts.clone() } else { Value::Int(1) },
-                // Failed jobs are not retried on a schedule.
-                Value::Null,
+                opt_ts(j.next_retry_at_us),
                 Value::Boolean(j.dead_letter),
                 text(&engine.cfg.server.node_id),
                 Value::Timestamp(j.created_at_us),
@@ -369,7 +368,7 @@ fn flush_status(engine: &Engine) -> Result<SystemTable, EngineError> {
             opt_text(&st.last_error),
             Value::Int(st.consecutive_failures as i32),
             opt_ts(st.next_scheduled_flush_at_us),
-            Value::Boolean(def.options.flush_paused),
+            Value::Boolean(engine.flush_paused(&def)),
         ]);
     }
     Ok(SystemTable { columns: FLUSH_STATUS_COLUMNS.to_vec(), rows })

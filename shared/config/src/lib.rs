@@ -89,6 +89,10 @@ pub struct FlushConfig {
     /// Attempts of a job beyond the first (a job resumed after a crash starts a new attempt);
     /// after `max_retries + 1` attempts it fails as a dead letter.
     pub max_retries: u32,
+    /// Delay before the first retry of a failed attempt; doubles with each attempt.
+    pub retry_base_delay_ms: u64,
+    /// Longest delay between attempts.
+    pub retry_max_delay_ms: u64,
 }
 
 impl Default for FlushConfig {
@@ -100,6 +104,8 @@ impl Default for FlushConfig {
             check_interval_seconds: 1,
             max_concurrent_jobs: 4,
             max_retries: 5,
+            retry_base_delay_ms: 1000,
+            retry_max_delay_ms: 60_000,
         }
     }
 }

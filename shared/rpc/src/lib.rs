@@ -25,7 +25,9 @@ pub trait Engine {
     async fn commit_flush(job_id: String, attempt: u32, files: Vec<FlushedFile>) -> Result<FlushSummary, RpcError>;
     /// Records a failed attempt; the job keeps every row in the buffer.
     async fn fail_flush(job_id: String, attempt: u32, error: String) -> Result<(), RpcError>;
-    /// Flush jobs that are new, queued, running or retrying (resumed by kalam-flushd at start).
+    /// Flush jobs that are new, queued, running, or retrying with their back-off elapsed.
+    /// kalam-flushd asks at start and on every scheduler tick, and runs those it is not already
+    /// running, so no job is left without a task behind it.
     async fn runnable_flush_jobs() -> Result<Vec<String>, RpcError>;
     /// Tables with a time trigger, with what the scheduler needs to decide whether it is due.
     async fn flush_candidates() -> Result<Vec<FlushCandidate>, RpcError>;
@@ -45,6 +47,8 @@ pub trait Flusher {
     async fn health() -> Health;
     /// Queues a job kalamd has created; returns at once.
     async fn run_job(job_id: String) -> Result<(), RpcError>;
+    /// Stops a job that was cancelled (KILL JOB): files it wrote are removed.
+    async fn cancel_job(job_id: String);
 }
 
 /// The WebSocket sessions. Served by kalam-lived.
