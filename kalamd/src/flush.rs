@@ -593,8 +593,10 @@ mod tests {
         let (job, _) = engine.create_flush_job(&def).unwrap();
         let plan = engine.begin_flush(&job).unwrap();
         assert!(engine.commit_flush(&job, plan.attempt, &[file(1)]).is_err());
+        // The failed attempt is retried later (back-off), not given up at once.
         let record = engine.job(&job).unwrap();
-        assert_eq!(record.status, status::FAILED);
+        assert_eq!(record.status, status::RETRYING);
+        assert!(record.next_retry_at_us.is_some());
         assert!(record.error_message.unwrap().contains("hold 1 rows but the checkpoint has 2"));
         let counter = engine.store.read_counter(&counter_key("app", "t", None)).unwrap();
         assert_eq!(counter, 2, "no buffered row was removed");

@@ -58,7 +58,13 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a supervisor in a fresh data directory and waits for the health check.
     pub async fn start() -> Cluster {
+        Self::start_with_config("").await
+    }
+
+    /// Like [`Cluster::start`], with `toml` as the server's `kalam.toml`.
+    pub async fn start_with_config(toml: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("kalam.toml"), toml).expect("write kalam.toml");
         let port = free_port();
         let supervisor = spawn_supervisor(dir.path(), port);
         let cluster = Cluster { dir, port, supervisor: std::sync::Mutex::new(supervisor) };
