@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use kalam_rpc::{FlushPlan, FlushedFile};
-use kalam_storage::{group_dir, parquet_file_name, temp_file_name};
+use kalam_storage::{Templates, group_dir, parquet_file_name, temp_file_name};
 use kalam_types::arrow::{build_array, table_schema};
 use kalam_types::codec::{self, StoredRow};
 use kalam_types::schema::{TableDefinition, TableType};
@@ -131,7 +131,9 @@ fn write_group(
     rows: &[StoredRow],
 ) -> Result<FlushedFile, FlushError> {
     let def = &plan.table;
-    let rel_dir = group_dir(def.table_type, def.namespace.as_str(), def.name.as_str(), user, def.options.sharding)?;
+    let templates = Templates { shared: plan.shared_template.clone(), user: plan.user_template.clone() };
+    let rel_dir =
+        group_dir(def.table_type, def.namespace.as_str(), def.name.as_str(), user, def.options.sharding, &templates)?;
     let dir = Path::new(&plan.storage_base).join(&rel_dir);
     let io = |path: &Path| {
         let path = path.display().to_string();

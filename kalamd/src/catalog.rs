@@ -208,6 +208,13 @@ impl Catalog {
         if self.table(def.namespace.as_str(), def.name.as_str()).is_some() {
             return Ok(false);
         }
+        // Under the lock too: a concurrent DROP STORAGE cannot leave the table without one.
+        if def.table_type != TableType::Stream && self.store.get(cf::STORAGES, def.storage_id.as_bytes())?.is_none() {
+            return Err(EngineError::user(
+                ErrorCode::InvalidOperation,
+                format!("Storage '{}' does not exist in system.storages", def.storage_id),
+            ));
+        }
         if def.table_type != TableType::Stream {
             self.store.ensure_cf(&table_cf_name(&def))?;
         }

@@ -100,10 +100,10 @@ impl Engine {
         } else if let Err(e) = self.store.db().drop_cf(&table_cf_name(def)) {
             tracing::warn!(table = %def.qualified_name(), error = %e, "could not drop the column family");
         }
-        let base = self.storage_base();
         let mut dropped = Dropped::default();
         for entry in entries {
-            let path = base.join(&entry.path);
+            let path = entry.full_path(self);
+            let base = entry.base.as_ref().map(std::path::PathBuf::from).unwrap_or_else(|| self.storage_base());
             match std::fs::remove_file(&path) {
                 Ok(()) => {
                     dropped.files += 1;

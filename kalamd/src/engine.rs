@@ -31,8 +31,6 @@ pub struct Engine {
     /// `PAUSE FLUSH ALL` (persisted in `system_meta`).
     pub(crate) flush_paused_all: AtomicBool,
     pub(crate) flush_index: std::sync::Mutex<FlushIndex>,
-    /// When this kalamd started (µs): the time trigger of never-flushed tables counts from it.
-    pub started_at_us: i64,
     /// Milliseconds since the epoch at which the supervisor started (for `uptime_seconds`).
     pub uptime_origin_ms: i64,
     shutting_down: AtomicBool,
@@ -44,6 +42,7 @@ impl Engine {
         let store = Store::open(&cfg.storage.rocksdb_path)?;
         let catalog = Catalog::load(store.clone())?;
         crate::users::seed(&store, crate::clock::wall_clock_us())?;
+        crate::storages::seed(&store, crate::clock::wall_clock_us())?;
         let flush_paused_all = store.get(cf::META, crate::jobs::META_FLUSH_PAUSED_ALL)?.is_some();
         let uptime_origin_ms = std::env::var("KALAMDB_SUPERVISOR_STARTED_MS")
             .ok()
@@ -61,7 +60,6 @@ impl Engine {
             parquet_footers: crate::read::ParquetMetadataCache::default(),
             flush_paused_all: AtomicBool::new(flush_paused_all),
             flush_index,
-            started_at_us: crate::clock::wall_clock_us(),
             uptime_origin_ms,
             shutting_down: AtomicBool::new(false),
             flusher: Mutex::new(None),

@@ -50,6 +50,9 @@ pub struct JobRecord {
     /// When a `retrying` job runs again (µs).
     #[serde(default)]
     pub next_retry_at_us: Option<i64>,
+    /// Directory the current attempt writes under (recorded in the manifest at commit).
+    #[serde(default)]
+    pub storage_base: Option<String>,
 }
 
 /// A flushed file as recorded in the `table_files` manifest.
@@ -70,9 +73,18 @@ pub struct ManifestEntry {
     pub schema_version: u32,
     pub job_id: String,
     pub created_at_us: i64,
+    /// The storage directory the file was written under; `None` for files written before
+    /// storages were configurable (they live under storage `local`).
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 impl ManifestEntry {
+    /// Where the file is.
+    pub fn full_path(&self, engine: &Engine) -> std::path::PathBuf {
+        self.base.as_ref().map(std::path::PathBuf::from).unwrap_or_else(|| engine.storage_base()).join(&self.path)
+    }
+
     /// False only when the recorded key range proves the file cannot hold `pk`.
     pub fn may_contain(&self, pk: &[u8]) -> bool {
         let bound = |b: &Option<String>| b.as_deref().and_then(decode_hex);
@@ -225,6 +237,7 @@ impl Engine {
             result: None,
             dead_letter: false,
             next_retry_at_us: None,
+            storage_base: None,
         };
         self.put_job(&mut guard.batch, &job)?;
         // The index changes before the lock is released: a concurrent FLUSH TABLE sees this job.
@@ -288,6 +301,9 @@ impl Engine {
         rocksdb::checkpoint::Checkpoint::new(self.store.db())
             .and_then(|c| c.create_checkpoint(&checkpoint))
             .map_err(crate::store::StoreError::Rocks)?;
+        let storage = self.require_storage(&def.storage_id)?;
+        let base = self.storage_dir(&storage).display().to_string();
+        job.storage_base = Some(base.clone());
         job.status = status::RUNNING.into();
         job.next_retry_at_us = None;
         job.started_at_us.get_or_insert_with(wall_clock_us);
@@ -300,7 +316,9 @@ impl Engine {
             table: (*def).clone(),
             checkpoint_path: checkpoint.display().to_string(),
             column_family: table_cf_name(&def),
-            storage_base: self.storage_base().display().to_string(),
+            storage_base: base,
+            shared_template: storage.shared_tables_template,
+            user_template: storage.user_tables_template,
             job_created_at_us: job.created_at_us,
         })
     }
@@ -365,6 +383,7 @@ impl Engine {
 
         let files_cf = self.store.cf(cf::TABLE_FILES)?;
         let now = wall_clock_us();
+        let base = job.storage_base.clone().unwrap_or_else(|| self.storage_base().display().to_string());
         for f in files {
             let entry = ManifestEntry {
                 storage_id: def.storage_id.clone(),
@@ -378,6 +397,7 @@ impl Engine {
                 schema_version: def.schema_version,
                 job_id: job_id.to_owned(),
                 created_at_us: now,
+                base: Some(base.clone()),
             };
             let mut key = manifest_prefix(ns, table, f.user_id.as_deref());
             key.extend_from_slice(f.path.as_bytes());
@@ -394,7 +414,7 @@ impl Engine {
                 "records_flushed": records,
                 "users_count": users.len(),
                 "parquet_files": files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
-                "storage_location": self.storage_base().display().to_string(),
+                "storage_location": base,
                 "duration_ms": duration_ms,
             })
             .to_string(),
@@ -541,6 +561,7 @@ mod tests {
             schema_version: 1,
             job_id: "j".into(),
             created_at_us: 0,
+            base: None,
         }
     }
 

@@ -21,6 +21,7 @@ mod rowjson;
 mod rpc;
 mod sql;
 mod stats;
+mod storages;
 mod store;
 mod stream;
 mod users;

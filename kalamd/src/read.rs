@@ -138,7 +138,7 @@ fn parquet_error(path: &std::path::Path, e: impl std::fmt::Display) -> EngineErr
 /// Reads one flushed file, projecting its columns onto the current definition by column id
 /// (field metadata), so files written before an ALTER TABLE read through the current schema.
 fn read_parquet(engine: &Engine, def: &TableDefinition, entry: &ManifestEntry) -> Result<Vec<MergedRow>, EngineError> {
-    let path = engine.storage_base().join(&entry.path);
+    let path = entry.full_path(engine);
     let metadata = engine.parquet_metadata(&path)?;
     let file = File::open(&path).map_err(|e| parquet_error(&path, e))?;
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
@@ -159,7 +159,7 @@ fn lookup_parquet(
     entry: &ManifestEntry,
     wanted: &HashSet<Vec<u8>>,
 ) -> Result<Vec<MergedRow>, EngineError> {
-    let path = engine.storage_base().join(&entry.path);
+    let path = entry.full_path(engine);
     let pk_col = &def.columns[def.primary_key_index()];
     let metadata = engine.parquet_metadata(&path)?;
     let open = || {

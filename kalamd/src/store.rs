@@ -25,8 +25,9 @@ pub mod cf {
     pub const META: &str = "system_meta";
     pub const TABLE_SCHEMAS: &str = "system_table_schemas";
     pub const USERS: &str = "system_users";
-    pub const ALL: [&str; 9] =
-        [NAMESPACES, TABLES, JOBS, TABLE_FILES, COUNTERS, CHANGE_LOG, META, TABLE_SCHEMAS, USERS];
+    pub const STORAGES: &str = "system_storages";
+    pub const ALL: [&str; 10] =
+        [NAMESPACES, TABLES, JOBS, TABLE_FILES, COUNTERS, CHANGE_LOG, META, TABLE_SCHEMAS, USERS, STORAGES];
 }
 
 /// A key and its value.

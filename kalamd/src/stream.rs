@@ -215,6 +215,7 @@ impl Engine {
                 result: Some(serde_json::json!({ "rows_evicted": evicted }).to_string()),
                 dead_letter: false,
                 next_retry_at_us: None,
+                storage_base: None,
             };
             let mut guard = self.store.begin();
             self.put_job(&mut guard.batch, &job)?;

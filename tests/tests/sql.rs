@@ -208,6 +208,7 @@ slt! {
     defaults => "defaults.slt",
     introspection => "introspection.slt",
     drop => "drop.slt",
+    storages => "storages.slt",
     types => "types.slt",
     soft_delete => "soft_delete.slt",
     isolation => "isolation.slt",

@@ -40,15 +40,8 @@ pub fn create_table(engine: &Engine, spec: CreateTableSpec) -> Result<StatementR
         ));
     }
     let o = spec.options;
-    if let Some(storage) = &o.storage
-        && storage != "local"
-    {
-        return Err(EngineError::user(
-            ErrorCode::InvalidOperation,
-            format!("Storage '{storage}' does not exist in system.storages"),
-        ));
-    }
     let stream = spec.table_type == TableType::Stream;
+    let storage = if stream { None } else { Some(engine.require_storage(o.storage.as_deref().unwrap_or("local"))?) };
     let flush_policy = if stream {
         FlushPolicy { row_threshold: None, interval_seconds: None }
     } else if o.flush_row_threshold.is_none() && o.flush_interval_seconds.is_none() {
@@ -78,24 +71,25 @@ pub fn create_table(engine: &Engine, spec: CreateTableSpec) -> Result<StatementR
         table_type: spec.table_type,
         columns: spec.columns.into_iter().enumerate().map(|(i, c)| column_definition(c, i as u32 + 1)).collect(),
         schema_version: 1,
-        storage_id: if stream { String::new() } else { o.storage.unwrap_or_else(|| "local".into()) },
+        storage_id: storage.as_ref().map(|s| s.storage_id.clone()).unwrap_or_default(),
         flush_policy,
         created_at_us: now,
         updated_at_us: now,
         options,
         history: Vec::new(),
     };
-    let shared_dir = (def.table_type == TableType::Shared)
-        .then(|| {
-            let sharding = def.options.sharding;
-            kalam_storage::group_dir(def.table_type, def.namespace.as_str(), def.name.as_str(), None, sharding)
-        })
-        .transpose()
-        .map_err(EngineError::internal)?;
+    let shared_dir = match (&storage, def.table_type) {
+        (Some(s), TableType::Shared) => {
+            let (ns, t) = (def.namespace.as_str(), def.name.as_str());
+            let dir = kalam_storage::group_dir(def.table_type, ns, t, None, def.options.sharding, &s.templates())
+                .map_err(|e| EngineError::user(ErrorCode::InvalidOperation, e.to_string()))?;
+            Some(engine.storage_dir(s).join(dir))
+        }
+        _ => None,
+    };
     if engine.catalog.create_table(def)? {
         // SHARED tables get their storage directory at once (filesystem storages).
-        if let Some(dir) = shared_dir {
-            let path = engine.storage_base().join(dir);
+        if let Some(path) = shared_dir {
             std::fs::create_dir_all(&path).map_err(|e| EngineError::Store(crate::store::StoreError::Io(e)))?;
         }
         Ok(StatementResult::message(0, format!("Table '{qualified}' created successfully")))

@@ -146,3 +146,28 @@ pub fn show_table_stats(
         None,
     ))
 }
+
+/// `SHOW STORAGES` (sql.md §6): `local` first, then by name; credentials are never shown.
+pub fn show_storages(engine: &Engine) -> Result<StatementResult, EngineError> {
+    let rows = engine
+        .storages()?
+        .into_iter()
+        .map(|s| {
+            let count = engine.storage_table_count(&s.storage_id);
+            vec![
+                Json::from(s.storage_id),
+                Json::from(s.storage_name),
+                Json::from(s.storage_type),
+                Json::from(s.uri),
+                s.description.map(Json::from).unwrap_or(Json::Null),
+                Json::Null,
+                Json::from(count),
+            ]
+        })
+        .collect();
+    Ok(result(
+        &["storage_id", "storage_name", "storage_type", "uri", "description", "credentials", "table_count"],
+        rows,
+        None,
+    ))
+}

@@ -172,6 +172,7 @@ async fn execute_statement(
             drop_namespace(engine, &name, if_exists, cascade).await
         }
         KalamStatement::ShowNamespaces => Ok(introspect::show_namespaces(engine)),
+        KalamStatement::ShowStorages => introspect::show_storages(engine),
         KalamStatement::ShowTables { namespace } => introspect::show_tables(engine, namespace.as_deref()),
         KalamStatement::Describe { namespace, table } => introspect::describe(engine, &namespace, &table),
         KalamStatement::ShowTableStats { namespace, table } => {
@@ -275,6 +276,13 @@ fn execute_write(
             Ok(StatementResult::message(0, message))
         }
         KalamStatement::KillJob { job_id } => Ok(StatementResult::message(0, engine.kill_job(&job_id)?)),
+        KalamStatement::CreateStorage { id, if_not_exists, spec } => {
+            Ok(StatementResult::message(0, engine.create_storage(&id, if_not_exists, spec)?))
+        }
+        KalamStatement::AlterStorage { id, spec } => Ok(StatementResult::message(0, engine.alter_storage(&id, spec)?)),
+        KalamStatement::DropStorage { id, if_exists } => {
+            Ok(StatementResult::message(0, engine.drop_storage(&id, if_exists)?))
+        }
         KalamStatement::RetryJob { job_id } => Ok(StatementResult::message(0, engine.retry_job(&job_id)?)),
         KalamStatement::Insert(stmt) => {
             let (n, def) = dml::insert(engine, &stmt, user, selected)?;
@@ -295,6 +303,7 @@ fn execute_write(
         | KalamStatement::DropTable { .. }
         | KalamStatement::DropNamespace { .. }
         | KalamStatement::ShowNamespaces
+        | KalamStatement::ShowStorages
         | KalamStatement::ShowTables { .. }
         | KalamStatement::Describe { .. }
         | KalamStatement::ShowTableStats { .. }

@@ -15,6 +15,7 @@ use kalam_types::value::Literal;
 
 pub use super::parse_table::{AlterTableOp, ColumnSpec, CreateTableSpec, FlushSettingsChange};
 use super::parse_table::{parse_alter_table, parse_create_table, parse_flush_settings, parse_option_list};
+use crate::storages::StorageSpec;
 
 /// Namespace of unqualified table names.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -66,6 +67,20 @@ pub enum KalamStatement {
     RetryJob {
         job_id: String,
     },
+    CreateStorage {
+        id: String,
+        if_not_exists: bool,
+        spec: StorageSpec,
+    },
+    AlterStorage {
+        id: String,
+        spec: StorageSpec,
+    },
+    DropStorage {
+        id: String,
+        if_exists: bool,
+    },
+    ShowStorages,
     DropTable {
         namespace: String,
         table: String,
@@ -237,6 +252,13 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
             }
             return Ok(KalamStatement::CreateNamespace { name, if_not_exists });
         }
+        if parse_word(&mut p, "STORAGE") {
+            let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+            let id = ident_name(&p.parse_identifier().map_err(invalid_sql)?);
+            let spec = parse_storage_clauses(&mut p, false)?;
+            expect_end(&mut p)?;
+            return Ok(KalamStatement::CreateStorage { id, if_not_exists, spec });
+        }
         let kind = if parse_word(&mut p, "USER") {
             Some(TableType::User)
         } else if parse_word(&mut p, "SHARED") {
@@ -258,6 +280,12 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     if next_is_word(&p, "ALTER") {
         let start = p.index();
         p.next_token();
+        if parse_word(&mut p, "STORAGE") {
+            let id = ident_name(&p.parse_identifier().map_err(invalid_sql)?);
+            let spec = parse_storage_clauses(&mut p, true)?;
+            expect_end(&mut p)?;
+            return Ok(KalamStatement::AlterStorage { id, spec });
+        }
         if parse_word(&mut p, "FLUSH") {
             if !parse_word(&mut p, "SETTINGS") {
                 return Err(syntax_error(&p.peek_token().token));
@@ -291,6 +319,12 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     if next_is_word(&p, "DROP") {
         let start = p.index();
         p.next_token();
+        if parse_word(&mut p, "STORAGE") {
+            let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let id = ident_name(&p.parse_identifier().map_err(invalid_sql)?);
+            expect_end(&mut p)?;
+            return Ok(KalamStatement::DropStorage { id, if_exists });
+        }
         if parse_word(&mut p, "NAMESPACE") {
             let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
             let name = ident_name(&p.parse_identifier().map_err(invalid_sql)?);
@@ -314,6 +348,10 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
         if parse_word(&mut p, "NAMESPACES") {
             expect_end(&mut p)?;
             return Ok(KalamStatement::ShowNamespaces);
+        }
+        if parse_word(&mut p, "STORAGES") {
+            expect_end(&mut p)?;
+            return Ok(KalamStatement::ShowStorages);
         }
         let stats_for = parse_word(&mut p, "STATS") && parse_word(&mut p, "FOR") && p.parse_keyword(Keyword::TABLE);
         if stats_for || (parse_word(&mut p, "TABLE") && parse_word(&mut p, "STATS")) {
@@ -454,6 +492,47 @@ pub fn literal(expr: &Expr) -> Result<Literal, KalamError> {
             format!("expected a literal value; '{other}' is not supported here yet"),
         )),
     }
+}
+
+/// The clauses of CREATE STORAGE (`TYPE x`, `NAME 'n'`, `URI 'u'`, …) or, with `alter`, of
+/// ALTER STORAGE (`SET NAME 'n'`, `SET URI = 'u'`, optionally comma-separated).
+fn parse_storage_clauses(p: &mut Parser<'_>, alter: bool) -> Result<StorageSpec, KalamError> {
+    let mut spec = StorageSpec::default();
+    loop {
+        if alter {
+            let _ = p.consume_token(&Token::Comma);
+            if !parse_word(p, "SET") {
+                break;
+            }
+        }
+        let Token::Word(w) = p.peek_token().token else { break };
+        let key = w.value.to_ascii_uppercase();
+        let slot: &mut Option<String> = match key.as_str() {
+            "TYPE" => &mut spec.storage_type,
+            "NAME" => &mut spec.name,
+            "DESCRIPTION" => &mut spec.description,
+            "URI" | "PATH" | "BASE_DIRECTORY" => &mut spec.uri,
+            "BUCKET" => &mut spec.bucket,
+            "REGION" => &mut spec.region,
+            "SHARED_TABLES_TEMPLATE" => &mut spec.shared_template,
+            "USER_TABLES_TEMPLATE" => &mut spec.user_template,
+            "CREDENTIALS" => &mut spec.credentials,
+            _ if alter => return Err(syntax_error(&Token::Word(w))),
+            _ => break,
+        };
+        p.next_token();
+        if slot.is_some() {
+            return Err(KalamError::new(ErrorCode::InvalidSql, format!("{key} specified more than once")));
+        }
+        let _ = p.consume_token(&Token::Eq);
+        *slot = Some(match (key.as_str(), p.next_token().token) {
+            ("TYPE", Token::Word(w)) => w.value.to_ascii_lowercase(),
+            ("TYPE", Token::SingleQuotedString(s)) => s.to_ascii_lowercase(),
+            (_, Token::SingleQuotedString(s)) => s,
+            (_, other) => return Err(syntax_error(&other)),
+        });
+    }
+    Ok(spec)
 }
 
 /// A `<ns>.<table>` name (statements that require qualification).

@@ -92,7 +92,7 @@ fn blocking_table(engine: &Engine, name: &str) -> Result<SystemTable, EngineErro
         "tables" => tables(engine),
         "table_schemas" => table_schemas(engine)?,
         "table_options" => table_options(engine),
-        "storages" => storages(engine),
+        "storages" => storages(engine)?,
         "users" => users(engine)?,
         "flush_status" => flush_status(engine)?,
         other => return Err(not_found(NAMESPACE, other)),
@@ -307,20 +307,27 @@ fn table_options(engine: &Engine) -> SystemTable {
     SystemTable { columns: TABLE_OPTIONS_COLUMNS.to_vec(), rows }
 }
 
-fn storages(engine: &Engine) -> SystemTable {
-    let local = vec![
-        text("local"),
-        text("local"),
-        text("Server data directory (storage.default_storage_path)"),
-        text("filesystem"),
-        text(""),
-        Value::Null,
-        text(kalam_storage::DEFAULT_SHARED_TEMPLATE),
-        text(kalam_storage::DEFAULT_USER_TEMPLATE),
-        Value::Timestamp(engine.started_at_us),
-        Value::Timestamp(engine.started_at_us),
-    ];
-    SystemTable { columns: STORAGES_COLUMNS.to_vec(), rows: vec![local] }
+fn storages(engine: &Engine) -> Result<SystemTable, EngineError> {
+    let rows = engine
+        .storages()?
+        .into_iter()
+        .map(|s| {
+            vec![
+                text(&s.storage_id),
+                text(&s.storage_name),
+                opt_text(&s.description),
+                text(&s.storage_type),
+                text(&s.uri),
+                // Credentials are write-only (only s3 storages have them).
+                Value::Null,
+                text(&s.shared_tables_template),
+                text(&s.user_tables_template),
+                Value::Timestamp(s.created_at_us),
+                Value::Timestamp(s.updated_at_us),
+            ]
+        })
+        .collect();
+    Ok(SystemTable { columns: STORAGES_COLUMNS.to_vec(), rows })
 }
 
 fn users(engine: &Engine) -> Result<SystemTable, EngineError> {

@@ -32,6 +32,9 @@ pub struct FlushPlan {
     pub column_family: String,
     /// Base directory of the table's storage.
     pub storage_base: String,
+    /// The storage's path templates (storage.md §7).
+    pub shared_template: String,
+    pub user_template: String,
     /// The job's creation time, microseconds since the epoch (used in file names).
     pub job_created_at_us: i64,
 }

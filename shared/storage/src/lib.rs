@@ -22,6 +22,80 @@ pub enum PathError {
     Escapes(String),
 }
 
+/// The two path templates of a storage.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Templates {
+    pub shared: String,
+    pub user: String,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self { shared: DEFAULT_SHARED_TEMPLATE.to_owned(), user: DEFAULT_USER_TEMPLATE.to_owned() }
+    }
+}
+
+/// The variables of a template in order of appearance (`${…}` and legacy spellings folded to
+/// their canonical names); an unknown variable is an error.
+fn template_variables(template: &str) -> Result<Vec<&'static str>, String> {
+    let mut vars = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let end = rest[start..].find('}').map(|e| start + e).ok_or_else(|| format!("unclosed '{{' in '{template}'"))?;
+        vars.push(match &rest[start + 1..end] {
+            "namespace" => "namespace",
+            "tableName" | "table_name" => "tableName",
+            "userId" | "user_id" => "userId",
+            "shard" => "shard",
+            other => return Err(format!("unknown variable '{{{other}}}'")),
+        });
+        rest = &rest[end + 1..];
+    }
+    Ok(vars)
+}
+
+/// Checks a storage template against the rules of storage.md §7 (at CREATE/ALTER STORAGE). The
+/// error names the rule, e.g. `User table template: {userId} is required`.
+pub fn validate_template(table_type: TableType, template: &str) -> Result<(), String> {
+    let kind = if table_type == TableType::Shared { "Shared table template" } else { "User table template" };
+    let fail = |rule: String| Err(format!("{kind}: {rule}"));
+    if template.starts_with('/') || template.split('/').any(|s| s == ".." || s == ".") {
+        return fail("must be a relative path without '.' or '..' segments".into());
+    }
+    let vars = match template_variables(template) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let position = |v: &str| vars.iter().position(|x| *x == v);
+    if vars.iter().enumerate().any(|(i, v)| vars[..i].contains(v)) {
+        return fail("a variable appears more than once".into());
+    }
+    if table_type == TableType::Shared {
+        if position("userId").is_some() {
+            return fail("{userId} is not allowed".into());
+        }
+        if position("shard").is_some() {
+            return fail("{shard} is not allowed".into());
+        }
+        match (position("namespace"), position("tableName")) {
+            (None, _) => return fail("{namespace} is required".into()),
+            (_, None) => return fail("{tableName} is required".into()),
+            (Some(n), Some(t)) if n > t => return fail("{namespace} must come before {tableName}".into()),
+            _ => {}
+        }
+    } else {
+        if position("userId").is_none() {
+            return fail("{userId} is required".into());
+        }
+        let order = ["namespace", "tableName", "shard", "userId"];
+        let present: Vec<usize> = order.iter().filter_map(|v| position(v)).collect();
+        if present.windows(2).any(|w| w[0] > w[1]) {
+            return fail("variables must appear in the order {namespace}, {tableName}, {shard}, {userId}".into());
+        }
+    }
+    Ok(())
+}
+
 /// Values substituted into a template.
 #[derive(Debug, Clone, Copy)]
 pub struct TemplateVars<'a> {
@@ -66,17 +140,18 @@ pub fn resolve_template(template: &str, vars: TemplateVars<'_>) -> Result<String
 }
 
 /// The directory (relative to the storage base) holding one flush group's files.
-/// `sharding` gives `{shard}` of USER tables.
+/// `sharding` gives `{shard}` of USER tables; `templates` are the storage's.
 pub fn group_dir(
     table_type: TableType,
     namespace: &str,
     table: &str,
     user_id: Option<&str>,
     sharding: Sharding,
+    templates: &Templates,
 ) -> Result<String, PathError> {
     let template = match table_type {
-        TableType::Shared => DEFAULT_SHARED_TEMPLATE,
-        TableType::User | TableType::Stream => DEFAULT_USER_TEMPLATE,
+        TableType::Shared => templates.shared.as_str(),
+        TableType::User | TableType::Stream => templates.user.as_str(),
     };
     let shard = user_id.map(|u| sharding.shard_of(u)).unwrap_or_default();
     resolve_template(template, TemplateVars { namespace, table, user_id, shard: &shard })
@@ -106,12 +181,17 @@ mod tests {
     #[test]
     fn default_templates_match_the_documented_layout() {
         assert_eq!(
-            group_dir(TableType::User, "app", "messages", Some("user123"), Sharding::None).unwrap(),
+            group_dir(TableType::User, "app", "messages", Some("user123"), Sharding::None, &Templates::default())
+                .unwrap(),
             "app/users/messages/user123"
         );
-        assert_eq!(group_dir(TableType::Shared, "app", "config", None, Sharding::None).unwrap(), "app/shared/config");
+        let t = Templates::default();
         assert_eq!(
-            group_dir(TableType::User, "app", "messages", Some("user123"), Sharding::Alphabetic).unwrap(),
+            group_dir(TableType::Shared, "app", "config", None, Sharding::None, &t).unwrap(),
+            "app/shared/config"
+        );
+        assert_eq!(
+            group_dir(TableType::User, "app", "messages", Some("user123"), Sharding::Alphabetic, &t).unwrap(),
             "app/users/messages/u/user123"
         );
     }
@@ -123,6 +203,28 @@ mod tests {
         assert_eq!(err.to_string(), "Unresolved template variable '{bogus}' in path '{namespace}/{bogus}'");
         assert!(matches!(resolve_template("{namespace}/{userId}", vars(None)), Err(PathError::Unresolved { .. })));
         assert!(matches!(resolve_template("{namespace}/../x", vars(None)), Err(PathError::Escapes(_))));
+    }
+
+    #[test]
+    fn templates_are_validated_with_the_rule_that_failed() {
+        let user = |t| validate_template(TableType::User, t);
+        let shared = |t| validate_template(TableType::Shared, t);
+        assert!(user(DEFAULT_USER_TEMPLATE).is_ok() && shared(DEFAULT_SHARED_TEMPLATE).is_ok());
+        assert!(user("{namespace}/{tableName}/{userId}").is_ok());
+        assert!(user("${namespace}/${table_name}/${user_id}").is_ok());
+        assert_eq!(user("{namespace}/{tableName}").unwrap_err(), "User table template: {userId} is required");
+        assert!(user("{userId}/{namespace}").unwrap_err().contains("in the order"));
+        assert!(user("{namespace}/{bogus}/{userId}").unwrap_err().contains("unknown variable '{bogus}'"));
+        assert_eq!(
+            shared("{tableName}/{namespace}").unwrap_err(),
+            "Shared table template: {namespace} must come before {tableName}"
+        );
+        assert_eq!(
+            shared("{namespace}/{tableName}/{userId}").unwrap_err(),
+            "Shared table template: {userId} is not allowed"
+        );
+        assert!(shared("/abs/{namespace}/{tableName}").is_err());
+        assert!(shared("{namespace}/../{tableName}").is_err());
     }
 
     #[test]
