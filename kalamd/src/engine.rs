@@ -120,27 +120,39 @@ impl Engine {
     pub fn read_changes(&self, after_seq: u64, max: usize) -> Result<Vec<ChangeRecord>, EngineError> {
         let head = self.store.head_seq();
         let from = after_seq.saturating_add(1).to_be_bytes();
-        let persistent: Vec<ChangeRecord> = self
-            .store
-            .scan_from(cf::CHANGE_LOG, &from, max, MAX_CHANGE_BATCH_BYTES)?
-            .into_iter()
-            .map(|(_, v)| serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::CHANGE_LOG, e)))
-            .collect::<Result<_, _>>()?;
+        let (raw, cut) = self.store.scan_from_budget(cf::CHANGE_LOG, &from, max, MAX_CHANGE_BATCH_BYTES)?;
+        let mut persistent = Vec::with_capacity(raw.len());
+        for (_, v) in raw {
+            let rec: ChangeRecord = serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::CHANGE_LOG, e))?;
+            persistent.push((v.len(), rec));
+        }
+        // When the byte budget cut the RocksDB scan, records after the last one read may exist
+        // there: nothing beyond it may be returned, or the reader's cursor would skip them.
+        let bound = match (cut, persistent.last()) {
+            (true, Some((_, last))) => last.commit_seq.min(head),
+            _ => head,
+        };
         let transient = self.store.transient_after(after_seq, max);
+        let size = |r: &ChangeRecord| {
+            r.old_row.as_ref().map_or(0, String::len) + r.new_row.as_ref().map_or(0, String::len) + 128
+        };
         let mut merged = Vec::with_capacity(persistent.len() + transient.len());
+        let mut bytes = 0usize;
         let (mut a, mut b) = (persistent.into_iter().peekable(), transient.into_iter().peekable());
         while merged.len() < max {
             let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x.commit_seq <= y.commit_seq => a.next(),
-                (Some(_), Some(_)) => b.next(),
+                (Some((_, x)), Some(y)) if x.commit_seq <= y.commit_seq => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => b.next().map(|r| (size(&r), r)),
                 (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
                 (None, None) => None,
             };
-            match next {
-                Some(r) if r.commit_seq <= head => merged.push(r),
-                _ => break,
+            let Some((len, record)) = next else { break };
+            bytes = bytes.saturating_add(len);
+            // One byte budget for the whole batch (at least one record, so a poll progresses).
+            if record.commit_seq > bound || (!merged.is_empty() && bytes > MAX_CHANGE_BATCH_BYTES) {
+                break;
             }
+            merged.push(record);
         }
         Ok(merged)
     }
@@ -253,5 +265,33 @@ mod tests {
             assert_eq!(table_exists, created);
             assert!(!table_exists || engine.catalog.namespace_exists(&ns), "round {i}: table without namespace");
         }
+    }
+
+    #[tokio::test]
+    async fn a_byte_cut_of_the_log_never_skips_records_before_a_stream_record() {
+        let (_dir, engine) = engine();
+        let user = UserId::parse("u1").unwrap();
+        let setup = "CREATE NAMESPACE a; CREATE SHARED TABLE a.big (id BIGINT PRIMARY KEY, body TEXT); \
+                     CREATE STREAM TABLE a.ev (id BIGINT PRIMARY KEY) TTL 60s";
+        assert!(crate::sql::execute_batch(&engine, setup, None, &user).await.1.is_none());
+        // Three ~7 MiB records exceed one batch's 16 MiB budget; then a STREAM record follows.
+        let body = "x".repeat(7 << 20);
+        for id in 1..=3 {
+            let sql = format!("INSERT INTO a.big VALUES ({id}, '{body}')");
+            assert!(crate::sql::execute_batch(&engine, &sql, None, &user).await.1.is_none());
+        }
+        assert!(crate::sql::execute_batch(&engine, "INSERT INTO a.ev VALUES (1)", None, &user).await.1.is_none());
+        let mut cursor = 0;
+        let mut seen = Vec::new();
+        while cursor < engine.store.head_seq() {
+            let batch = engine.read_changes(cursor, 1000).unwrap();
+            assert!(!batch.is_empty());
+            for r in &batch {
+                assert_eq!(r.commit_seq, cursor + 1, "no sequence is skipped");
+                cursor = r.commit_seq;
+                seen.push(r.table.clone());
+            }
+        }
+        assert_eq!(seen, ["big", "big", "big", "ev"]);
     }
 }

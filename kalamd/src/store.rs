@@ -149,7 +149,15 @@ impl Store {
 
     /// Entries with key ≥ `from`, in key order: at most `limit` of them and, past the first,
     /// no more than `max_bytes` of values in total.
-    pub fn scan_from(&self, cf: &str, from: &[u8], limit: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError> {
+    /// Also says whether the byte budget (not the limit or the end of the family) stopped the
+    /// scan.
+    pub fn scan_from_budget(
+        &self,
+        cf: &str,
+        from: &[u8],
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Entry>, bool), StoreError> {
         let handle = self.cf(cf)?;
         let mut out = Vec::new();
         let mut bytes = 0;
@@ -157,11 +165,11 @@ impl Store {
             let (k, v) = item?;
             bytes += v.len();
             if !out.is_empty() && bytes > max_bytes {
-                break;
+                return Ok((out, true));
             }
             out.push((k.to_vec(), v.to_vec()));
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     /// The distinct user ids of a USER table's buffer (keys `<user> 0x00 <pk>`), found by
@@ -317,9 +325,9 @@ mod tests {
         }
         drop(cf);
         guard.write().unwrap();
-        assert_eq!(store.scan_from(cf::META, b"a", 10, 250).unwrap().len(), 2);
-        assert_eq!(store.scan_from(cf::META, b"a", 10, 10).unwrap().len(), 1);
-        assert_eq!(store.scan_from(cf::META, b"a", 1, usize::MAX).unwrap().len(), 1);
-        assert_eq!(store.scan_from(cf::META, b"b", 10, usize::MAX).unwrap().len(), 2);
+        assert_eq!(store.scan_from_budget(cf::META, b"a", 10, 250).unwrap().0.len(), 2);
+        assert_eq!(store.scan_from_budget(cf::META, b"a", 10, 10).unwrap().0.len(), 1);
+        assert_eq!(store.scan_from_budget(cf::META, b"a", 1, usize::MAX).unwrap().0.len(), 1);
+        assert_eq!(store.scan_from_budget(cf::META, b"b", 10, usize::MAX).unwrap().0.len(), 2);
     }
 }
