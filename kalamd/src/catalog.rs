@@ -153,14 +153,25 @@ impl Catalog {
         self.tables.read().unwrap_or_else(|p| p.into_inner()).get(&(ns.to_owned(), table.to_owned())).cloned()
     }
 
-    /// Fails with `TABLE_NOT_FOUND` when `def`'s table was dropped (or dropped and created
-    /// again) since the statement resolved it. Called under the commit lock by writes.
-    pub fn check_still_exists(&self, def: &TableDefinition) -> Result<(), KalamError> {
+    /// Called under the commit lock by writes: `TABLE_NOT_FOUND` when `def`'s table was dropped
+    /// (or dropped and created again) since the statement resolved it, and
+    /// [`EngineError::DefinitionChanged`] when an ALTER TABLE committed in between (the
+    /// statement then runs again against the new definition).
+    pub fn check_current(&self, def: &TableDefinition) -> Result<(), EngineError> {
         let (ns, table) = (def.namespace.as_str(), def.name.as_str());
         match self.table(ns, table) {
-            Some(current) if current.created_at_us == def.created_at_us => Ok(()),
-            _ => Err(KalamError::new(ErrorCode::TableNotFound, format!("relation \"{ns}.{table}\" does not exist"))),
+            Some(current) if current.created_at_us == def.created_at_us => {
+                if current.schema_version == def.schema_version { Ok(()) } else { Err(EngineError::DefinitionChanged) }
+            }
+            _ => Err(EngineError::user(ErrorCode::TableNotFound, format!("relation \"{ns}.{table}\" does not exist"))),
         }
+    }
+
+    /// The current definition of `def`'s table when it is a newer version of the same table
+    /// (readers use it to decode rows written after they resolved `def`).
+    pub fn newer_version(&self, def: &TableDefinition) -> Option<Arc<TableDefinition>> {
+        self.table(def.namespace.as_str(), def.name.as_str())
+            .filter(|t| t.created_at_us == def.created_at_us && t.schema_version > def.schema_version)
     }
 
     /// The table or `TABLE_NOT_FOUND` with the catalogue message.

@@ -17,6 +17,10 @@ pub enum EngineError {
     Parquet(String),
     #[error("internal: {0}")]
     Internal(String),
+    /// The table's definition changed (ALTER TABLE) after the statement resolved it; the
+    /// statement is run again (never reaches a client).
+    #[error("table definition changed")]
+    DefinitionChanged,
 }
 
 impl EngineError {
@@ -42,7 +46,7 @@ impl EngineError {
                 tracing::error!(error = %self, "storage failure");
                 KalamError::storage()
             }
-            EngineError::Internal(_) => {
+            EngineError::Internal(_) | EngineError::DefinitionChanged => {
                 tracing::error!(error = %self, "internal failure");
                 KalamError::internal()
             }

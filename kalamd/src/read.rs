@@ -62,7 +62,11 @@ pub fn read_partition(
     let prefix = user.map(codec::user_prefix).unwrap_or_default();
     let hot = engine.store.scan_prefix(&table_cf_name(def), &prefix)?;
     let mut merged = read_cold(engine, def, &manifest_entries(engine, def, user)?)?;
-    let decoder = codec::RowDecoder::new(def);
+    let newer = engine.catalog.newer_version(def);
+    let decoder = match &newer {
+        Some(n) => codec::RowDecoder::with_versions(def, n),
+        None => codec::RowDecoder::new(def),
+    };
     for (key, bytes) in hot {
         let pk = key[prefix.len()..].to_vec();
         let row = decoder.decode(&bytes).map_err(|e| EngineError::corrupt("table", e))?;
@@ -274,7 +278,11 @@ pub fn lookup_keys(
 ) -> Result<BTreeMap<Vec<u8>, MergedRow>, EngineError> {
     let user = if def.table_type == TableType::Shared { None } else { user };
     let cf_name = table_cf_name(def);
-    let decoder = codec::RowDecoder::new(def);
+    let newer = engine.catalog.newer_version(def);
+    let decoder = match &newer {
+        Some(n) => codec::RowDecoder::with_versions(def, n),
+        None => codec::RowDecoder::new(def),
+    };
     // Buffer before manifest, as in `read_partition`.
     let mut hot = BTreeMap::new();
     for pk in pks {

@@ -93,7 +93,11 @@ pub fn flush_status(engine: &Engine, def: &TableDefinition, jobs: &[JobRecord]) 
             .filter(|(k, v)| k.len() > prefix.len() && crate::store::u64_from_le(v).unwrap_or(0) > 0)
             .count() as u64;
     }
-    let decoder = RowDecoder::new(def);
+    let newer = engine.catalog.newer_version(def);
+    let decoder = match &newer {
+        Some(n) => RowDecoder::with_versions(def, n),
+        None => RowDecoder::new(def),
+    };
     for (_, bytes) in engine.store.scan_prefix(&table_cf_name(def), b"")? {
         let row = decoder.decode(&bytes).map_err(|e| EngineError::corrupt("table", e))?;
         st.oldest_buffered_at_us = Some(st.oldest_buffered_at_us.map_or(row.updated_us, |o| o.min(row.updated_us)));

@@ -171,16 +171,6 @@ pub fn alter_table(
     if current.table_type == TableType::Stream {
         return Err(invalid("ALTER TABLE is not supported on STREAM tables"));
     }
-    // Checks that read data run before the catalog change, outside the commit lock.
-    if let AlterTableOp::Modify { column, nullable: Some(false), .. } = &op {
-        let idx = current.column_index(column).ok_or_else(|| column_not_found(column))?;
-        if current.columns[idx].nullable && has_null(&current, idx)? {
-            return Err(EngineError::user(
-                ErrorCode::ConstraintViolation,
-                format!("Cannot make column '{column}' NOT NULL: some rows hold NULL"),
-            ));
-        }
-    }
     let description = op.describe();
     let def = engine.catalog.update_table(ns, table, |cur| {
         let mut def = cur.clone();
@@ -236,7 +226,7 @@ pub fn alter_table(
             AlterTableOp::Modify { column, data_type, nullable } => {
                 check_not_system(&column)?;
                 let idx = def.column_index(&column).ok_or_else(|| column_not_found(&column))?;
-                let col = &mut def.columns[idx];
+                let col = &def.columns[idx];
                 if col.is_primary_key {
                     return Err(invalid(format!("Cannot modify primary key column '{column}'")));
                 }
@@ -247,6 +237,14 @@ pub fn alter_table(
                         format!("Incompatible type change for column '{column}': {} → {data_type}", col.data_type),
                     ));
                 }
+                // Checked under the commit lock, so no write can add a NULL after the check.
+                if nullable == Some(false) && col.nullable && has_null(cur, idx)? {
+                    return Err(EngineError::user(
+                        ErrorCode::ConstraintViolation,
+                        format!("Cannot make column '{column}' NOT NULL: some rows hold NULL"),
+                    ));
+                }
+                let col = &mut def.columns[idx];
                 col.data_type = data_type;
                 if let Some(n) = nullable {
                     col.nullable = n;

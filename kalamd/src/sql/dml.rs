@@ -5,18 +5,16 @@ use std::collections::HashSet;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
-use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::Schema;
 use datafusion::common::DFSchema;
 use datafusion::sql::sqlparser::ast::{Expr, Ident, Insert, SelectItem, SetExpr, Statement, TableObject};
 use kalam_types::KalamType;
-use kalam_types::arrow::{arrow_type, value_at};
 use kalam_types::change::{ChangeKind, ChangeRecord};
 use kalam_types::codec::{self, StoredRow};
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
-use kalam_types::schema::{ColumnDefault, TableDefinition, TableType};
+use kalam_types::schema::{ColumnDefault, ColumnDefinition, TableDefinition, TableType};
 use kalam_types::value::{Literal, Value};
 
 use crate::engine::Engine;
@@ -215,15 +213,21 @@ fn selected_rows(
             let mut row = vec![Value::Null; def.columns.len()];
             let mut given = vec![false; def.columns.len()];
             for (array, &idx) in batch.columns().iter().zip(positions) {
-                let col = &def.columns[idx];
-                let cell = crate::sql::query::cell_json(array, r)?;
-                row[idx] = Value::coerce(&Literal::from_json(&cell), col.data_type, &col.name)?;
+                row[idx] = written_value(array, r, &def.columns[idx])?;
                 given[idx] = true;
             }
             rows.push((row, given));
         }
     }
     Ok(rows)
+}
+
+/// A computed cell written into `col`: converted with the literal rules of sql.md §2.2 through
+/// its JSON encoding (§2.3), so a computed 1.5 is refused by a BIGINT column rather than
+/// truncated and a '0x…' string becomes bytes, exactly as a literal would.
+pub fn written_value(array: &ArrayRef, row: usize, col: &ColumnDefinition) -> Result<Value, EngineError> {
+    let cell = crate::sql::query::cell_json(array, row)?;
+    Ok(Value::coerce(&Literal::from_json(&cell), col.data_type, &col.name)?)
 }
 
 /// Evaluates row-independent expressions of a VALUES list (`upper('x')`, `NOW()`,
@@ -247,10 +251,8 @@ impl ConstEvaluator {
 
     fn value(&self, expr: &Expr, ty: KalamType, column: &str) -> Result<Value, EngineError> {
         let array = self.eval.evaluate(&self.schema, &self.one_row, expr)?;
-        let strict = CastOptions { safe: false, ..Default::default() };
-        let cast = cast_with_options(&array, &arrow_type(ty), &strict)
-            .map_err(|e| EngineError::User(KalamError::new(ErrorCode::TypeError, format!("column '{column}': {e}"))))?;
-        Ok(value_at(cast.as_ref(), 0, ty).unwrap_or(Value::Null).validate(ty, column)?)
+        let cell = crate::sql::query::cell_json(&array, 0)?;
+        Ok(Value::coerce(&Literal::from_json(&cell), ty, column)?)
     }
 }
 
@@ -270,7 +272,7 @@ fn write_inserts(
     let decoder = codec::RowDecoder::new(def);
     let partition_user = (def.table_type != TableType::Shared).then_some(user);
     let mut guard = engine.store.begin();
-    engine.catalog.check_still_exists(def)?;
+    engine.catalog.check_current(def)?;
     // Keys of flushed rows count too. Only files whose key range covers a new key are read.
     let new_pks: Vec<Vec<u8>> = rows.iter().filter_map(|v| codec::encode_pk(&v[pk_idx])).collect();
     let entries = crate::read::manifest_entries(engine, def, partition_user)?;
@@ -296,21 +298,25 @@ fn write_inserts(
             return Err(duplicate(&values[pk_idx]));
         }
         // The buffered version, when there is one, is newer than any flushed one.
-        let live = match engine.store.get(&cf_name, &key)? {
-            Some(existing) => !decoder.decode(&existing).map_err(|e| EngineError::corrupt("table", e))?.deleted,
+        let previous = match engine.store.get(&cf_name, &key)? {
+            Some(existing) => {
+                let row = decoder.decode(&existing).map_err(|e| EngineError::corrupt("table", e))?;
+                Some((row.deleted, row.updated_us))
+            }
             None => {
                 new_keys += 1;
-                cold.get(&pk).is_some_and(|r| !r.deleted)
+                cold.get(&pk).map(|r| (r.deleted, r.updated_us))
             }
         };
-        if live {
+        if previous.is_some_and(|(deleted, _)| !deleted) {
             return Err(duplicate(&values[pk_idx]));
         }
-        pending.push((key, values));
+        // A new live row over a soft-deleted one must be the newer version.
+        pending.push((key, values, previous.map(|(_, updated)| updated)));
     }
     let count = pending.len() as u64;
-    for (key, values) in pending {
-        let updated_us = engine.clock.next();
+    for (key, values, previous) in pending {
+        let updated_us = previous.map_or_else(|| engine.clock.next(), |p| engine.clock.next().max(p + 1));
         let row = StoredRow { schema_version: def.schema_version, values, updated_us, deleted: false };
         let bytes = codec::encode_row(&row).map_err(EngineError::internal)?;
         guard.batch.put_cf(&cf, &key, bytes);
@@ -354,7 +360,7 @@ fn write_stream_inserts(
     }
     let pk_idx = def.primary_key_index();
     let mut guard = engine.store.begin();
-    engine.catalog.check_still_exists(def)?;
+    engine.catalog.check_current(def)?;
     let mut keys_in_statement = HashSet::new();
     let mut pending = Vec::with_capacity(rows.len());
     for values in rows {

@@ -8,10 +8,11 @@ use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, GroupByExpr, Query, SelectFlavor, SelectItem, SetExpr, Statement, TableFactor,
     WildcardAdditionalOptions,
 };
+use kalam_types::KalamType;
 use kalam_types::codec;
 use kalam_types::ids::UserId;
 use kalam_types::schema::{DELETED_COLUMN, TableDefinition, TableType, UPDATED_COLUMN};
-use kalam_types::value::Value;
+use kalam_types::value::{Literal, Value};
 use serde_json::Value as Json;
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use crate::error::EngineError;
 use crate::read::lookup_keys;
 use crate::rowjson::OrderedRow;
 use crate::sql::parse::{TableRef, ident_name, literal};
-use crate::sql::query::{QueryOutput, unique_names};
+use crate::sql::query::QueryOutput;
 
 /// One output column of a point query.
 enum Output {
@@ -119,11 +120,17 @@ pub fn plan(engine: &Engine, stmt: &Statement, acting: &UserId) -> Option<PointQ
             _ => return None,
         }
     }
-    Some(PointQuery { def, user, pk, columns: unique_names(columns), outputs })
+    // DataFusion refuses repeated output names; let it say so.
+    if columns.iter().enumerate().any(|(i, c)| columns[..i].contains(c)) {
+        return None;
+    }
+    Some(PointQuery { def, user, pk, columns, outputs })
 }
 
-/// The key bytes when `predicate` is exactly `<pk> = <literal>` (either side), with a literal
-/// that is a valid key value.
+/// The key bytes when `predicate` is exactly `<pk> = <literal>` (either side) and SQL
+/// comparison could only match that one key: an integer literal for a BIGINT key, a string
+/// literal for a TEXT key. Anything else (`id = 5.0`, `id = ' 5'`, `k = 1`) compares with
+/// DataFusion's casting rules, so it takes the general path.
 pub fn primary_key_equality(def: &TableDefinition, predicate: &Expr) -> Option<Vec<u8>> {
     let pk_col = &def.columns[def.primary_key_index()];
     let Expr::BinaryOp { left, op: BinaryOperator::Eq, right } = predicate else { return None };
@@ -131,7 +138,16 @@ pub fn primary_key_equality(def: &TableDefinition, predicate: &Expr) -> Option<V
         (Expr::Identifier(id), other) | (other, Expr::Identifier(id)) if ident_name(id) == pk_col.name => other,
         _ => return None,
     };
-    let key = Value::coerce(&literal(key_literal).ok()?, pk_col.data_type, &pk_col.name).ok()?;
+    let lit = literal(key_literal).ok()?;
+    let same_kind = match (&lit, pk_col.data_type) {
+        (Literal::Number(n), KalamType::BigInt) => n.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()),
+        (Literal::String(_), KalamType::Text) => true,
+        _ => false,
+    };
+    if !same_kind {
+        return None;
+    }
+    let key = Value::coerce(&lit, pk_col.data_type, &pk_col.name).ok()?;
     codec::encode_pk(&key)
 }
 

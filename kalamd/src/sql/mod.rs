@@ -28,6 +28,9 @@ use crate::error::EngineError;
 use crate::rowjson::OrderedRow;
 use parse::KalamStatement;
 
+/// Times a write is re-run because ALTER TABLE changed its table under it.
+const MAX_DEFINITION_RETRIES: usize = 10;
+
 /// The outcome of one statement (api.md §2.2).
 #[derive(Debug, Default, Serialize)]
 pub struct StatementResult {
@@ -204,9 +207,19 @@ async fn execute_statement(
                 _ => None,
             };
             let (engine, user) = (engine.clone(), user.clone());
-            tokio::task::spawn_blocking(move || execute_write(&engine, other, &user, selected))
-                .await
-                .map_err(EngineError::internal)?
+            tokio::task::spawn_blocking(move || {
+                // A write that resolved its table before a concurrent ALTER TABLE committed runs
+                // again against the new definition (checked under the commit lock).
+                let mut attempts = 0;
+                loop {
+                    match execute_write(&engine, other.clone(), &user, selected.clone()) {
+                        Err(EngineError::DefinitionChanged) if attempts < MAX_DEFINITION_RETRIES => attempts += 1,
+                        result => return result,
+                    }
+                }
+            })
+            .await
+            .map_err(EngineError::internal)?
         }
     }
 }

@@ -8,15 +8,14 @@ use std::sync::Arc;
 
 use crate::sql::eval::ExprEvaluator;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::common::DFSchema;
 use datafusion::sql::sqlparser::ast::{
     AssignmentTarget, Delete, Expr, FromTable, ObjectName, Statement, TableFactor, TableWithJoins, Update,
 };
-use kalam_types::arrow::{arrow_type, build_array, table_schema, value_at};
+use kalam_types::arrow::{build_array, table_schema};
 use kalam_types::change::{ChangeKind, ChangeRecord};
 use kalam_types::codec::{self, StoredRow};
-use kalam_types::error::{ErrorCode, KalamError};
+use kalam_types::error::ErrorCode;
 use kalam_types::ids::UserId;
 use kalam_types::schema::{TableDefinition, TableType};
 use kalam_types::{KalamType, Value};
@@ -118,10 +117,6 @@ enum Change<'a> {
     Delete,
 }
 
-fn type_error(e: impl std::fmt::Display) -> EngineError {
-    EngineError::User(KalamError::new(ErrorCode::TypeError, e.to_string()))
-}
-
 fn apply(
     engine: &Engine,
     def: &TableDefinition,
@@ -131,7 +126,7 @@ fn apply(
 ) -> Result<u64, EngineError> {
     let partition_user = (def.table_type != TableType::Shared).then_some(user);
     let mut guard = engine.store.begin();
-    engine.catalog.check_still_exists(def)?;
+    engine.catalog.check_current(def)?;
     // `WHERE <pk> = <literal>` reads one key, not the partition (the predicate still runs below).
     let point = selection.and_then(|p| crate::sql::fast::primary_key_equality(def, p));
     let rows: Vec<MergedRow> = match point {
@@ -176,20 +171,19 @@ fn apply(
     // New values of every matched row.
     let mut new_values: Vec<Vec<Value>> = matched.iter().map(|&i| rows[i].values.clone()).collect();
     if let Change::Update(sets) = &change {
-        let strict = CastOptions { safe: false, ..Default::default() };
         for (col_idx, expr) in sets.iter() {
             let col = &def.columns[*col_idx];
             let computed = eval.evaluate(&df_schema, &batch, expr)?;
-            let cast = cast_with_options(&computed, &arrow_type(col.data_type), &strict).map_err(type_error)?;
             for (slot, &row) in new_values.iter_mut().zip(&matched) {
-                let v = value_at(cast.as_ref(), row, col.data_type).unwrap_or(Value::Null);
+                // The same rules as a literal written into the column (sql.md §2.2).
+                let v = crate::sql::dml::written_value(&computed, row, col)?;
                 if v.is_null() && !col.nullable {
                     return Err(EngineError::user(
                         ErrorCode::ConstraintViolation,
                         format!("NOT NULL violation: column '{}' cannot be null", col.name),
                     ));
                 }
-                slot[*col_idx] = v.validate(col.data_type, &col.name)?;
+                slot[*col_idx] = v;
             }
         }
     }
@@ -211,7 +205,8 @@ fn apply(
         if engine.store.get(&cf_name, &key)?.is_none() {
             new_keys += 1;
         }
-        let updated_us = engine.clock.next();
+        // Strictly newer than the version it replaces, whatever the wall clock did.
+        let updated_us = engine.clock.next().max(old.updated_us.saturating_add(1));
         let (kind, stored, old_row, new_row) = match change {
             Change::Update(_) => {
                 let stored = StoredRow { schema_version: def.schema_version, values, updated_us, deleted: false };

@@ -20,7 +20,7 @@ use crate::storages::StorageSpec;
 /// Namespace of unqualified table names.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum KalamStatement {
     CreateNamespace {
         name: NamespaceId,
@@ -141,11 +141,12 @@ impl TableRef {
         if let [ns, qualifier, table] = name.0.as_slice()
             && let (Some(ns), Some(qualifier), Some(table)) = (ns.as_ident(), qualifier.as_ident(), table.as_ident())
         {
-            // User ids are case-sensitive: an unquoted qualifier is taken as written.
+            // Folded like every identifier (as DataFusion will when it plans the query): a user
+            // id with upper-case letters is written quoted, `app."Alice".notes`.
             return Ok(TableRef {
                 namespace: ident_name(ns),
                 table: ident_name(table),
-                qualifier: Some(qualifier.value.clone()),
+                qualifier: Some(ident_name(qualifier)),
             });
         }
         let (namespace, table) = object_parts(name)?;
@@ -741,7 +742,7 @@ mod tests {
 
     #[test]
     fn three_part_names_address_a_user_partition() {
-        let name = ObjectName::from(vec![Ident::new("app"), Ident::new("Alice"), Ident::new("messages")]);
+        let name = ObjectName::from(vec![Ident::new("app"), Ident::with_quote('"', "Alice"), Ident::new("messages")]);
         let r = TableRef::parse(&name).unwrap();
         assert_eq!(r.qualifier.as_deref(), Some("Alice"));
         let me = UserId::parse("bob").unwrap();

@@ -116,12 +116,20 @@ pub fn decode_row(bytes: &[u8], types: &[KalamType]) -> Result<StoredRow, CodecE
 /// projected like Parquet files).
 pub struct RowDecoder<'a> {
     def: &'a TableDefinition,
+    /// Where the column lists of other versions come from: `def` itself, or a newer definition
+    /// of the same table (a reader planned before an ALTER TABLE meets rows written after it).
+    versions: &'a TableDefinition,
     types: Vec<KalamType>,
 }
 
 impl<'a> RowDecoder<'a> {
     pub fn new(def: &'a TableDefinition) -> Self {
-        Self { def, types: def.column_types() }
+        Self { def, versions: def, types: def.column_types() }
+    }
+
+    /// Decodes into `def`'s schema, looking up versions in `newer` (same table, later version).
+    pub fn with_versions(def: &'a TableDefinition, newer: &'a TableDefinition) -> Self {
+        Self { def, versions: newer, types: def.column_types() }
     }
 
     pub fn decode(&self, bytes: &[u8]) -> Result<StoredRow, CodecError> {
@@ -129,7 +137,7 @@ impl<'a> RowDecoder<'a> {
         if version == self.def.schema_version {
             return decode_row(bytes, &self.types);
         }
-        let columns = self.def.columns_of(version).ok_or(CodecError::UnknownSchemaVersion(version))?;
+        let columns = self.versions.columns_of(version).ok_or(CodecError::UnknownSchemaVersion(version))?;
         let types: Vec<KalamType> = columns.iter().map(|c| c.data_type).collect();
         let mut row = decode_row(bytes, &types)?;
         row.values = self.def.project(columns, row.values);

@@ -118,7 +118,15 @@ impl Value {
                 };
                 Value::Timestamp(micros.ok_or_else(invalid)?)
             }
-            (Literal::String(s), KalamType::Date) => Value::Date(time::parse_date_days(s).ok_or_else(invalid)?),
+            // `YYYY-MM-DD`, or a timestamp truncated to its UTC date (§2.2).
+            (Literal::String(s), KalamType::Date) => Value::Date(
+                time::parse_date_days(s)
+                    .or_else(|| {
+                        let micros = time::parse_timestamp_micros(s)?;
+                        i32::try_from(micros.div_euclid(86_400_000_000)).ok()
+                    })
+                    .ok_or_else(invalid)?,
+            ),
             (Literal::String(s), KalamType::Time) => Value::Time(time::parse_time_micros(s).ok_or_else(invalid)?),
             (_, KalamType::Json) => match lit {
                 Literal::String(s)
@@ -420,6 +428,9 @@ mod tests {
             message(&s("2025-02-30"), KalamType::Date, "dt"),
             "Invalid DATE value for column 'dt': '2025-02-30'"
         );
+        // A timestamp is truncated to its UTC date.
+        let date = Value::coerce(&s("2025-10-24T23:30:00-05:00"), KalamType::Date, "dt").unwrap();
+        assert_eq!(date, Value::Date(time::parse_date_days("2025-10-25").unwrap()));
     }
 
     #[test]
