@@ -91,15 +91,17 @@ impl Engine {
                 self.put_job(&mut guard.batch, &job)?;
             }
         }
+        // The column family goes before the lock is released: a CREATE TABLE of the same name
+        // right after must create a fresh one.
         guard.write_and(|| {
             self.flush_index().forget_table(ns, table);
             self.catalog.forget_table(ns, table);
+            if def.table_type == kalam_types::schema::TableType::Stream {
+                self.streams.drop_table(ns, table);
+            } else if let Err(e) = self.store.db().drop_cf(&table_cf_name(def)) {
+                tracing::warn!(table = %def.qualified_name(), error = %e, "could not drop the column family");
+            }
         })?;
-        if def.table_type == kalam_types::schema::TableType::Stream {
-            self.streams.drop_table(ns, table);
-        } else if let Err(e) = self.store.db().drop_cf(&table_cf_name(def)) {
-            tracing::warn!(table = %def.qualified_name(), error = %e, "could not drop the column family");
-        }
         let mut dropped = Dropped::default();
         for entry in entries {
             let path = entry.full_path(self);

@@ -53,6 +53,9 @@ pub struct JobRecord {
     /// Directory the current attempt writes under (recorded in the manifest at commit).
     #[serde(default)]
     pub storage_base: Option<String>,
+    /// Schema version the current attempt writes its files in.
+    #[serde(default)]
+    pub schema_version: Option<u32>,
 }
 
 /// A flushed file as recorded in the `table_files` manifest.
@@ -238,6 +241,7 @@ impl Engine {
             dead_letter: false,
             next_retry_at_us: None,
             storage_base: None,
+            schema_version: None,
         };
         self.put_job(&mut guard.batch, &job)?;
         // The index changes before the lock is released: a concurrent FLUSH TABLE sees this job.
@@ -304,6 +308,7 @@ impl Engine {
         let storage = self.require_storage(&def.storage_id)?;
         let base = self.storage_dir(&storage).display().to_string();
         job.storage_base = Some(base.clone());
+        job.schema_version = Some(def.schema_version);
         job.status = status::RUNNING.into();
         job.next_retry_at_us = None;
         job.started_at_us.get_or_insert_with(wall_clock_us);
@@ -394,7 +399,7 @@ impl Engine {
                 max_updated_us: f.max_updated_us,
                 min_pk: Some(encode_hex(&f.min_pk)),
                 max_pk: Some(encode_hex(&f.max_pk)),
-                schema_version: def.schema_version,
+                schema_version: job.schema_version.unwrap_or(def.schema_version),
                 job_id: job_id.to_owned(),
                 created_at_us: now,
                 base: Some(base.clone()),

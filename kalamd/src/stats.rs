@@ -98,10 +98,11 @@ pub fn flush_status(engine: &Engine, def: &TableDefinition, jobs: &[JobRecord]) 
         Some(n) => RowDecoder::with_versions(def, n),
         None => RowDecoder::new(def),
     };
-    for (_, bytes) in engine.store.scan_prefix(&table_cf_name(def), b"")? {
-        let row = decoder.decode(&bytes).map_err(|e| EngineError::corrupt("table", e))?;
+    engine.store.for_each_prefix(&table_cf_name(def), b"", |_, bytes| {
+        let row = decoder.decode(bytes).map_err(|e| EngineError::corrupt("table", e))?;
         st.oldest_buffered_at_us = Some(st.oldest_buffered_at_us.map_or(row.updated_us, |o| o.min(row.updated_us)));
-    }
+        Ok::<(), EngineError>(())
+    })?;
     for file in table_files(engine, def)? {
         st.parquet_files += 1;
         st.storage_bytes += file.size_bytes;

@@ -147,6 +147,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Visits every entry whose key starts with `prefix`, in key order, without collecting them.
+    pub fn for_each_prefix<E: From<StoreError>>(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let handle = self.cf(cf)?;
+        for item in self.db.iterator_cf(&handle, IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item.map_err(StoreError::from)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            visit(&k, &v)?;
+        }
+        Ok(())
+    }
+
     /// Entries with key ≥ `from`, in key order: at most `limit` of them and, past the first,
     /// no more than `max_bytes` of values in total.
     /// Also says whether the byte budget (not the limit or the end of the family) stopped the

@@ -190,9 +190,11 @@ impl Engine {
         let evicted = self.streams.evict_expired(&defs);
         let ttl: HashMap<(&str, &str), i64> =
             defs.iter().map(|d| ((d.namespace.as_str(), d.name.as_str()), StreamBuffers::cutoff(d, started))).collect();
-        // Records of dropped tables go too; persistent records are never in this tail.
-        self.store.trim_transient(|r| {
-            ttl.get(&(r.namespace.as_str(), r.table.as_str())).is_none_or(|cutoff| r.commit_time_us < *cutoff)
+        // Records of dropped tables go too (a table created during this pass is not one of
+        // them); persistent records are never in this tail.
+        self.store.trim_transient(|r| match ttl.get(&(r.namespace.as_str(), r.table.as_str())) {
+            Some(cutoff) => r.commit_time_us < *cutoff,
+            None => self.catalog.table(&r.namespace, &r.table).is_none(),
         });
         if evicted > 0 {
             let now = crate::clock::wall_clock_us();
@@ -216,6 +218,7 @@ impl Engine {
                 dead_letter: false,
                 next_retry_at_us: None,
                 storage_base: None,
+                schema_version: None,
             };
             let mut guard = self.store.begin();
             self.put_job(&mut guard.batch, &job)?;

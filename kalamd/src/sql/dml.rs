@@ -32,17 +32,15 @@ pub fn select_source(stmt: &Statement) -> Option<Statement> {
         return None;
     }
     let mut query = source.clone();
-    // Values are matched by position, not name: give every item a distinct name so that
-    // `SELECT a, a` or `SELECT NULL, NULL` is not refused for repeating an expression.
+    // Values are matched by position, not name: give every unnamed item a distinct name so
+    // that `SELECT a, a` or `SELECT NULL, NULL` is not refused for repeating an expression.
+    // Aliases the statement wrote stay (ORDER BY may use them).
     if let SetExpr::Select(select) = query.body.as_mut() {
         for (i, item) in select.projection.iter_mut().enumerate() {
-            let alias = Ident::new(format!("insert_value_{}", i + 1));
-            *item = match std::mem::replace(item, SelectItem::Wildcard(Default::default())) {
-                SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => {
-                    SelectItem::ExprWithAlias { expr, alias }
-                }
-                other => other,
-            };
+            if let SelectItem::UnnamedExpr(expr) = item {
+                let alias = Ident::new(format!("insert_value_{}", i + 1));
+                *item = SelectItem::ExprWithAlias { expr: expr.clone(), alias };
+            }
         }
     }
     Some(Statement::Query(query))

@@ -270,7 +270,6 @@ fn delete_stream_rows(
             commit_time_us: at,
         });
     }
-    guard.write()?;
-    engine.streams.delete(def, user, &keys);
+    guard.write_and(|| engine.streams.delete(def, user, &keys))?;
     Ok(matched.len() as u64)
 }

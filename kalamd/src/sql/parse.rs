@@ -484,7 +484,11 @@ pub fn literal(expr: &Expr) -> Result<Literal, KalamError> {
             other => Err(invalid(format!("unsupported literal {other}"))),
         },
         Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match literal(expr)? {
-            Literal::Number(n) => Ok(Literal::Number(format!("-{n}"))),
+            Literal::Number(n) => match n.strip_prefix('-') {
+                // `- -5`
+                Some(positive) => Ok(Literal::Number(positive.to_owned())),
+                None => Ok(Literal::Number(format!("-{n}"))),
+            },
             _ => Err(invalid(format!("cannot negate {expr}"))),
         },
         Expr::Nested(inner) => literal(inner),

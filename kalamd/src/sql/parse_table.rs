@@ -338,8 +338,9 @@ fn retention_hours(v: &OptionValue) -> Result<Option<u64>, KalamError> {
         Some('d') => (&text[..text.len() - 1], 24),
         _ => return Err(invalid()),
     };
-    let n = digits.trim().parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(invalid)?;
-    Ok(Some(n))
+    // At most 100 years.
+    let n = digits.trim().parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).filter(|h| *h <= 876_000);
+    Ok(Some(n.ok_or_else(invalid)?))
 }
 
 /// Flush-policy bounds shared by CREATE TABLE and ALTER FLUSH SETTINGS.

@@ -45,7 +45,8 @@ pub fn check_timestamp_micros(micros: i64) -> Option<i64> {
 }
 
 pub fn format_date_days(days: i32) -> String {
-    NaiveDate::from_num_days_from_ce_opt(days + UNIX_EPOCH_DAYS_FROM_CE)
+    days.checked_add(UNIX_EPOCH_DAYS_FROM_CE)
+        .and_then(NaiveDate::from_num_days_from_ce_opt)
         .map(|d| d.format("%Y-%m-%d").to_string())
         .unwrap_or_else(|| days.to_string())
 }
