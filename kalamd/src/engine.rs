@@ -294,4 +294,21 @@ mod tests {
         }
         assert_eq!(seen, ["big", "big", "big", "ev"]);
     }
+
+    #[tokio::test]
+    async fn a_row_whose_change_record_cannot_reach_subscribers_is_refused() {
+        let (_dir, engine) = engine();
+        let user = UserId::parse("u1").unwrap();
+        let setup = "CREATE NAMESPACE a; CREATE SHARED TABLE a.t (id BIGINT PRIMARY KEY, body TEXT)";
+        assert!(crate::sql::execute_batch(&engine, setup, None, &user).await.1.is_none());
+        // 9 MiB of control characters become ~54 MiB of JSON: more than one RPC frame can carry.
+        let body = "\u{1}".repeat(9 << 20);
+        let params = [serde_json::json!(body)];
+        let (_, err) =
+            crate::sql::execute_batch(&engine, "INSERT INTO a.t VALUES (1, $1)", Some(&params[..]), &user).await;
+        let err = err.expect("refused").error;
+        assert_eq!(err.code, kalam_types::ErrorCode::TypeError);
+        assert!(err.message.contains("Row too large"), "{}", err.message);
+        assert_eq!(engine.store.head_seq(), 0, "nothing was written");
+    }
 }

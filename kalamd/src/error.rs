@@ -41,6 +41,10 @@ impl EngineError {
     pub fn to_client(&self) -> KalamError {
         match self {
             EngineError::User(e) => e.clone(),
+            EngineError::Store(StoreError::RecordTooLarge { bytes, limit }) => KalamError::new(
+                ErrorCode::TypeError,
+                format!("Row too large: its change record is {bytes} bytes (limit {limit})"),
+            ),
             EngineError::DataFusion(e) => datafusion_to_client(e),
             EngineError::Store(_) | EngineError::Parquet(_) => {
                 tracing::error!(error = %self, "storage failure");

@@ -45,6 +45,20 @@ pub enum StoreError {
     Corrupt { cf: &'static str, detail: String },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("a change record of {bytes} bytes exceeds the limit of {limit}")]
+    RecordTooLarge { bytes: usize, limit: usize },
+}
+
+/// Largest change record (old and new row JSON together). Every record must fit one RPC frame
+/// (64 MiB) on its way to kalam-lived: a larger one would stop live queries for everybody.
+pub const MAX_CHANGE_RECORD_BYTES: usize = 48 << 20;
+
+fn check_record_size(record: &ChangeRecord) -> Result<(), StoreError> {
+    let bytes = record.old_row.as_ref().map_or(0, String::len) + record.new_row.as_ref().map_or(0, String::len);
+    if bytes > MAX_CHANGE_RECORD_BYTES {
+        return Err(StoreError::RecordTooLarge { bytes, limit: MAX_CHANGE_RECORD_BYTES });
+    }
+    Ok(())
 }
 
 /// The column family holding a table's buffered rows (STREAM tables have none: their rows live
@@ -244,20 +258,22 @@ impl Store {
 
 impl CommitGuard<'_> {
     /// Appends a change-log record; its sequence is assigned here (consecutive per batch).
-    pub fn push_change(&mut self, mut record: ChangeRecord) -> u64 {
+    pub fn push_change(&mut self, mut record: ChangeRecord) -> Result<u64, StoreError> {
+        check_record_size(&record)?;
         let seq = self.next_seq();
         record.commit_seq = seq;
         self.changes.push(record);
-        seq
+        Ok(seq)
     }
 
     /// Appends a change record of a STREAM table: it takes the next sequence but stays in
     /// memory.
-    pub fn push_transient_change(&mut self, mut record: ChangeRecord) -> u64 {
+    pub fn push_transient_change(&mut self, mut record: ChangeRecord) -> Result<u64, StoreError> {
+        check_record_size(&record)?;
         let seq = self.next_seq();
         record.commit_seq = seq;
         self.transient.push(record);
-        seq
+        Ok(seq)
     }
 
     fn next_seq(&self) -> u64 {

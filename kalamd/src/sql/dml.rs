@@ -327,7 +327,7 @@ fn write_inserts(
             old_row: None,
             new_row: Some(full_row_json(def, &row.values, updated_us, false)),
             commit_time_us: updated_us,
-        });
+        })?;
     }
     if new_keys > 0 {
         let ns = def.namespace.as_str();
@@ -384,7 +384,7 @@ fn write_stream_inserts(
             old_row: None,
             new_row: Some(full_row_json(def, &values, at, false)),
             commit_time_us: at,
-        });
+        })?;
         pending.push((pk, values, at));
     }
     let keys: Vec<Vec<u8>> = pending.iter().map(|(pk, _, _)| pk.clone()).collect();

@@ -230,7 +230,7 @@ fn apply(
             old_row,
             new_row,
             commit_time_us: updated_us,
-        });
+        })?;
     }
     if new_keys > 0 {
         let (ns, table) = (def.namespace.as_str(), def.name.as_str());
@@ -268,7 +268,7 @@ fn delete_stream_rows(
             old_row: Some(full_row_json(def, &row.values, row.updated_us, false)),
             new_row: None,
             commit_time_us: at,
-        });
+        })?;
     }
     guard.write_and(|| engine.streams.delete(def, user, &keys))?;
     Ok(matched.len() as u64)
