@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need=()
-for pkg in clang libclang-dev pkg-config build-essential curl ca-certificates; do
+for pkg in clang libclang-dev pkg-config build-essential curl ca-certificates python3 python3-venv; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

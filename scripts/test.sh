@@ -12,6 +12,14 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kalamdb-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# S3 storages are tested against moto's S3 server (PyPI), installed once into its own venv.
+MOTO_VENV="${KALAMDB_MOTO_VENV:-/var/tmp/kalamdb-moto}"
+if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.2.5"
+fi
+export KALAMDB_MOTO_SERVER="$MOTO_VENV/bin/moto_server"
+
 started=$(date +%s)
 cargo fmt --all -- --check
 cargo build --workspace --locked --bins

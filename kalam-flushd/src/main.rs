@@ -328,7 +328,8 @@ async fn run_one(run_dir: &std::path::Path, job_id: &str, cancelled: &Cancelled)
             // Refused (cancelled, or the files do not match the checkpoint): these files will
             // never be in the manifest. No other attempt of this job runs while this one does.
             tracing::warn!(job_id, error = %e, "kalamd refused the commit; removing the attempt's files");
-            writer::remove_files(&plan, &files);
+            // Blocking I/O (S3 deletes block on the runtime): off the async workers.
+            let _ = tokio::task::spawn_blocking(move || writer::remove_files(&plan, &files)).await;
             Attempt::Finished
         }
         Err(e) => {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use kalam_rpc::{FlushPlan, FlushedFile};
+use kalam_storage::s3::{S3Location, S3Store};
 use kalam_storage::{Templates, group_dir, parquet_file_name, temp_file_name};
 use kalam_types::arrow::{build_array, table_schema};
 use kalam_types::codec::{self, StoredRow};
@@ -39,6 +40,22 @@ pub enum FlushError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("the job was cancelled")]
     Cancelled,
+    #[error("object store {path}: {detail}")]
+    ObjectStore { path: String, detail: String },
+}
+
+/// The S3 client of the plan's storage (`None` for filesystem storages).
+fn s3_store(plan: &FlushPlan) -> Result<Option<S3Store>, FlushError> {
+    if plan.storage_type != "s3" {
+        return Ok(None);
+    }
+    let fail = |detail: String| FlushError::ObjectStore { path: plan.storage_base.clone(), detail };
+    let location = S3Location::parse(&plan.storage_base).map_err(fail)?;
+    let credentials = match plan.credentials.as_deref() {
+        Some(text) => serde_json::from_str(text).map_err(|e: serde_json::Error| fail(e.to_string()))?,
+        None => serde_json::Map::new(),
+    };
+    S3Store::open(location, &credentials).map(Some).map_err(fail)
 }
 
 impl FlushError {
@@ -52,6 +69,7 @@ impl FlushError {
             FlushError::Io { .. } => "storage I/O error while writing Parquet",
             FlushError::Parquet { .. } | FlushError::Arrow(_) => "Parquet encoding error",
             FlushError::Cancelled => "cancelled",
+            FlushError::ObjectStore { .. } => "storage I/O error while writing Parquet",
         }
         .to_owned()
     }
@@ -73,6 +91,14 @@ pub fn write_job(plan: &FlushPlan, cancelled: &dyn Fn() -> bool) -> Result<Vec<F
 
 /// Deletes files of an attempt that did not (and will not) commit.
 pub fn remove_files(plan: &FlushPlan, files: &[FlushedFile]) {
+    if let Ok(Some(s3)) = s3_store(plan) {
+        for f in files {
+            if let Err(e) = s3.delete(&f.path) {
+                tracing::warn!(path = %f.path, error = %e, "could not remove an uncommitted flush object");
+            }
+        }
+        return;
+    }
     for f in files {
         let path = Path::new(&plan.storage_base).join(&f.path);
         if let Err(e) = std::fs::remove_file(&path)
@@ -134,16 +160,7 @@ fn write_group(
     let templates = Templates { shared: plan.shared_template.clone(), user: plan.user_template.clone() };
     let rel_dir =
         group_dir(def.table_type, def.namespace.as_str(), def.name.as_str(), user, def.options.sharding, &templates)?;
-    let dir = Path::new(&plan.storage_base).join(&rel_dir);
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| FlushError::Io { path, source }
-    };
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let name = parquet_file_name(plan.job_created_at_us, &plan.job_id, 1);
-    let final_path = dir.join(&name);
-    let temp_path = dir.join(temp_file_name(&name));
-
     let batch = to_batch(def, schema, rows)?;
     let pk_idx = def.primary_key_index();
     let pk_of = |r: Option<&StoredRow>| r.and_then(|r| codec::encode_pk(&r.values[pk_idx])).unwrap_or_default();
@@ -151,6 +168,35 @@ fn write_group(
     let min_updated = rows.iter().map(|r| r.updated_us).min().unwrap_or(0);
     let max_updated = rows.iter().map(|r| r.updated_us).max().unwrap_or(0);
     let props = writer_properties(plan, user, min_updated, max_updated);
+    let rel_path = PathBuf::from(&rel_dir).join(&name).display().to_string();
+    let flushed = |size_bytes| FlushedFile {
+        user_id: user.map(str::to_owned),
+        path: rel_path.clone(),
+        size_bytes,
+        row_count: rows.len() as u64,
+        min_updated_us: min_updated,
+        max_updated_us: max_updated,
+        min_pk: min_pk.clone(),
+        max_pk: max_pk.clone(),
+    };
+    if let Some(s3) = s3_store(plan)? {
+        // One PUT of the whole file: an object is either absent or complete.
+        let parquet_err = |source| FlushError::Parquet { path: rel_path.clone(), source };
+        let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).map_err(parquet_err)?;
+        writer.write(&batch).map_err(parquet_err)?;
+        let bytes = writer.into_inner().map_err(parquet_err)?;
+        let size = bytes.len() as u64;
+        s3.put(&rel_path, bytes).map_err(|e| FlushError::ObjectStore { path: rel_path.clone(), detail: e })?;
+        return Ok(flushed(size));
+    }
+    let dir = Path::new(&plan.storage_base).join(&rel_dir);
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| FlushError::Io { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let final_path = dir.join(&name);
+    let temp_path = dir.join(temp_file_name(&name));
     let written = (|| {
         let file = File::create(&temp_path).map_err(io(&temp_path))?;
         let parquet_err = |source| FlushError::Parquet { path: temp_path.display().to_string(), source };
@@ -172,16 +218,7 @@ fn write_group(
         }
     };
     File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
-    Ok(FlushedFile {
-        user_id: user.map(str::to_owned),
-        path: PathBuf::from(rel_dir).join(name).display().to_string(),
-        size_bytes,
-        row_count: rows.len() as u64,
-        min_updated_us: min_updated,
-        max_updated_us: max_updated,
-        min_pk,
-        max_pk,
-    })
+    Ok(flushed(size_bytes))
 }
 
 fn to_batch(def: &TableDefinition, schema: &SchemaRef, rows: &[StoredRow]) -> Result<RecordBatch, FlushError> {

@@ -104,6 +104,19 @@ impl Engine {
         })?;
         let mut dropped = Dropped::default();
         for entry in entries {
+            if let Some(base) = entry.base.as_deref().filter(|b| b.starts_with("s3://")) {
+                let deleted = self.s3_store_at(&entry.storage_id, base).and_then(|s| {
+                    s.delete(&entry.path).map_err(|e| EngineError::Parquet(format!("{base}{}: {e}", entry.path)))
+                });
+                match deleted {
+                    Ok(()) => {
+                        dropped.files += 1;
+                        dropped.bytes += entry.size_bytes;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not delete a dropped table's S3 object"),
+                }
+                continue;
+            }
             let path = entry.full_path(self);
             let base = entry.base.as_ref().map(std::path::PathBuf::from).unwrap_or_else(|| self.storage_base());
             match std::fs::remove_file(&path) {

@@ -28,6 +28,11 @@ pub struct Engine {
     pub ids: Arc<IdGenerators>,
     pub streams: crate::stream::StreamBuffers,
     pub(crate) parquet_footers: crate::read::ParquetMetadataCache,
+    /// Encrypts storage credentials at rest.
+    pub(crate) secrets: crate::secrets::SecretBox,
+    /// S3 clients by storage id and version.
+    pub(crate) s3_clients:
+        std::sync::Mutex<std::collections::HashMap<(String, i64, String), kalam_storage::s3::S3Store>>,
     /// `PAUSE FLUSH ALL` (persisted in `system_meta`).
     pub(crate) flush_paused_all: AtomicBool,
     pub(crate) flush_index: std::sync::Mutex<FlushIndex>,
@@ -44,6 +49,7 @@ impl Engine {
         crate::users::seed(&store, crate::clock::wall_clock_us())?;
         crate::storages::seed(&store, crate::clock::wall_clock_us())?;
         let flush_paused_all = store.get(cf::META, crate::jobs::META_FLUSH_PAUSED_ALL)?.is_some();
+        let secrets = crate::secrets::SecretBox::open(&cfg.storage.data_dir)?;
         let uptime_origin_ms = std::env::var("KALAMDB_SUPERVISOR_STARTED_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -59,6 +65,8 @@ impl Engine {
             streams: crate::stream::StreamBuffers::default(),
             parquet_footers: crate::read::ParquetMetadataCache::default(),
             flush_paused_all: AtomicBool::new(flush_paused_all),
+            secrets,
+            s3_clients: Default::default(),
             flush_index,
             uptime_origin_ms,
             shutting_down: AtomicBool::new(false),

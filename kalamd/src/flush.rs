@@ -83,9 +83,13 @@ pub struct ManifestEntry {
 }
 
 impl ManifestEntry {
-    /// Where the file is.
+    /// Where the file is (for S3 files, `s3://bucket/prefix/<path>`).
     pub fn full_path(&self, engine: &Engine) -> std::path::PathBuf {
-        self.base.as_ref().map(std::path::PathBuf::from).unwrap_or_else(|| engine.storage_base()).join(&self.path)
+        match self.base.as_deref() {
+            Some(base) if base.starts_with("s3://") => std::path::PathBuf::from(format!("{base}{}", self.path)),
+            Some(base) => std::path::PathBuf::from(base).join(&self.path),
+            None => engine.storage_base().join(&self.path),
+        }
     }
 
     /// False only when the recorded key range proves the file cannot hold `pk`.
@@ -306,7 +310,11 @@ impl Engine {
             .and_then(|c| c.create_checkpoint(&checkpoint))
             .map_err(crate::store::StoreError::Rocks)?;
         let storage = self.require_storage(&def.storage_id)?;
-        let base = self.storage_dir(&storage).display().to_string();
+        let base = if storage.is_s3() { storage.uri.clone() } else { self.storage_dir(&storage).display().to_string() };
+        let credentials = match storage.is_s3() {
+            true => Some(serde_json::Value::Object(self.storage_credentials(&storage)?).to_string()),
+            false => None,
+        };
         job.storage_base = Some(base.clone());
         job.schema_version = Some(def.schema_version);
         job.status = status::RUNNING.into();
@@ -322,6 +330,8 @@ impl Engine {
             checkpoint_path: checkpoint.display().to_string(),
             column_family: table_cf_name(&def),
             storage_base: base,
+            storage_type: storage.storage_type.clone(),
+            credentials,
             shared_template: storage.shared_tables_template,
             user_template: storage.user_tables_template,
             job_created_at_us: job.created_at_us,

@@ -19,6 +19,7 @@ mod provider;
 mod read;
 mod rowjson;
 mod rpc;
+mod secrets;
 mod sql;
 mod stats;
 mod storages;

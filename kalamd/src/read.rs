@@ -142,10 +142,9 @@ fn parquet_error(path: &std::path::Path, e: impl std::fmt::Display) -> EngineErr
 /// Reads one flushed file, projecting its columns onto the current definition by column id
 /// (field metadata), so files written before an ALTER TABLE read through the current schema.
 fn read_parquet(engine: &Engine, def: &TableDefinition, entry: &ManifestEntry) -> Result<Vec<MergedRow>, EngineError> {
-    let path = entry.full_path(engine);
-    let metadata = engine.parquet_metadata(&path)?;
-    let file = File::open(&path).map_err(|e| parquet_error(&path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
+    let (path, source) = engine.open_file(entry)?;
+    let metadata = engine.parquet_metadata(&path, &source)?;
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(source, metadata)
         .build()
         .map_err(|e| parquet_error(&path, e))?;
     let mut rows = Vec::new();
@@ -163,12 +162,12 @@ fn lookup_parquet(
     entry: &ManifestEntry,
     wanted: &HashSet<Vec<u8>>,
 ) -> Result<Vec<MergedRow>, EngineError> {
-    let path = entry.full_path(engine);
+    let (path, source) = engine.open_file(entry)?;
     let pk_col = &def.columns[def.primary_key_index()];
-    let metadata = engine.parquet_metadata(&path)?;
+    let metadata = engine.parquet_metadata(&path, &source)?;
     let open = || {
-        let file = File::open(&path).map_err(|e| parquet_error(&path, e))?;
-        Ok::<_, EngineError>(ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone()))
+        let source = source.try_clone().map_err(|e| parquet_error(&path, e))?;
+        Ok::<_, EngineError>(ParquetRecordBatchReaderBuilder::new_with_metadata(source, metadata.clone()))
     };
     let builder = open()?;
     let id = pk_col.column_id.to_string();
@@ -332,19 +331,82 @@ pub struct ParquetMetadataCache {
 const MAX_CACHED_FOOTERS: usize = 4096;
 
 impl Engine {
-    /// The parsed footer of a flushed file (cached).
-    pub fn parquet_metadata(&self, path: &std::path::Path) -> Result<ArrowReaderMetadata, EngineError> {
+    /// The parsed footer of a flushed file (cached by its path or URI).
+    pub fn parquet_metadata(
+        &self,
+        path: &std::path::Path,
+        source: &FileSource,
+    ) -> Result<ArrowReaderMetadata, EngineError> {
         let cache = &self.parquet_footers.entries;
         if let Some(m) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
             return Ok(m.clone());
         }
-        let file = File::open(path).map_err(|e| parquet_error(path, e))?;
-        let metadata = ArrowReaderMetadata::load(&file, Default::default()).map_err(|e| parquet_error(path, e))?;
+        let metadata = ArrowReaderMetadata::load(source, Default::default()).map_err(|e| parquet_error(path, e))?;
         let mut entries = cache.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_CACHED_FOOTERS {
             entries.clear();
         }
         entries.insert(path.to_path_buf(), metadata.clone());
         Ok(metadata)
+    }
+}
+
+/// A flushed file to read: a local file, or the bytes of an S3 object (fetched whole).
+pub enum FileSource {
+    File(File),
+    Bytes(bytes::Bytes),
+}
+
+impl FileSource {
+    fn try_clone(&self) -> std::io::Result<FileSource> {
+        Ok(match self {
+            FileSource::File(f) => FileSource::File(f.try_clone()?),
+            FileSource::Bytes(b) => FileSource::Bytes(b.clone()),
+        })
+    }
+}
+
+impl datafusion::parquet::file::reader::Length for FileSource {
+    fn len(&self) -> u64 {
+        match self {
+            FileSource::File(f) => f.len(),
+            FileSource::Bytes(b) => b.len() as u64,
+        }
+    }
+}
+
+impl datafusion::parquet::file::reader::ChunkReader for FileSource {
+    type T = Box<dyn std::io::Read + Send>;
+
+    fn get_read(&self, start: u64) -> datafusion::parquet::errors::Result<Self::T> {
+        Ok(match self {
+            FileSource::File(f) => Box::new(f.get_read(start)?),
+            FileSource::Bytes(b) => Box::new(b.get_read(start)?),
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> datafusion::parquet::errors::Result<bytes::Bytes> {
+        match self {
+            FileSource::File(f) => f.get_bytes(start, length),
+            FileSource::Bytes(b) => b.get_bytes(start, length),
+        }
+    }
+}
+
+impl Engine {
+    /// Opens a manifest entry's file: local files by path, S3 objects through their storage.
+    pub fn open_file(&self, entry: &ManifestEntry) -> Result<(std::path::PathBuf, FileSource), EngineError> {
+        let path = entry.full_path(self);
+        match entry.base.as_deref().filter(|b| b.starts_with("s3://")) {
+            None => {
+                let file = File::open(&path).map_err(|e| parquet_error(&path, e))?;
+                Ok((path, FileSource::File(file)))
+            }
+            Some(base) => {
+                let store = self.s3_store_at(&entry.storage_id, base)?;
+                let bytes = store.get(&entry.path).map_err(|e| parquet_error(&path, e))?;
+                Ok((path, FileSource::Bytes(bytes)))
+            }
+        }
     }
 }

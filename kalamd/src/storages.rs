@@ -34,9 +34,16 @@ pub struct StorageRecord {
     pub user_tables_template: String,
     pub created_at_us: i64,
     pub updated_at_us: i64,
+    /// S3 credentials JSON, encrypted ([`crate::secrets`]); never shown to clients.
+    #[serde(default)]
+    pub credentials: Option<String>,
 }
 
 impl StorageRecord {
+    pub fn is_s3(&self) -> bool {
+        self.storage_type == "s3"
+    }
+
     pub fn templates(&self) -> Templates {
         Templates { shared: self.shared_tables_template.clone(), user: self.user_tables_template.clone() }
     }
@@ -80,6 +87,7 @@ pub fn seed(store: &Store, now_us: i64) -> Result<(), EngineError> {
         user_tables_template: templates.user,
         created_at_us: now_us,
         updated_at_us: now_us,
+        credentials: None,
     };
     let mut guard = store.begin();
     let storages = store.cf(cf::STORAGES)?;
@@ -96,15 +104,40 @@ fn check_templates(rec: &StorageRecord) -> Result<(), EngineError> {
     Ok(())
 }
 
-fn unsupported_kind(kind: &str) -> Result<(), EngineError> {
+fn check_kind(kind: &str) -> Result<(), EngineError> {
     match kind {
-        "filesystem" => Ok(()),
-        "s3" => Err(EngineError::user(
-            ErrorCode::UnsupportedStatement,
-            "S3 storages are not available in this version; use TYPE filesystem",
-        )),
+        "filesystem" | "s3" => Ok(()),
         other => Err(invalid(format!("Invalid storage type '{other}'. Allowed types: filesystem, s3"))),
     }
+}
+
+/// The credentials of CREATE/ALTER STORAGE: a JSON object; `REGION` goes in as `region` unless
+/// the object has one.
+fn credentials_json(credentials: Option<&str>, region: Option<&str>) -> Result<Option<String>, EngineError> {
+    let mut object = match credentials {
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => return Err(invalid("Credentials must be a JSON object")),
+        },
+        None if region.is_some() => serde_json::Map::new(),
+        None => return Ok(None),
+    };
+    if let Some(r) = region {
+        object.entry("region").or_insert_with(|| serde_json::Value::String(r.to_owned()));
+    }
+    Ok(Some(serde_json::Value::Object(object).to_string()))
+}
+
+/// The URI of an S3 storage from `URI` or `BUCKET`, validated.
+fn s3_uri(uri: Option<String>, bucket: Option<String>) -> Result<String, EngineError> {
+    let uri = match (uri, bucket) {
+        (Some(u), None) => u,
+        (None, Some(b)) => format!("s3://{b}/"),
+        (Some(_), Some(_)) => return Err(invalid("Give either URI or BUCKET, not both")),
+        (None, None) => return Err(invalid("CREATE STORAGE … TYPE s3 needs URI 's3://bucket/[prefix/]' or BUCKET")),
+    };
+    kalam_storage::s3::S3Location::parse(&uri).map_err(invalid)?;
+    Ok(uri)
 }
 
 impl Engine {
@@ -158,14 +191,21 @@ impl Engine {
             return Err(invalid(format!("Invalid storage id '{id}': names must match ^[a-z][a-z0-9_]{{0,63}}$")));
         }
         let kind = spec.storage_type.clone().ok_or_else(|| invalid("CREATE STORAGE needs TYPE filesystem | s3"))?;
-        unsupported_kind(&kind)?;
-        if spec.credentials.is_some() || spec.bucket.is_some() || spec.region.is_some() {
-            return Err(invalid("CREDENTIALS, BUCKET and REGION apply to s3 storages only"));
-        }
-        let uri = spec.uri.clone().ok_or_else(|| invalid("CREATE STORAGE needs URI '<directory>'"))?;
-        if uri.is_empty() {
-            return Err(invalid("URI must not be empty"));
-        }
+        check_kind(&kind)?;
+        let (uri, credentials) = if kind == "s3" {
+            let uri = s3_uri(spec.uri.clone(), spec.bucket.clone())?;
+            let creds = credentials_json(spec.credentials.as_deref(), spec.region.as_deref())?;
+            (uri, creds.map(|c| self.secrets.seal(&c)).transpose()?)
+        } else {
+            if spec.credentials.is_some() || spec.bucket.is_some() || spec.region.is_some() {
+                return Err(invalid("CREDENTIALS, BUCKET and REGION apply to s3 storages only"));
+            }
+            let uri = spec.uri.clone().ok_or_else(|| invalid("CREATE STORAGE needs URI '<directory>'"))?;
+            if uri.is_empty() {
+                return Err(invalid("URI must not be empty"));
+            }
+            (uri, None)
+        };
         let defaults = Templates::default();
         let now = wall_clock_us();
         let rec = StorageRecord {
@@ -178,6 +218,7 @@ impl Engine {
             user_tables_template: spec.user_template.clone().unwrap_or(defaults.user),
             created_at_us: now,
             updated_at_us: now,
+            credentials,
         };
         check_templates(&rec)?;
         let mut guard = self.store.begin();
@@ -199,19 +240,33 @@ impl Engine {
         if spec.storage_type.is_some() {
             return Err(invalid("The type of a storage cannot be changed"));
         }
-        if spec.credentials.is_some() || spec.bucket.is_some() || spec.region.is_some() {
-            return Err(invalid("CREDENTIALS, BUCKET and REGION apply to s3 storages only"));
-        }
         let mut guard = self.store.begin();
         let mut rec = self.storage(id)?.ok_or_else(|| not_found(id))?;
-        if let Some(uri) = spec.uri {
+        if !rec.is_s3() && (spec.credentials.is_some() || spec.bucket.is_some() || spec.region.is_some()) {
+            return Err(invalid("CREDENTIALS, BUCKET and REGION apply to s3 storages only"));
+        }
+        if let Some(uri) = spec.uri.clone().or(spec.bucket.as_ref().map(|b| format!("s3://{b}/"))) {
             if id == LOCAL {
                 return Err(invalid("The URI of 'local' is storage.default_storage_path in the server configuration"));
             }
             if uri.is_empty() {
                 return Err(invalid("URI must not be empty"));
             }
+            if rec.is_s3() {
+                kalam_storage::s3::S3Location::parse(&uri).map_err(invalid)?;
+            }
             rec.uri = uri;
+        }
+        if spec.credentials.is_some() {
+            // SET CREDENTIALS replaces the stored object.
+            let creds = credentials_json(spec.credentials.as_deref(), spec.region.as_deref())?;
+            rec.credentials = creds.map(|c| self.secrets.seal(&c)).transpose()?;
+        } else if let Some(region) = spec.region.as_deref() {
+            let current = rec.credentials.as_deref().map(|c| self.secrets.open_sealed(c)).transpose()?;
+            let mut object: serde_json::Map<String, serde_json::Value> =
+                current.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
+            object.insert("region".into(), serde_json::Value::String(region.to_owned()));
+            rec.credentials = Some(self.secrets.seal(&serde_json::Value::Object(object).to_string())?);
         }
         if let Some(name) = spec.name {
             rec.storage_name = name;
@@ -266,6 +321,36 @@ impl Engine {
         drop(storages);
         guard.write()?;
         Ok(format!("Storage '{id}' dropped successfully"))
+    }
+
+    /// The decrypted credentials object of an S3 storage (empty when none are stored).
+    pub fn storage_credentials(
+        &self,
+        rec: &StorageRecord,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, EngineError> {
+        let Some(sealed) = &rec.credentials else { return Ok(serde_json::Map::new()) };
+        let text = self.secrets.open_sealed(sealed)?;
+        serde_json::from_str(&text).map_err(|e| EngineError::internal(format!("stored credentials: {e}")))
+    }
+
+    /// A client for the S3 location `base` (an earlier URI of the storage is fine) with the
+    /// storage's current credentials; cached per storage version and location.
+    pub fn s3_store_at(&self, storage_id: &str, base: &str) -> Result<kalam_storage::s3::S3Store, EngineError> {
+        let rec = self
+            .storage(storage_id)?
+            .ok_or_else(|| EngineError::Parquet(format!("storage '{storage_id}' of an S3 file no longer exists")))?;
+        let key = (rec.storage_id.clone(), rec.updated_at_us, base.to_owned());
+        if let Some(s) = self.s3_clients.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(s.clone());
+        }
+        let location = kalam_storage::s3::S3Location::parse(base).map_err(EngineError::internal)?;
+        let store = kalam_storage::s3::S3Store::open(location, &self.storage_credentials(&rec)?)
+            .map_err(|e| EngineError::Parquet(format!("storage '{storage_id}': {e}")))?;
+        let mut clients = self.s3_clients.lock().unwrap_or_else(|p| p.into_inner());
+        // Clients of older versions of this storage go (their credentials may be stale).
+        clients.retain(|(id, version, _), _| id != &rec.storage_id || *version == rec.updated_at_us);
+        clients.insert(key, store.clone());
+        Ok(store)
     }
 
     /// Number of tables per storage id (SHOW STORAGES).

@@ -190,3 +190,60 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A moto S3 server (PyPI `moto[server]`) on a free loopback port, stopped on drop. The binary
+/// is `$KALAMDB_MOTO_SERVER` (set by `scripts/test.sh`) or `moto_server` on `PATH`.
+pub struct S3Server {
+    pub port: u16,
+    child: Child,
+}
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        let bin = std::env::var("KALAMDB_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} ({e}); run the tests through scripts/test.sh"));
+        let server = S3Server { port, child };
+        wait_for(Duration::from_secs(30), "moto S3 server", || async {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .await;
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket (moto accepts any credentials).
+    pub fn create_bucket(&self, bucket: &str) {
+        let status = Command::new("curl")
+            .args(["-sf", "-X", "PUT", &format!("{}/{bucket}", self.endpoint()), "-o", "/dev/null"])
+            .status()
+            .expect("curl");
+        assert!(status.success(), "bucket {bucket} not created");
+    }
+
+    /// Keys of the objects in `bucket`.
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("{}/{bucket}?list-type=2", self.endpoint())])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -79,7 +79,7 @@ pub fn create_table(engine: &Engine, spec: CreateTableSpec) -> Result<StatementR
         history: Vec::new(),
     };
     let shared_dir = match (&storage, def.table_type) {
-        (Some(s), TableType::Shared) => {
+        (Some(s), TableType::Shared) if !s.is_s3() => {
             let (ns, t) = (def.namespace.as_str(), def.name.as_str());
             let dir = kalam_storage::group_dir(def.table_type, ns, t, None, def.options.sharding, &s.templates())
                 .map_err(|e| EngineError::user(ErrorCode::InvalidOperation, e.to_string()))?;

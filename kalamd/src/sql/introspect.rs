@@ -154,13 +154,14 @@ pub fn show_storages(engine: &Engine) -> Result<StatementResult, EngineError> {
         .into_iter()
         .map(|s| {
             let count = engine.storage_table_count(&s.storage_id);
+            let credentials = if s.credentials.is_some() { Json::from("***") } else { Json::Null };
             vec![
                 Json::from(s.storage_id),
                 Json::from(s.storage_name),
                 Json::from(s.storage_type),
                 Json::from(s.uri),
                 s.description.map(Json::from).unwrap_or(Json::Null),
-                Json::Null,
+                credentials,
                 Json::from(count),
             ]
         })

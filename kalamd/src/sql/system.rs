@@ -318,8 +318,8 @@ fn storages(engine: &Engine) -> Result<SystemTable, EngineError> {
                 opt_text(&s.description),
                 text(&s.storage_type),
                 text(&s.uri),
-                // Credentials are write-only (only s3 storages have them).
-                Value::Null,
+                // Write-only: every caller reads `***` (NULL when none are stored).
+                if s.credentials.is_some() { Value::Json("***".into()) } else { Value::Null },
                 text(&s.shared_tables_template),
                 text(&s.user_tables_template),
                 Value::Timestamp(s.created_at_us),

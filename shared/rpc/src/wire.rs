@@ -30,8 +30,12 @@ pub struct FlushPlan {
     pub checkpoint_path: String,
     /// Column family of the table inside the checkpoint.
     pub column_family: String,
-    /// Base directory of the table's storage.
+    /// Base directory of the table's storage (`s3://bucket/prefix/` for S3 storages).
     pub storage_base: String,
+    /// `filesystem` or `s3`.
+    pub storage_type: String,
+    /// S3 credentials (JSON object text), decrypted for this job; sent over the 0600 socket.
+    pub credentials: Option<String>,
     /// The storage's path templates (storage.md §7).
     pub shared_template: String,
     pub user_template: String,

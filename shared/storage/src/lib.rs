@@ -6,6 +6,8 @@
 //! overwrites its own files instead of adding new ones. kalamd reads these files through the
 //! manifest; kalam-flushd writes them. Both call this crate, so the layout is defined once.
 
+pub mod s3;
+
 use chrono::DateTime;
 use kalam_types::schema::{Sharding, TableType};
 
