@@ -200,8 +200,12 @@ pub struct S3Server {
 
 impl S3Server {
     pub async fn start() -> S3Server {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts a server on `port` (again, after [`S3Server::stop`]; moto keeps no state).
+    pub async fn start_on(port: u16) -> S3Server {
         let bin = std::env::var("KALAMDB_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-        let port = free_port();
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -238,6 +242,15 @@ impl S3Server {
             .expect("curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
+    }
+}
+
+impl S3Server {
+    /// Kills the server (an outage, as far as KalamDB can tell).
+    pub fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
     }
 }
 

@@ -102,3 +102,52 @@ async fn s3_storage_definitions_are_validated() {
     let err = c.query("ALTER STORAGE local SET CREDENTIALS '{}'").await.unwrap_err().to_string();
     assert!(err.contains("apply to s3 storages only"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_during_an_s3_outage_dead_letters_and_commits_on_retry() {
+    let s3 = S3Server::start().await;
+    s3.create_bucket("kalam-test");
+    let cluster =
+        Cluster::start_with_config("[flush]\nmax_retries = 2\nretry_base_delay_ms = 100\nretry_max_delay_ms = 300\n")
+            .await;
+    let c = cluster.client("system");
+    let create = format!(
+        "CREATE STORAGE cloud TYPE s3 URI 's3://kalam-test/' \
+         CREDENTIALS '{{\"access_key_id\":\"test\",\"secret_access_key\":\"test\",\"endpoint\":\"{}\"}}'",
+        s3.endpoint()
+    );
+    c.query(&create).await.unwrap();
+    c.query("CREATE NAMESPACE app; CREATE SHARED TABLE app.s (id BIGINT PRIMARY KEY) STORAGE cloud").await.unwrap();
+    c.query("INSERT INTO app.s VALUES (1), (2), (3)").await.unwrap();
+
+    // The server goes away: every attempt fails, the job ends as a dead letter, nothing is lost.
+    let port = s3.stop();
+    let job = flush_and_wait(&c, "app.s").await;
+    let job_id = rows(&c, "SELECT job_id FROM system.jobs").await[0]["job_id"].as_str().unwrap().to_owned();
+    let failed = wait_for(Duration::from_secs(120), "dead letter", || async {
+        let r =
+            rows(&c, &format!("SELECT status, dead_letter, attempts FROM system.jobs WHERE job_id = '{job_id}'")).await;
+        (r[0]["status"] == "failed").then(|| r[0].clone())
+    })
+    .await;
+    assert_eq!((failed["dead_letter"].as_bool(), failed["attempts"].as_i64()), (Some(true), Some(3)), "{job:?}");
+    let ids: Vec<i64> =
+        rows(&c, "SELECT id FROM app.s ORDER BY id").await.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3]);
+
+    // Back (empty, as moto keeps no state): RETRY JOB commits the same rows once.
+    let s3 = S3Server::start_on(port).await;
+    s3.create_bucket("kalam-test");
+    c.query(&format!("RETRY JOB '{job_id}'")).await.unwrap();
+    wait_for(Duration::from_secs(60), "retried job completed", || async {
+        let r = rows(&c, &format!("SELECT status FROM system.jobs WHERE job_id = '{job_id}'")).await;
+        (r[0]["status"] == "completed").then_some(())
+    })
+    .await;
+    assert_eq!(s3.keys("kalam-test").len(), 1);
+    let ids: Vec<i64> =
+        rows(&c, "SELECT id FROM app.s ORDER BY id").await.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    let stats = rows(&c, "SHOW TABLE STATS app.s").await;
+    assert_eq!((stats[0]["buffered_rows"].as_i64(), stats[0]["flushed_rows"].as_i64()), (Some(0), Some(3)));
+}
