@@ -36,12 +36,33 @@ pub fn manifest_entries(
     user: Option<&UserId>,
 ) -> Result<Vec<ManifestEntry>, EngineError> {
     let prefix = manifest_prefix(def.namespace.as_str(), def.name.as_str(), user.map(UserId::as_str));
+    manifest_under(engine, &prefix)
+}
+
+/// Every manifest entry of a table (all users).
+pub fn table_files(engine: &Engine, def: &TableDefinition) -> Result<Vec<ManifestEntry>, EngineError> {
+    manifest_under(engine, format!("{}:{}:", def.namespace, def.name).as_bytes())
+}
+
+fn manifest_under(engine: &Engine, prefix: &[u8]) -> Result<Vec<ManifestEntry>, EngineError> {
     engine
         .store
-        .scan_prefix(cf::TABLE_FILES, &prefix)?
+        .scan_prefix(cf::TABLE_FILES, prefix)?
         .into_iter()
         .map(|(_, v)| serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::TABLE_FILES, e)))
         .collect()
+}
+
+/// Keeps `row` for its key unless a version at least as new is there (files: the newest
+/// `_updated` wins).
+fn keep_newest(merged: &mut BTreeMap<Vec<u8>, MergedRow>, def: &TableDefinition, row: MergedRow) {
+    let Some(pk) = codec::encode_pk(&row.values[def.primary_key_index()]) else { return };
+    match merged.get(&pk) {
+        Some(existing) if existing.updated_us >= row.updated_us => {}
+        _ => {
+            merged.insert(pk, row);
+        }
+    }
 }
 
 /// Reads a partition, merged by primary key, in key order. Deleted versions are kept (callers
@@ -120,16 +141,9 @@ fn read_cold(
     entries: &[ManifestEntry],
 ) -> Result<BTreeMap<Vec<u8>, MergedRow>, EngineError> {
     let mut merged: BTreeMap<Vec<u8>, MergedRow> = BTreeMap::new();
-    let pk_idx = def.primary_key_index();
     for entry in entries {
         for row in read_parquet(engine, def, entry)? {
-            let Some(pk) = codec::encode_pk(&row.values[pk_idx]) else { continue };
-            match merged.get(&pk) {
-                Some(existing) if existing.updated_us >= row.updated_us => {}
-                _ => {
-                    merged.insert(pk, row);
-                }
-            }
+            keep_newest(&mut merged, def, row);
         }
     }
     Ok(merged)
@@ -248,20 +262,13 @@ pub fn lookup_cold(
     pks: &[Vec<u8>],
 ) -> Result<BTreeMap<Vec<u8>, MergedRow>, EngineError> {
     let mut merged: BTreeMap<Vec<u8>, MergedRow> = BTreeMap::new();
-    let pk_idx = def.primary_key_index();
     for entry in entries {
         let wanted: HashSet<Vec<u8>> = pks.iter().filter(|pk| entry.may_contain(pk)).cloned().collect();
         if wanted.is_empty() {
             continue;
         }
         for row in lookup_parquet(engine, def, entry, &wanted)? {
-            let Some(pk) = codec::encode_pk(&row.values[pk_idx]) else { continue };
-            match merged.get(&pk) {
-                Some(existing) if existing.updated_us >= row.updated_us => {}
-                _ => {
-                    merged.insert(pk, row);
-                }
-            }
+            keep_newest(&mut merged, def, row);
         }
     }
     Ok(merged)

@@ -7,8 +7,8 @@ use kalam_types::schema::{TableDefinition, TableType};
 
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::flush::{JobRecord, ManifestEntry, status};
-use crate::read::{partitions, read_partition};
+use crate::flush::{JobRecord, status};
+use crate::read::{partitions, read_partition, table_files};
 use crate::store::{cf, counter_key, table_cf_name};
 
 /// What `SHOW TABLE STATS` reports.
@@ -21,17 +21,6 @@ pub struct TableStats {
     pub parquet_files: u64,
     pub storage_bytes: u64,
     pub last_flush_at_us: Option<i64>,
-}
-
-/// Every manifest entry of a table (all users).
-pub fn table_files(engine: &Engine, def: &TableDefinition) -> Result<Vec<ManifestEntry>, EngineError> {
-    let prefix = format!("{}:{}:", def.namespace, def.name).into_bytes();
-    engine
-        .store
-        .scan_prefix(cf::TABLE_FILES, &prefix)?
-        .into_iter()
-        .map(|(_, v)| serde_json::from_slice(&v).map_err(|e| EngineError::corrupt(cf::TABLE_FILES, e)))
-        .collect()
 }
 
 /// Statistics over one user's partition (`Some`) or the whole table (`None`).

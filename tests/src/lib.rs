@@ -260,3 +260,27 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// Inserts `(id, 'row <id>')` for ids `from..to` into `table` (two columns: a BIGINT key and a
+/// TEXT), one by one, retrying through daemon restarts; returns the acknowledged ids. A retry
+/// that hits a duplicate key means the earlier attempt committed (its answer was lost).
+pub async fn insert_through_faults(client: KalamLinkClient, table: &str, from: i64, to: i64) -> Vec<i64> {
+    let mut acked = Vec::new();
+    for id in from..to {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match client.query_raw(&format!("INSERT INTO {table} VALUES ({id}, 'row {id}')")).await {
+                Ok((200, _)) => {
+                    acked.push(id);
+                    break;
+                }
+                Ok((_, resp)) if resp.error.as_ref().is_some_and(|e| e.code == "CONSTRAINT_VIOLATION") => break,
+                _ => {
+                    assert!(Instant::now() < deadline, "insert {id} never succeeded");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    acked
+}

@@ -4,34 +4,13 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kalam_e2e::{Cluster, wait_for};
+use kalam_e2e::{Cluster, insert_through_faults, wait_for};
 use kalam_link::KalamLinkClient;
 
 /// Kills per run: the supervisor restarts a daemon at most 5 times a minute.
 const KILLS: usize = 5;
-
-async fn insert_range(client: KalamLinkClient, table: &'static str, from: i64, to: i64) -> Vec<i64> {
-    let mut acked = Vec::new();
-    for id in from..to {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match client.query_raw(&format!("INSERT INTO {table} VALUES ({id}, 'row {id}')")).await {
-                Ok((200, _)) => {
-                    acked.push(id);
-                    break;
-                }
-                Ok((_, resp)) if resp.error.as_ref().is_some_and(|e| e.code == "CONSTRAINT_VIOLATION") => break,
-                _ => {
-                    assert!(Instant::now() < deadline, "insert {id} never succeeded");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
-    }
-    acked
-}
 
 async fn ids(client: &KalamLinkClient, table: &str) -> Vec<i64> {
     let r = client.query(&format!("SELECT id FROM {table} ORDER BY id")).await.expect("select");
@@ -65,7 +44,7 @@ async fn run(table_sql: &str, table: &'static str, users: &[&str]) {
         .enumerate()
         .map(|(u, user)| {
             let from = (u as i64) * 100_000;
-            tokio::spawn(insert_range(cluster.client(user), table, from, from + 400))
+            tokio::spawn(insert_through_faults(cluster.client(user), table, from, from + 400))
         })
         .collect();
 

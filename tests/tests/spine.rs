@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use kalam_e2e::{Cluster, spawn_supervisor, wait_for};
+use kalam_e2e::{Cluster, insert_through_faults, spawn_supervisor, wait_for};
 use kalam_link::KalamLinkClient;
 use kalam_link::live::LiveConnection;
 use serde_json::Value as Json;
@@ -300,35 +300,12 @@ async fn the_supervisor_gives_up_on_a_crash_looping_kalamd() {
     assert!(!status.success(), "the supervisor exits non-zero when kalamd cannot stay up: {status:?}");
 }
 
-/// Inserts ids `from..to` one by one, retrying through restarts; returns the acknowledged ids.
-/// A retry that hits a duplicate key means the earlier attempt committed (its answer was lost).
-async fn insert_through_faults(client: KalamLinkClient, from: i64, to: i64) -> Vec<i64> {
-    let mut acked = Vec::new();
-    for id in from..to {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match client.query_raw(&format!("INSERT INTO app.notes VALUES ({id}, 'r{id}')")).await {
-                Ok((200, _)) => {
-                    acked.push(id);
-                    break;
-                }
-                Ok((_, resp)) if resp.error.as_ref().is_some_and(|e| e.code == "CONSTRAINT_VIOLATION") => break,
-                _ => {
-                    assert!(Instant::now() < deadline, "insert {id} never succeeded");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
-    }
-    acked
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_inserts_survive_kill_9_of_kalamd_under_load() {
     let cluster = Cluster::start().await;
     cluster.client("system").query(SETUP).await.expect("setup");
     let alice = cluster.client("alice");
-    let writer = tokio::spawn(insert_through_faults(alice.clone(), 1, 301));
+    let writer = tokio::spawn(insert_through_faults(alice.clone(), "app.notes", 1, 301));
     // Kill kalamd while the writer is busy.
     wait_for(Duration::from_secs(30), "some rows written", || async {
         (ids(&alice, "app.notes").await.len() >= 50).then_some(())
@@ -351,7 +328,7 @@ async fn rows_written_during_a_flush_stay_visible_exactly_once() {
     cluster.client("system").query(SETUP).await.expect("setup");
     let alice = cluster.client("alice");
     alice.query("INSERT INTO app.notes VALUES (0, 'first')").await.expect("insert");
-    let writer = tokio::spawn(insert_through_faults(alice.clone(), 1, 401));
+    let writer = tokio::spawn(insert_through_faults(alice.clone(), "app.notes", 1, 401));
     for _ in 0..3 {
         flush(&alice, "app.notes").await;
     }

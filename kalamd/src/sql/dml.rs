@@ -318,16 +318,14 @@ fn write_inserts(
         let row = StoredRow { schema_version: def.schema_version, values, updated_us, deleted: false };
         let bytes = codec::encode_row(&row).map_err(EngineError::internal)?;
         guard.batch.put_cf(&cf, &key, bytes);
-        guard.push_change(ChangeRecord {
-            commit_seq: 0,
-            namespace: def.namespace.to_string(),
-            table: def.name.to_string(),
-            user_id: partition_user.map(|u| u.to_string()),
-            kind: ChangeKind::Insert,
-            old_row: None,
-            new_row: Some(full_row_json(def, &row.values, updated_us, false)),
-            commit_time_us: updated_us,
-        })?;
+        guard.push_change(ChangeRecord::of(
+            def,
+            partition_user.map(|u| u.to_string()),
+            ChangeKind::Insert,
+            None,
+            Some(full_row_json(def, &row.values, updated_us, false)),
+            updated_us,
+        ))?;
     }
     if new_keys > 0 {
         let ns = def.namespace.as_str();
@@ -375,16 +373,14 @@ fn write_stream_inserts(
             ));
         }
         let at = engine.clock.next();
-        guard.push_transient_change(ChangeRecord {
-            commit_seq: 0,
-            namespace: def.namespace.to_string(),
-            table: def.name.to_string(),
-            user_id: Some(user.to_string()),
-            kind: ChangeKind::Insert,
-            old_row: None,
-            new_row: Some(full_row_json(def, &values, at, false)),
-            commit_time_us: at,
-        })?;
+        guard.push_transient_change(ChangeRecord::of(
+            def,
+            Some(user.to_string()),
+            ChangeKind::Insert,
+            None,
+            Some(full_row_json(def, &values, at, false)),
+            at,
+        ))?;
         pending.push((pk, values, at));
     }
     let keys: Vec<Vec<u8>> = pending.iter().map(|(pk, _, _)| pk.clone()).collect();

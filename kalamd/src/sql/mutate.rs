@@ -221,16 +221,14 @@ fn apply(
             }
         };
         guard.batch.put_cf(&cf, &key, codec::encode_row(&stored).map_err(EngineError::internal)?);
-        guard.push_change(ChangeRecord {
-            commit_seq: 0,
-            namespace: def.namespace.to_string(),
-            table: def.name.to_string(),
-            user_id: partition_user.map(|u| u.to_string()),
+        guard.push_change(ChangeRecord::of(
+            def,
+            partition_user.map(|u| u.to_string()),
             kind,
             old_row,
             new_row,
-            commit_time_us: updated_us,
-        })?;
+            updated_us,
+        ))?;
     }
     if new_keys > 0 {
         let (ns, table) = (def.namespace.as_str(), def.name.as_str());
@@ -259,16 +257,14 @@ fn delete_stream_rows(
         let row = &rows[i];
         keys.push(codec::encode_pk(&row.values[pk_idx]).ok_or_else(|| EngineError::internal("bad primary key"))?);
         let at = engine.clock.next();
-        guard.push_transient_change(ChangeRecord {
-            commit_seq: 0,
-            namespace: def.namespace.to_string(),
-            table: def.name.to_string(),
-            user_id: Some(user.to_string()),
-            kind: ChangeKind::Delete,
-            old_row: Some(full_row_json(def, &row.values, row.updated_us, false)),
-            new_row: None,
-            commit_time_us: at,
-        })?;
+        guard.push_transient_change(ChangeRecord::of(
+            def,
+            Some(user.to_string()),
+            ChangeKind::Delete,
+            Some(full_row_json(def, &row.values, row.updated_us, false)),
+            None,
+            at,
+        ))?;
     }
     guard.write_and(|| engine.streams.delete(def, user, &keys))?;
     Ok(matched.len() as u64)

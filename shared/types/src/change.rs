@@ -36,3 +36,26 @@ pub struct ChangeRecord {
     /// Commit time, microseconds since the epoch.
     pub commit_time_us: i64,
 }
+
+impl ChangeRecord {
+    /// A record of `def`'s table; its sequence is assigned when the commit takes it.
+    pub fn of(
+        def: &crate::schema::TableDefinition,
+        user_id: Option<String>,
+        kind: ChangeKind,
+        old_row: Option<String>,
+        new_row: Option<String>,
+        commit_time_us: i64,
+    ) -> ChangeRecord {
+        ChangeRecord {
+            commit_seq: 0,
+            namespace: def.namespace.to_string(),
+            table: def.name.to_string(),
+            user_id,
+            kind,
+            old_row,
+            new_row,
+            commit_time_us,
+        }
+    }
+}
