@@ -89,15 +89,11 @@ pub fn seed(store: &Store, now_us: i64) -> Result<(), EngineError> {
         updated_at_us: now_us,
         credentials: None,
     };
-    let mut guard = store.begin();
-    let storages = store.cf(cf::STORAGES)?;
-    guard.batch.put_cf(&storages, LOCAL, serde_json::to_vec(&local).map_err(EngineError::internal)?);
-    drop(storages);
-    guard.write()?;
+    store.put_json(cf::STORAGES, LOCAL.as_bytes(), &local)?;
     Ok(())
 }
 
-/// Checks the parts every storage must satisfy and applies the spec's templates.
+/// Checks both templates of a storage against the rules of storage.md §7.
 fn check_templates(rec: &StorageRecord) -> Result<(), EngineError> {
     kalam_storage::validate_template(TableType::Shared, &rec.shared_tables_template).map_err(invalid)?;
     kalam_storage::validate_template(TableType::User, &rec.user_tables_template).map_err(invalid)?;

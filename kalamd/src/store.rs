@@ -161,6 +161,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Writes one JSON row by itself, under the commit lock (built-in rows created at start).
+    pub fn put_json<T: serde::Serialize>(&self, cf: &str, key: &[u8], value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt { cf: "json", detail: e.to_string() })?;
+        let mut guard = self.begin();
+        let handle = self.cf(cf)?;
+        guard.batch.put_cf(&handle, key, bytes);
+        drop(handle);
+        guard.write()?;
+        Ok(())
+    }
+
     /// Visits every entry whose key starts with `prefix`, in key order, without collecting them.
     pub fn for_each_prefix<E: From<StoreError>>(
         &self,

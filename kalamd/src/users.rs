@@ -43,11 +43,7 @@ pub fn seed(store: &Store, now_us: i64) -> Result<(), EngineError> {
         updated_at_us: now_us,
         deleted_at_us: None,
     };
-    let mut guard = store.begin();
-    let users = store.cf(cf::USERS)?;
-    guard.batch.put_cf(&users, SYSTEM_USER, serde_json::to_vec(&rec).map_err(EngineError::internal)?);
-    drop(users);
-    guard.write()?;
+    store.put_json(cf::USERS, SYSTEM_USER.as_bytes(), &rec)?;
     Ok(())
 }
 
