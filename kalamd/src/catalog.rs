@@ -74,6 +74,11 @@ pub struct Catalog {
     tables: RwLock<BTreeMap<(String, String), Arc<TableDefinition>>>,
 }
 
+/// `TABLE_NOT_FOUND` with the catalogue message (sql.md §19).
+pub fn table_not_found(ns: &str, table: &str) -> KalamError {
+    KalamError::new(ErrorCode::TableNotFound, format!("relation \"{ns}.{table}\" does not exist"))
+}
+
 fn table_key(ns: &str, table: &str) -> Vec<u8> {
     format!("{ns}:{table}").into_bytes()
 }
@@ -163,7 +168,7 @@ impl Catalog {
             Some(current) if current.created_at_us == def.created_at_us => {
                 if current.schema_version == def.schema_version { Ok(()) } else { Err(EngineError::DefinitionChanged) }
             }
-            _ => Err(EngineError::user(ErrorCode::TableNotFound, format!("relation \"{ns}.{table}\" does not exist"))),
+            _ => Err(table_not_found(ns, table).into()),
         }
     }
 
@@ -176,9 +181,7 @@ impl Catalog {
 
     /// The table or `TABLE_NOT_FOUND` with the catalogue message.
     pub fn require_table(&self, ns: &str, table: &str) -> Result<Arc<TableDefinition>, KalamError> {
-        self.table(ns, table).ok_or_else(|| {
-            KalamError::new(ErrorCode::TableNotFound, format!("relation \"{ns}.{table}\" does not exist"))
-        })
+        self.table(ns, table).ok_or_else(|| table_not_found(ns, table))
     }
 
     /// Merges `options` into a namespace's options object; `Ok(false)` if it does not exist.

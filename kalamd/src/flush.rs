@@ -210,13 +210,7 @@ impl Engine {
     /// Creates a flush job for `def`, or returns the active one (`true` = already running).
     pub fn create_flush_job(self: &Arc<Self>, def: &TableDefinition) -> Result<(String, bool), EngineError> {
         if def.table_type == TableType::Stream {
-            return Err(EngineError::user(
-                ErrorCode::InvalidOperation,
-                format!(
-                    "Cannot flush stream table '{}'. Only user and shared tables support flushing.",
-                    def.qualified_name()
-                ),
-            ));
+            return Err(crate::jobs::stream_refused(def));
         }
         let mut guard = self.store.begin();
         let active = self.flush_index().active_job(def.namespace.as_str(), def.name.as_str()).cloned();

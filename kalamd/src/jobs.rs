@@ -18,7 +18,8 @@ use crate::store::cf;
 /// `system_meta` key of the server-wide flush pause (`PAUSE FLUSH ALL`).
 pub const META_FLUSH_PAUSED_ALL: &[u8] = b"flush_paused_all";
 
-fn stream_refused(def: &TableDefinition) -> EngineError {
+/// The refusal of any flush operation on a STREAM table (sql.md §11).
+pub fn stream_refused(def: &TableDefinition) -> EngineError {
     EngineError::user(
         ErrorCode::InvalidOperation,
         format!("Cannot flush stream table '{}'. Only user and shared tables support flushing.", def.qualified_name()),

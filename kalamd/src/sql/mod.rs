@@ -77,7 +77,7 @@ fn builtin_write_error(ns: &str, table: &str) -> EngineError {
         ["columns", "tables"].contains(&table)
     };
     match (exists, table) {
-        (false, _) => EngineError::user(ErrorCode::TableNotFound, format!("relation \"{ns}.{table}\" does not exist")),
+        (false, _) => crate::catalog::table_not_found(ns, table).into(),
         (true, "users") if ns == system::NAMESPACE => EngineError::user(
             ErrorCode::UnsupportedStatement,
             "Changing users through system.users is not available in this version",
@@ -374,7 +374,7 @@ async fn drop_table(
         if if_exists {
             return Ok(StatementResult::message(0, format!("Table {ns}.{table} does not exist (skipped)")));
         }
-        return Err(EngineError::user(ErrorCode::TableNotFound, format!("relation \"{ns}.{table}\" does not exist")));
+        return Err(crate::catalog::table_not_found(ns, table).into());
     };
     let live = engine.live_queries_on(ns, Some(table)).await;
     if live > 0 {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use kalam_types::arrow::{arrow_type, build_array};
-use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::schema::{ColumnDefault, DELETED_COLUMN, TableDefinition, TableType, UPDATED_COLUMN};
 use kalam_types::{KalamType, Value};
 
@@ -66,7 +65,7 @@ impl SystemTable {
 }
 
 fn not_found(ns: &str, name: &str) -> EngineError {
-    EngineError::User(KalamError::new(ErrorCode::TableNotFound, format!("relation \"{ns}.{name}\" does not exist")))
+    crate::catalog::table_not_found(ns, name).into()
 }
 
 /// Builds one built-in table by namespace and name.
