@@ -5,6 +5,7 @@
 //! kalamd. It reads only the per-job RocksDB checkpoints kalamd creates and keeps no state of
 //! its own between jobs, so a crash loses nothing: kalamd still has every row and every job.
 
+mod faults;
 mod writer;
 
 use std::collections::HashSet;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 use kalam_config::KalamConfig;
 use kalam_rpc::transport::{bind, connect_engine, context_with_timeout, socket_path, sockets};
-use kalam_rpc::{EngineClient, Flusher as _, Health, RpcError};
+use kalam_rpc::{DeadLetter, EngineClient, Flusher as _, Health, RpcError};
 use kalam_types::ErrorCode;
 use tarpc::context::Context;
 use tokio::signal::unix::{SignalKind, signal};
@@ -45,6 +46,7 @@ type Cancelled = Arc<Mutex<HashSet<String>>>;
 
 #[derive(Clone)]
 struct FlusherService {
+    run_dir: PathBuf,
     queue: mpsc::Sender<String>,
     in_flight: InFlight,
     cancelled: Cancelled,
@@ -77,6 +79,17 @@ impl kalam_rpc::Flusher for FlusherService {
             self.cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(job_id);
         }
     }
+
+    async fn dead_letters(self, _: Context) -> Result<Vec<DeadLetter>, RpcError> {
+        // kalamd's job records are the source of truth; this daemon keeps no state of its own.
+        let client = connect_engine(&self.run_dir)
+            .await
+            .map_err(|_| RpcError::new(ErrorCode::ServiceUnavailable, "kalamd is unreachable"))?;
+        client
+            .dead_letters(tarpc::context::current())
+            .await
+            .map_err(|_| RpcError::new(ErrorCode::ServiceUnavailable, "kalamd did not answer"))?
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,7 +103,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
     let run_dir = cfg.run_dir();
     let (tx, rx) = mpsc::channel(MAX_QUEUED_JOBS);
-    let service = FlusherService { queue: tx, in_flight: Arc::default(), cancelled: Arc::default() };
+    let service =
+        FlusherService { run_dir: run_dir.clone(), queue: tx, in_flight: Arc::default(), cancelled: Arc::default() };
     let rpc_listener = bind(&socket_path(&run_dir, sockets::FLUSHER))?;
     let rpc_task = tokio::spawn(kalam_rpc::serve_on!(rpc_listener, service.clone()));
     let shutdown = CancellationToken::new();
@@ -285,11 +299,25 @@ async fn run_one(run_dir: &std::path::Path, job_id: &str, cancelled: &Cancelled)
         }
     };
     tracing::info!(job_id, table = %plan.table.qualified_name(), namespace = %plan.table.namespace, "Flush job started");
+    faults::at(faults::Step::AfterCheckpoint);
     let written = {
         let plan = plan.clone();
         let (cancelled, id) = (cancelled.clone(), job_id.to_owned());
         let is_cancelled = move || cancelled.lock().unwrap_or_else(|p| p.into_inner()).contains(&id);
-        tokio::task::spawn_blocking(move || writer::write_job(&plan, &is_cancelled)).await
+        let (engine, handle, id) = (client.clone(), tokio::runtime::Handle::current(), job_id.to_owned());
+        // Runs on the blocking thread of the write, so it may wait on the runtime.
+        let committed = move |user: Option<&str>| {
+            let call = engine.committed_files(tarpc::context::current(), id.clone(), user.map(str::to_owned));
+            match handle.block_on(call) {
+                Ok(Ok(paths)) => Some(paths.into_iter().collect()),
+                Ok(Err(e)) => {
+                    tracing::warn!(job_id = %id, error = %e, "kalamd refused the committed file list");
+                    None
+                }
+                Err(_) => None,
+            }
+        };
+        tokio::task::spawn_blocking(move || writer::write_job(&plan, &is_cancelled, &committed)).await
     };
     let files = match written {
         Ok(Ok(files)) => files,
@@ -311,10 +339,12 @@ async fn run_one(run_dir: &std::path::Path, job_id: &str, cancelled: &Cancelled)
             return Attempt::Finished;
         }
     };
+    faults::at(faults::Step::BeforeCommit);
     let committed =
         client.commit_flush(context_with_timeout(COMMIT_TIMEOUT), job_id.to_owned(), plan.attempt, files.clone()).await;
     match committed {
         Ok(Ok(summary)) => {
+            faults::at(faults::Step::AfterCommit);
             tracing::info!(
                 job_id,
                 table = %plan.table.qualified_name(),

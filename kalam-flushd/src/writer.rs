@@ -2,6 +2,7 @@
 //! by user (USER tables) or as one group (SHARED), and write each group as Parquet under a name
 //! derived from the job, via a temporary file that is fsynced and renamed.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use kalam_rpc::{FlushPlan, FlushedFile};
 use kalam_storage::s3::{S3Location, S3Store};
-use kalam_storage::{Templates, group_dir, parquet_file_name, temp_file_name};
+use kalam_storage::{Templates, flush_file_job, group_dir, parquet_file_name, temp_file_name};
 use kalam_types::arrow::{build_array, table_schema};
 use kalam_types::codec::{self, StoredRow};
 use kalam_types::schema::{TableDefinition, TableType};
@@ -21,6 +22,8 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use rocksdb::{DB, IteratorMode, Options};
+
+use crate::faults;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
@@ -75,12 +78,32 @@ impl FlushError {
     }
 }
 
+/// The committed files of one partition (`None` = SHARED), relative to the storage base; `None`
+/// when kalamd cannot say (then no file of that directory is garbage-collected).
+pub type CommittedFiles<'a> = &'a dyn Fn(Option<&str>) -> Option<HashSet<String>>;
+
 /// Writes every group of the plan and returns the files, ready for kalamd's commit. When it
-/// fails, or `cancelled` turns true between groups, the files already written are removed:
-/// nothing of an attempt that will not commit stays in the storage.
-pub fn write_job(plan: &FlushPlan, cancelled: &dyn Fn() -> bool) -> Result<Vec<FlushedFile>, FlushError> {
+/// fails, or `cancelled` turns true between files, the files already written are removed:
+/// nothing of an attempt that will not commit stays in the storage. Each group's directory is
+/// also swept of files left by earlier flushes that never committed (storage.md §7).
+pub fn write_job(
+    plan: &FlushPlan,
+    cancelled: &dyn Fn() -> bool,
+    committed: CommittedFiles<'_>,
+) -> Result<Vec<FlushedFile>, FlushError> {
     let mut files = Vec::new();
-    match write_groups(plan, cancelled, &mut files) {
+    let result = s3_store(plan).and_then(|s3| {
+        let job = JobWriter {
+            plan,
+            s3,
+            schema: Arc::new(table_schema(&plan.table, true)),
+            templates: Templates { shared: plan.shared_template.clone(), user: plan.user_template.clone() },
+            cancelled,
+            committed,
+        };
+        job.write_groups(&mut files)
+    });
+    match result {
         Ok(()) => Ok(files),
         Err(e) => {
             remove_files(plan, &files);
@@ -109,116 +132,188 @@ pub fn remove_files(plan: &FlushPlan, files: &[FlushedFile]) {
     }
 }
 
-fn write_groups(
-    plan: &FlushPlan,
-    cancelled: &dyn Fn() -> bool,
-    files: &mut Vec<FlushedFile>,
-) -> Result<(), FlushError> {
-    let def = &plan.table;
-    let db =
-        DB::open_cf_for_read_only(&Options::default(), &plan.checkpoint_path, [plan.column_family.as_str()], false)
-            .map_err(|source| FlushError::Checkpoint { path: plan.checkpoint_path.clone(), source })?;
-    let cf = db
-        .cf_handle(&plan.column_family)
-        .ok_or_else(|| FlushError::MissingColumnFamily(plan.checkpoint_path.clone()))?;
-    let decoder = codec::RowDecoder::new(def);
-    let schema: SchemaRef = Arc::new(table_schema(def, true));
-    let mut group: Vec<StoredRow> = Vec::new();
-    let mut group_user: Option<String> = None;
-    for item in db.iterator_cf(&cf, IteratorMode::Start) {
-        let (key, value) =
-            item.map_err(|source| FlushError::Checkpoint { path: plan.checkpoint_path.clone(), source })?;
-        let user = match def.table_type {
-            TableType::Shared => None,
-            _ => Some(codec::split_user_row_key(&key)?.0.to_owned()),
-        };
-        if user != group_user && !group.is_empty() {
-            if cancelled() {
-                return Err(FlushError::Cancelled);
-            }
-            files.push(write_group(plan, &schema, group_user.as_deref(), &std::mem::take(&mut group))?);
-        }
-        group_user = user;
-        group.push(decoder.decode(&value)?);
-    }
-    if !group.is_empty() {
-        if cancelled() {
-            return Err(FlushError::Cancelled);
-        }
-        files.push(write_group(plan, &schema, group_user.as_deref(), &group)?);
-    }
-    Ok(())
+struct JobWriter<'a> {
+    plan: &'a FlushPlan,
+    s3: Option<S3Store>,
+    schema: SchemaRef,
+    templates: Templates,
+    cancelled: &'a dyn Fn() -> bool,
+    committed: CommittedFiles<'a>,
 }
 
-fn write_group(
-    plan: &FlushPlan,
-    schema: &SchemaRef,
-    user: Option<&str>,
-    rows: &[StoredRow],
-) -> Result<FlushedFile, FlushError> {
-    let def = &plan.table;
-    let templates = Templates { shared: plan.shared_template.clone(), user: plan.user_template.clone() };
-    let rel_dir =
-        group_dir(def.table_type, def.namespace.as_str(), def.name.as_str(), user, def.options.sharding, &templates)?;
-    let name = parquet_file_name(plan.job_created_at_us, &plan.job_id, 1);
-    let batch = to_batch(def, schema, rows)?;
-    let pk_idx = def.primary_key_index();
-    let pk_of = |r: Option<&StoredRow>| r.and_then(|r| codec::encode_pk(&r.values[pk_idx])).unwrap_or_default();
-    let (min_pk, max_pk) = (pk_of(rows.first()), pk_of(rows.last()));
-    let min_updated = rows.iter().map(|r| r.updated_us).min().unwrap_or(0);
-    let max_updated = rows.iter().map(|r| r.updated_us).max().unwrap_or(0);
-    let props = writer_properties(plan, user, min_updated, max_updated);
-    let rel_path = PathBuf::from(&rel_dir).join(&name).display().to_string();
-    let flushed = |size_bytes| FlushedFile {
-        user_id: user.map(str::to_owned),
-        path: rel_path.clone(),
-        size_bytes,
-        row_count: rows.len() as u64,
-        min_updated_us: min_updated,
-        max_updated_us: max_updated,
-        min_pk: min_pk.clone(),
-        max_pk: max_pk.clone(),
-    };
-    if let Some(s3) = s3_store(plan)? {
-        // One PUT of the whole file: an object is either absent or complete.
-        let parquet_err = |source| FlushError::Parquet { path: rel_path.clone(), source };
-        let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).map_err(parquet_err)?;
-        writer.write(&batch).map_err(parquet_err)?;
-        let bytes = writer.into_inner().map_err(parquet_err)?;
-        let size = bytes.len() as u64;
-        s3.put(&rel_path, bytes).map_err(|e| FlushError::ObjectStore { path: rel_path.clone(), detail: e })?;
-        return Ok(flushed(size));
-    }
-    let dir = Path::new(&plan.storage_base).join(&rel_dir);
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| FlushError::Io { path, source }
-    };
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let final_path = dir.join(&name);
-    let temp_path = dir.join(temp_file_name(&name));
-    let written = (|| {
-        let file = File::create(&temp_path).map_err(io(&temp_path))?;
-        let parquet_err = |source| FlushError::Parquet { path: temp_path.display().to_string(), source };
-        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_err)?;
-        writer.write(&batch).map_err(parquet_err)?;
-        let file = writer.into_inner().map_err(parquet_err)?;
-        file.sync_all().map_err(io(&temp_path))?;
-        let size_bytes = file.metadata().map_err(io(&temp_path))?.len();
-        drop(file);
-        std::fs::rename(&temp_path, &final_path).map_err(io(&final_path))?;
-        Ok(size_bytes)
-    })();
-    let size_bytes = match written {
-        Ok(n) => n,
-        Err(e) => {
-            // A half-written temporary file is never visible, but it must not stay either.
-            let _ = std::fs::remove_file(&temp_path);
-            return Err(e);
+impl JobWriter<'_> {
+    /// Streams the checkpoint in key order. A group (one user, or the whole SHARED table) is
+    /// written in files of at most `max_rows_per_file` rows; at most one file's rows are held
+    /// in memory.
+    fn write_groups(&self, files: &mut Vec<FlushedFile>) -> Result<(), FlushError> {
+        let plan = self.plan;
+        let def = &plan.table;
+        let db =
+            DB::open_cf_for_read_only(&Options::default(), &plan.checkpoint_path, [plan.column_family.as_str()], false)
+                .map_err(|source| FlushError::Checkpoint { path: plan.checkpoint_path.clone(), source })?;
+        let cf = db
+            .cf_handle(&plan.column_family)
+            .ok_or_else(|| FlushError::MissingColumnFamily(plan.checkpoint_path.clone()))?;
+        let decoder = codec::RowDecoder::new(def);
+        let max_rows = usize::try_from(plan.max_rows_per_file.max(1)).unwrap_or(usize::MAX);
+        let mut rows: Vec<StoredRow> = Vec::new();
+        let mut group_user: Option<String> = None;
+        // Number of the next file of the current group (1-based).
+        let mut file_no = 1u32;
+        for item in db.iterator_cf(&cf, IteratorMode::Start) {
+            let (key, value) =
+                item.map_err(|source| FlushError::Checkpoint { path: plan.checkpoint_path.clone(), source })?;
+            let user = match def.table_type {
+                TableType::Shared => None,
+                _ => Some(codec::split_user_row_key(&key)?.0.to_owned()),
+            };
+            if user != group_user {
+                if !rows.is_empty() {
+                    files.push(self.write_file(group_user.as_deref(), file_no, &std::mem::take(&mut rows))?);
+                }
+                file_no = 1;
+                group_user = user;
+            }
+            rows.push(decoder.decode(&value)?);
+            if rows.len() >= max_rows {
+                files.push(self.write_file(group_user.as_deref(), file_no, &std::mem::take(&mut rows))?);
+                file_no += 1;
+            }
         }
-    };
-    File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
-    Ok(flushed(size_bytes))
+        if !rows.is_empty() {
+            files.push(self.write_file(group_user.as_deref(), file_no, &rows)?);
+        }
+        Ok(())
+    }
+
+    /// Writes file `n` of a group. Before a group's first file, its directory is swept.
+    fn write_file(&self, user: Option<&str>, n: u32, rows: &[StoredRow]) -> Result<FlushedFile, FlushError> {
+        if (self.cancelled)() {
+            return Err(FlushError::Cancelled);
+        }
+        let plan = self.plan;
+        let def = &plan.table;
+        let rel_dir = group_dir(
+            def.table_type,
+            def.namespace.as_str(),
+            def.name.as_str(),
+            user,
+            def.options.sharding,
+            &self.templates,
+        )?;
+        if n == 1 {
+            self.collect_garbage(&rel_dir, user);
+        }
+        let name = parquet_file_name(plan.job_created_at_us, &plan.job_id, n);
+        let batch = to_batch(def, &self.schema, rows)?;
+        let pk_idx = def.primary_key_index();
+        let pk_of = |r: Option<&StoredRow>| r.and_then(|r| codec::encode_pk(&r.values[pk_idx])).unwrap_or_default();
+        let (min_pk, max_pk) = (pk_of(rows.first()), pk_of(rows.last()));
+        let min_updated = rows.iter().map(|r| r.updated_us).min().unwrap_or(0);
+        let max_updated = rows.iter().map(|r| r.updated_us).max().unwrap_or(0);
+        let props = writer_properties(plan, user, min_updated, max_updated);
+        let rel_path = PathBuf::from(&rel_dir).join(&name).display().to_string();
+        faults::storage_write(&rel_path).map_err(|source| FlushError::Io { path: rel_path.clone(), source })?;
+        let flushed = |size_bytes| FlushedFile {
+            user_id: user.map(str::to_owned),
+            path: rel_path.clone(),
+            size_bytes,
+            row_count: rows.len() as u64,
+            min_updated_us: min_updated,
+            max_updated_us: max_updated,
+            min_pk: min_pk.clone(),
+            max_pk: max_pk.clone(),
+        };
+        if let Some(s3) = &self.s3 {
+            // One PUT of the whole file: an object is either absent or complete.
+            let parquet_err = |source| FlushError::Parquet { path: rel_path.clone(), source };
+            let mut writer = ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(props)).map_err(parquet_err)?;
+            writer.write(&batch).map_err(parquet_err)?;
+            faults::at(faults::Step::MidWrite);
+            let bytes = writer.into_inner().map_err(parquet_err)?;
+            let size = bytes.len() as u64;
+            s3.put(&rel_path, bytes).map_err(|e| FlushError::ObjectStore { path: rel_path.clone(), detail: e })?;
+            return Ok(flushed(size));
+        }
+        let dir = Path::new(&plan.storage_base).join(&rel_dir);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let final_path = dir.join(&name);
+        let temp_path = dir.join(temp_file_name(&name));
+        let written = (|| {
+            let file = File::create(&temp_path).map_err(io(&temp_path))?;
+            let parquet_err = |source| FlushError::Parquet { path: temp_path.display().to_string(), source };
+            let mut writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props)).map_err(parquet_err)?;
+            writer.write(&batch).map_err(parquet_err)?;
+            if faults::armed() {
+                // Push the row group out so a kill here leaves a partly written file behind.
+                writer.flush().map_err(parquet_err)?;
+                faults::at(faults::Step::MidWrite);
+            }
+            let file = writer.into_inner().map_err(parquet_err)?;
+            file.sync_all().map_err(io(&temp_path))?;
+            let size_bytes = file.metadata().map_err(io(&temp_path))?.len();
+            drop(file);
+            std::fs::rename(&temp_path, &final_path).map_err(io(&final_path))?;
+            Ok(size_bytes)
+        })();
+        let size_bytes = match written {
+            Ok(n) => n,
+            Err(e) => {
+                // A half-written temporary file is never visible, but it must not stay either.
+                let _ = std::fs::remove_file(&temp_path);
+                return Err(e);
+            }
+        };
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
+        Ok(flushed(size_bytes))
+    }
+
+    /// Deletes the files of flush jobs in `rel_dir` that are neither committed nor this job's
+    /// own (which its files overwrite): files of attempts that wrote but never committed, such
+    /// as a daemon killed before the commit of a job that was then cancelled. Only names a
+    /// flush writes are touched; errors are logged, never fatal.
+    fn collect_garbage(&self, rel_dir: &str, user: Option<&str>) {
+        let names: Vec<String> = match &self.s3 {
+            Some(s3) => match s3.list(rel_dir) {
+                Ok(paths) => paths.into_iter().filter_map(|p| p.rsplit('/').next().map(str::to_owned)).collect(),
+                Err(e) => {
+                    tracing::warn!(dir = rel_dir, error = %e, "cannot list a flush directory");
+                    return;
+                }
+            },
+            None => match std::fs::read_dir(Path::new(&self.plan.storage_base).join(rel_dir)) {
+                Ok(dir) => dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+                Err(_) => return,
+            },
+        };
+        let stale: Vec<String> = names
+            .into_iter()
+            .filter(|n| flush_file_job(n).is_some_and(|job| job != self.plan.job_id))
+            .map(|n| PathBuf::from(rel_dir).join(n).display().to_string())
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let Some(committed) = (self.committed)(user) else { return };
+        for path in stale.into_iter().filter(|p| !committed.contains(p)) {
+            tracing::info!(path, "removing a flush file no manifest entry refers to");
+            let removed = match &self.s3 {
+                Some(s3) => s3.delete(&path).map_err(|e| e.to_string()),
+                None => match std::fs::remove_file(Path::new(&self.plan.storage_base).join(&path)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                    _ => Ok(()),
+                },
+            };
+            if let Err(e) = removed {
+                tracing::warn!(path, error = %e, "could not remove an orphan flush file");
+            }
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FlushError + use<> {
+    let path = path.display().to_string();
+    move |source| FlushError::Io { path, source }
 }
 
 fn to_batch(def: &TableDefinition, schema: &SchemaRef, rows: &[StoredRow]) -> Result<RecordBatch, FlushError> {

@@ -9,14 +9,9 @@ use kalam_config::KalamConfig;
 use kalam_rpc::transport;
 use tokio::process::{Child, Command};
 
-/// First restart delay; doubles up to [`RESTART_BACKOFF_MAX`].
-pub const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
-pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A child healthy this long gets its back-off reset.
+/// A child healthy this long gets its restart back-off reset (the back-off and the restart
+/// limit are `[supervisor]` settings).
 pub const HEALTHY_RESET: Duration = Duration::from_secs(60);
-/// More restarts than this within [`RESTART_WINDOW`] and the supervisor gives up on the child.
-pub const MAX_RESTARTS_IN_WINDOW: usize = 5;
-pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// Health-check period; three missed checks in a row and the child is killed.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 pub const HEALTH_MISSES: u32 = 3;
@@ -113,30 +108,35 @@ pub fn spawn(
 /// Restart bookkeeping of one child.
 #[derive(Debug)]
 pub struct RestartPolicy {
+    limits: kalam_config::SupervisorConfig,
     backoff: Duration,
     recent: Vec<Instant>,
 }
 
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        Self { backoff: RESTART_BACKOFF_MIN, recent: Vec::new() }
-    }
-}
-
 impl RestartPolicy {
+    pub fn new(limits: &kalam_config::SupervisorConfig) -> Self {
+        Self {
+            limits: limits.clone(),
+            backoff: Duration::from_millis(limits.restart_backoff_min_ms),
+            recent: Vec::new(),
+        }
+    }
+
     /// Records a crash; returns the delay before the next start, or `None` to give up.
     pub fn on_exit(&mut self, ran_for: Duration) -> Option<Duration> {
+        let min = Duration::from_millis(self.limits.restart_backoff_min_ms);
         if ran_for >= HEALTHY_RESET {
-            self.backoff = RESTART_BACKOFF_MIN;
+            self.backoff = min;
         }
         let now = Instant::now();
-        self.recent.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        let window = Duration::from_secs(self.limits.restart_window_seconds);
+        self.recent.retain(|t| now.duration_since(*t) < window);
         self.recent.push(now);
-        if self.recent.len() > MAX_RESTARTS_IN_WINDOW {
+        if self.recent.len() > self.limits.max_restarts {
             return None;
         }
         let delay = self.backoff;
-        self.backoff = (self.backoff * 2).min(RESTART_BACKOFF_MAX);
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(self.limits.restart_backoff_max_ms));
         Some(delay)
     }
 }
@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_gives_up_after_too_many_restarts() {
-        let mut p = RestartPolicy::default();
+        let mut p = RestartPolicy::new(&kalam_config::SupervisorConfig::default());
         let delays: Vec<_> = (0..5).map(|_| p.on_exit(Duration::from_secs(1))).collect();
         assert_eq!(delays[0], Some(Duration::from_millis(100)));
         assert_eq!(delays[1], Some(Duration::from_millis(200)));

@@ -188,7 +188,7 @@ async fn supervise(
     mut ready: Option<oneshot::Sender<()>>,
     stop: CancellationToken,
 ) -> Outcome {
-    let mut policy = RestartPolicy::default();
+    let mut policy = RestartPolicy::new(&ctx.cfg.supervisor);
     let run_dir = ctx.cfg.run_dir();
     loop {
         let started = Instant::now();

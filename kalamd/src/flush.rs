@@ -109,6 +109,8 @@ impl ManifestEntry {
 pub struct FlushIndex {
     active: HashMap<(String, String), String>,
     last_flush_us: HashMap<(String, String), i64>,
+    /// When the table's newest flush job was dead-lettered (cleared by a completed flush).
+    dead_lettered_us: HashMap<(String, String), i64>,
 }
 
 impl FlushIndex {
@@ -123,9 +125,31 @@ impl FlushIndex {
             {
                 let last = index.last_flush_us.entry(key).or_insert(done);
                 *last = (*last).max(done);
+            } else if j.dead_letter
+                && j.status == status::FAILED
+                && let Some(at) = j.completed_at_us
+            {
+                let last = index.dead_lettered_us.entry(key).or_insert(at);
+                *last = (*last).max(at);
             }
         }
+        // A flush that completed after the dead letter ends the cool-down.
+        let flushed = &index.last_flush_us;
+        index.dead_lettered_us.retain(|k, at| flushed.get(k).is_none_or(|done| done < at));
         index
+    }
+
+    /// True while a table whose flush was dead-lettered cools down: automatic triggers wait.
+    pub fn cooling_down(&self, ns: &str, table: &str, cooldown_us: i64, now_us: i64) -> bool {
+        self.dead_lettered_us
+            .get(&(ns.to_owned(), table.to_owned()))
+            .is_some_and(|at| now_us < at.saturating_add(cooldown_us))
+    }
+
+    pub fn dead_lettered(&mut self, ns: &str, table: &str, at_us: i64) {
+        let key = (ns.to_owned(), table.to_owned());
+        self.active.remove(&key);
+        self.dead_lettered_us.insert(key, at_us);
     }
 
     pub fn active_job(&self, ns: &str, table: &str) -> Option<&String> {
@@ -144,6 +168,7 @@ impl FlushIndex {
         let key = (ns.to_owned(), table.to_owned());
         self.active.remove(&key);
         if let Some(t) = completed_at_us {
+            self.dead_lettered_us.remove(&key);
             self.last_flush_us.insert(key, t);
         }
     }
@@ -152,6 +177,7 @@ impl FlushIndex {
         let key = (ns.to_owned(), table.to_owned());
         self.active.remove(&key);
         self.last_flush_us.remove(&key);
+        self.dead_lettered_us.remove(&key);
     }
 }
 
@@ -182,7 +208,8 @@ impl Engine {
     pub fn maybe_trigger_flush(self: &Arc<Self>, def: &TableDefinition) {
         let Some(threshold) = def.flush_policy.row_threshold else { return };
         let (ns, table) = (def.namespace.as_str(), def.name.as_str());
-        if self.flush_paused(def) || self.flush_index().active_job(ns, table).is_some() {
+        if self.flush_paused(def) || self.flush_index().active_job(ns, table).is_some() || self.cooling_down(ns, table)
+        {
             return;
         }
         match self.store.read_counter(&counter_key(ns, table, None)) {
@@ -194,6 +221,14 @@ impl Engine {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the buffered row count"),
         }
+    }
+
+    /// A table whose last flush was dead-lettered gets no automatic flush job for
+    /// `flush.dead_letter_cooldown_seconds` (storage.md §11).
+    fn cooling_down(&self, ns: &str, table: &str) -> bool {
+        let cooldown_us =
+            i64::try_from(self.cfg.flush.dead_letter_cooldown_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        self.flush_index().cooling_down(ns, table, cooldown_us, wall_clock_us())
     }
 
     pub fn job(&self, job_id: &str) -> Result<JobRecord, EngineError> {
@@ -289,7 +324,8 @@ impl Engine {
             job.completed_at_us = Some(wall_clock_us());
             job.error_message = Some(format!("gave up after {} attempts", job.attempts));
             self.put_job(&mut guard.batch, &job)?;
-            guard.write_and(|| self.flush_index().finished(&job.namespace_id, &job.table_name, None))?;
+            let at = job.completed_at_us.unwrap_or_default();
+            guard.write_and(|| self.flush_index().dead_lettered(&job.namespace_id, &job.table_name, at))?;
             tracing::warn!(job_id, attempts = job.attempts, "flush job dead-lettered");
             return Err(EngineError::user(
                 ErrorCode::InvalidOperation,
@@ -329,6 +365,7 @@ impl Engine {
             shared_template: storage.shared_tables_template,
             user_template: storage.user_tables_template,
             job_created_at_us: job.created_at_us,
+            max_rows_per_file: self.cfg.flush.max_rows_per_file.max(1),
         })
     }
 
@@ -462,7 +499,7 @@ impl Engine {
             job.next_retry_at_us = None;
             job.completed_at_us = Some(now);
             self.put_job(&mut guard.batch, &job)?;
-            guard.write_and(|| self.flush_index().finished(&job.namespace_id, &job.table_name, None))?;
+            guard.write_and(|| self.flush_index().dead_lettered(&job.namespace_id, &job.table_name, now))?;
             tracing::error!(
                 job_id,
                 error,
@@ -473,15 +510,48 @@ impl Engine {
         Ok(())
     }
 
+    /// The committed files of one partition of a job's table (paths relative to their storage
+    /// base, whatever base they were written under): what a flush must never delete. Paths
+    /// carry their job id, so a path recorded under another base cannot name another file.
+    pub fn committed_files(&self, job_id: &str, user: Option<&str>) -> Result<Vec<String>, EngineError> {
+        let job = self.job(job_id)?;
+        let def = self.catalog.require_table(&job.namespace_id, &job.table_name)?;
+        let user = match (def.table_type, user) {
+            (TableType::Shared, _) => None,
+            (_, Some(u)) => Some(kalam_types::ids::UserId::parse(u).map_err(EngineError::User)?),
+            (_, None) => return Err(EngineError::internal("committed files of a USER table need a user")),
+        };
+        Ok(crate::read::manifest_entries(self, &def, user.as_ref())?.into_iter().map(|e| e.path).collect())
+    }
+
+    /// Flush jobs that failed after their last attempt, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<kalam_rpc::DeadLetter>, EngineError> {
+        let mut out: Vec<_> = self
+            .jobs()?
+            .into_iter()
+            .filter(|j| j.dead_letter && j.status == status::FAILED)
+            .map(|j| kalam_rpc::DeadLetter {
+                job_id: j.job_id,
+                namespace: j.namespace_id,
+                table: j.table_name,
+                attempts: j.attempts,
+                error_message: j.error_message,
+                failed_at_us: j.completed_at_us,
+            })
+            .collect();
+        out.sort_by_key(|d| d.failed_at_us);
+        Ok(out)
+    }
+
     /// Every USER/SHARED table with a time trigger, for kalam-flushd's scheduler.
     pub fn flush_candidates(&self) -> Result<Vec<FlushCandidate>, EngineError> {
         let mut out = Vec::new();
         for def in self.catalog.tables() {
             let Some(interval_seconds) = def.flush_policy.interval_seconds else { continue };
-            if def.table_type == TableType::Stream || self.flush_paused(&def) {
+            let (ns, table) = (def.namespace.as_str(), def.name.as_str());
+            if def.table_type == TableType::Stream || self.flush_paused(&def) || self.cooling_down(ns, table) {
                 continue;
             }
-            let (ns, table) = (def.namespace.as_str(), def.name.as_str());
             let buffered_rows = self.store.read_counter(&counter_key(ns, table, None))?;
             let index = self.flush_index();
             out.push(FlushCandidate {

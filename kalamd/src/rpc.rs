@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, Statement, TableFactor};
 use kalam_rpc::{
-    ChangeBatch, FlushCandidate, FlushPlan, FlushSummary, FlushedFile, Health, RpcError, SubscriptionPlan, TableStats,
+    ChangeBatch, DeadLetter, FlushCandidate, FlushPlan, FlushSummary, FlushedFile, Health, RpcError, SubscriptionPlan,
+    TableStats,
 };
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
@@ -114,6 +115,19 @@ impl kalam_rpc::Engine for EngineService {
             files = manifest_entries(&self.0, &def, None).map_err(rpc_err)?.into_iter().map(|e| e.path).collect();
         }
         Ok(TableStats { buffered_rows, files })
+    }
+
+    async fn committed_files(
+        self,
+        _: Context,
+        job_id: String,
+        user_id: Option<String>,
+    ) -> Result<Vec<String>, RpcError> {
+        blocking(&self.0, move |engine| engine.committed_files(&job_id, user_id.as_deref())).await
+    }
+
+    async fn dead_letters(self, _: Context) -> Result<Vec<DeadLetter>, RpcError> {
+        blocking(&self.0, move |engine| engine.dead_letters()).await
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use kalam_link::KalamLinkClient;
 use kalam_rpc::ProcessInfo;
+use serde_json::{Map, Value as Json};
 
 /// Directory holding the workspace binaries (`target/<profile>`), found from the test binary
 /// (`target/<profile>/deps/<test>`), or `KALAMDB_BIN_DIR`.
@@ -63,10 +64,16 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with `toml` as the server's `kalam.toml`.
     pub async fn start_with_config(toml: &str) -> Cluster {
+        Self::start_with(toml, &[]).await
+    }
+
+    /// Like [`Cluster::start_with_config`], with extra environment variables for the
+    /// supervisor (and so for every daemon it starts).
+    pub async fn start_with(toml: &str, env: &[(&str, &Path)]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("kalam.toml"), toml).expect("write kalam.toml");
         let port = free_port();
-        let supervisor = spawn_supervisor(dir.path(), port);
+        let supervisor = spawn_supervisor(dir.path(), port, env);
         let cluster = Cluster { dir, port, supervisor: std::sync::Mutex::new(supervisor) };
         cluster.wait_healthy().await;
         for daemon in ["kalamd", "kalam-flushd", "kalam-lived"] {
@@ -163,7 +170,7 @@ impl Cluster {
 }
 
 /// Starts `kalam-supervisor` for `dir` on `port`; output goes to `<dir>/supervisor.out`.
-pub fn spawn_supervisor(dir: &Path, port: u16) -> Child {
+pub fn spawn_supervisor(dir: &Path, port: u16, env: &[(&str, &Path)]) -> Child {
     let out = std::fs::File::create(dir.join(format!("supervisor-{port}.out"))).expect("log file");
     let bin = bin_dir().join("kalam-supervisor");
     assert!(bin.exists(), "{} is missing: build the workspace binaries first (cargo build --workspace)", bin.display());
@@ -174,6 +181,7 @@ pub fn spawn_supervisor(dir: &Path, port: u16) -> Child {
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env("KALAMDB_LOG_LEVEL", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("log file"))
         .stderr(out)
@@ -283,4 +291,54 @@ pub async fn insert_through_faults(client: KalamLinkClient, table: &str, from: i
         }
     }
     acked
+}
+
+// Helpers shared by the end-to-end tests.
+
+pub async fn rows(client: &KalamLinkClient, sql: &str) -> Vec<Map<String, Json>> {
+    let resp = client.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    resp.results.last().and_then(|r| r.rows.clone()).unwrap_or_default()
+}
+
+pub async fn job(client: &KalamLinkClient, job_id: &str) -> Map<String, Json> {
+    let sql = format!(
+        "SELECT status, attempts, max_attempts, dead_letter, error_message, next_retry_at, completed_at \
+         FROM system.jobs WHERE job_id = '{job_id}'"
+    );
+    rows(client, &sql).await.into_iter().next().unwrap_or_else(|| panic!("job {job_id} missing"))
+}
+
+pub async fn wait_status(client: &KalamLinkClient, job_id: &str, status: &str) -> Map<String, Json> {
+    wait_for(Duration::from_secs(60), &format!("job {job_id} {status}"), || async {
+        let j = job(client, job_id).await;
+        (j["status"] == status).then_some(j)
+    })
+    .await
+}
+
+pub async fn flush(client: &KalamLinkClient, table: &str) -> String {
+    let r = rows(client, &format!("FLUSH TABLE {table}")).await;
+    r[0]["job_id"].as_str().expect("job id").to_owned()
+}
+
+pub async fn count(client: &KalamLinkClient, table: &str) -> i64 {
+    rows(client, &format!("SELECT count(*) AS n FROM {table}")).await[0]["n"].as_i64().expect("count")
+}
+
+/// Files under `dir` (recursively) whose name matches `keep`.
+pub fn files(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Vec<String> {
+    fn walk(dir: &Path, keep: &dyn Fn(&str) -> bool, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                walk(&path, keep, out);
+            } else if keep(&name) {
+                out.push(path.display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, keep, &mut out);
+    out
 }

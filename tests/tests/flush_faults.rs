@@ -3,10 +3,9 @@
 //! `completed`, and no temporary or uncommitted file is visible.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
-use kalam_e2e::{Cluster, insert_through_faults, wait_for};
+use kalam_e2e::{Cluster, files, insert_through_faults, wait_for};
 use kalam_link::KalamLinkClient;
 
 /// Kills per run: the supervisor restarts a daemon at most 5 times a minute.
@@ -15,24 +14,6 @@ const KILLS: usize = 5;
 async fn ids(client: &KalamLinkClient, table: &str) -> Vec<i64> {
     let r = client.query(&format!("SELECT id FROM {table} ORDER BY id")).await.expect("select");
     r.results[0].rows.as_ref().unwrap().iter().map(|row| row["id"].as_i64().unwrap()).collect()
-}
-
-/// Files under `dir` whose name matches `keep`.
-fn files(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Vec<String> {
-    fn walk(dir: &Path, keep: &dyn Fn(&str) -> bool, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if path.is_dir() {
-                walk(&path, keep, out);
-            } else if keep(&name) {
-                out.push(path.display().to_string());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, keep, &mut out);
-    out
 }
 
 async fn run(table_sql: &str, table: &'static str, users: &[&str]) {

@@ -5,17 +5,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kalam_e2e::{Cluster, wait_for};
+use kalam_e2e::{Cluster, count, flush, job, rows, wait_for, wait_status};
 use kalam_link::KalamLinkClient;
 use serde_json::{Map, Value as Json};
 
 /// Fast retries so a job runs out of attempts in about a second.
 const FAST_RETRIES: &str = "[flush]\nmax_retries = 2\nretry_base_delay_ms = 100\nretry_max_delay_ms = 400\n";
-
-async fn rows(client: &KalamLinkClient, sql: &str) -> Vec<Map<String, Json>> {
-    let resp = client.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    resp.results.last().and_then(|r| r.rows.clone()).unwrap_or_default()
-}
 
 async fn error_of(client: &KalamLinkClient, sql: &str) -> String {
     match client.query(sql).await {
@@ -27,31 +22,6 @@ async fn error_of(client: &KalamLinkClient, sql: &str) -> String {
 async fn message(client: &KalamLinkClient, sql: &str) -> String {
     let resp = client.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     resp.results.last().and_then(|r| r.message.clone()).unwrap_or_default()
-}
-
-async fn job(client: &KalamLinkClient, job_id: &str) -> Map<String, Json> {
-    let sql = format!(
-        "SELECT status, attempts, max_attempts, dead_letter, error_message, next_retry_at, completed_at \
-         FROM system.jobs WHERE job_id = '{job_id}'"
-    );
-    rows(client, &sql).await.into_iter().next().unwrap_or_else(|| panic!("job {job_id} missing"))
-}
-
-async fn wait_status(client: &KalamLinkClient, job_id: &str, status: &str) -> Map<String, Json> {
-    wait_for(Duration::from_secs(60), &format!("job {job_id} {status}"), || async {
-        let j = job(client, job_id).await;
-        (j["status"] == status).then_some(j)
-    })
-    .await
-}
-
-async fn flush(client: &KalamLinkClient, table: &str) -> String {
-    let r = rows(client, &format!("FLUSH TABLE {table}")).await;
-    r[0]["job_id"].as_str().expect("job id").to_owned()
-}
-
-async fn count(client: &KalamLinkClient, table: &str) -> i64 {
-    rows(client, &format!("SELECT count(*) AS n FROM {table}")).await[0]["n"].as_i64().expect("count")
 }
 
 fn shared_dir(cluster: &Cluster, ns: &str, table: &str) -> PathBuf {

@@ -216,7 +216,7 @@ async fn a_second_supervisor_on_a_busy_port_fails_fast() {
     let cluster = Cluster::start().await;
     let other_dir = tempfile::tempdir().expect("dir");
     let started = Instant::now();
-    let mut second = spawn_supervisor(other_dir.path(), cluster.port);
+    let mut second = spawn_supervisor(other_dir.path(), cluster.port, &[]);
     let status = wait_for(Duration::from_secs(5), "second supervisor exit", || {
         let s = second.try_wait().ok().flatten();
         async move { s }

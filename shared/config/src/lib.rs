@@ -93,6 +93,11 @@ pub struct FlushConfig {
     pub retry_base_delay_ms: u64,
     /// Longest delay between attempts.
     pub retry_max_delay_ms: u64,
+    /// Rows per Parquet file: a larger group (one user, or a SHARED table) gets several files.
+    pub max_rows_per_file: u64,
+    /// After a table's flush is dead-lettered, automatic triggers wait this long before they
+    /// create a new job for it (manual FLUSH TABLE and RETRY JOB do not wait).
+    pub dead_letter_cooldown_seconds: u64,
 }
 
 impl Default for FlushConfig {
@@ -106,6 +111,8 @@ impl Default for FlushConfig {
             max_retries: 5,
             retry_base_delay_ms: 1000,
             retry_max_delay_ms: 60_000,
+            max_rows_per_file: 1_000_000,
+            dead_letter_cooldown_seconds: 300,
         }
     }
 }
@@ -174,6 +181,31 @@ impl Default for StreamConfig {
     }
 }
 
+/// How kalam-supervisor restarts a daemon that exits (ARCHITECTURE.md: 100 ms doubling to 30 s,
+/// reset after 60 s healthy; more than 5 restarts in 60 s and it gives up on the daemon).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SupervisorConfig {
+    /// First restart delay; doubles per restart.
+    pub restart_backoff_min_ms: u64,
+    /// Longest restart delay.
+    pub restart_backoff_max_ms: u64,
+    /// More restarts than this within `restart_window_seconds` and the daemon is given up.
+    pub max_restarts: usize,
+    pub restart_window_seconds: u64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            restart_backoff_min_ms: 100,
+            restart_backoff_max_ms: 30_000,
+            max_restarts: 5,
+            restart_window_seconds: 60,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LoggingConfig {
@@ -203,6 +235,7 @@ pub struct KalamConfig {
     pub logging: LoggingConfig,
     pub retention: RetentionConfig,
     pub stream: StreamConfig,
+    pub supervisor: SupervisorConfig,
 }
 
 /// Environment variables with their own spelling; everything else is `KALAMDB_<SECTION>_<KEY>`.
@@ -273,6 +306,21 @@ impl KalamConfig {
             || self.stream.eviction_interval_seconds == 0
         {
             return Err(ConfigError::Invalid { key: "stream", reason: "values must be > 0".into() });
+        }
+        if self.flush.max_rows_per_file == 0 {
+            return Err(ConfigError::Invalid { key: "flush.max_rows_per_file", reason: "must be > 0".into() });
+        }
+        let sup = &self.supervisor;
+        if sup.restart_backoff_min_ms == 0
+            || sup.restart_backoff_max_ms < sup.restart_backoff_min_ms
+            || sup.restart_window_seconds == 0
+        {
+            return Err(ConfigError::Invalid {
+                key: "supervisor",
+                reason: "restart_backoff_min_ms and restart_window_seconds must be > 0, and restart_backoff_max_ms \
+                         at least restart_backoff_min_ms"
+                    .into(),
+            });
         }
         if self.websocket.max_pending_messages == 0 || self.limits.max_message_size == 0 {
             return Err(ConfigError::Invalid { key: "limits", reason: "sizes must be > 0".into() });

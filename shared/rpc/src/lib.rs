@@ -39,6 +39,12 @@ pub trait Engine {
     async fn plan_subscription(user_id: String, sql: String) -> Result<SubscriptionPlan, RpcError>;
     /// Buffered rows and manifest files of one table.
     async fn table_stats(namespace: String, table: String) -> Result<TableStats, RpcError>;
+    /// Paths (relative to their storage base) of the committed files of one partition of the
+    /// job's table (`user_id` for USER tables): a flush deletes any other file of a flush job
+    /// it finds in the partition's directory.
+    async fn committed_files(job_id: String, user_id: Option<String>) -> Result<Vec<String>, RpcError>;
+    /// Every dead-lettered flush job.
+    async fn dead_letters() -> Result<Vec<DeadLetter>, RpcError>;
 }
 
 /// The flush runner. Served by kalam-flushd.
@@ -49,6 +55,8 @@ pub trait Flusher {
     async fn run_job(job_id: String) -> Result<(), RpcError>;
     /// Stops a job that was cancelled (KILL JOB): files it wrote are removed.
     async fn cancel_job(job_id: String);
+    /// The dead-letter queue: flush jobs that failed after their last attempt.
+    async fn dead_letters() -> Result<Vec<DeadLetter>, RpcError>;
 }
 
 /// The WebSocket sessions. Served by kalam-lived.

@@ -41,6 +41,21 @@ pub struct FlushPlan {
     pub user_template: String,
     /// The job's creation time, microseconds since the epoch (used in file names).
     pub job_created_at_us: i64,
+    /// Rows per file at most: a larger group is split into files numbered 1, 2, ….
+    pub max_rows_per_file: u64,
+}
+
+/// A flush job that failed after its last attempt (`system.jobs.dead_letter`), waiting for
+/// `RETRY JOB`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub job_id: String,
+    pub namespace: String,
+    pub table: String,
+    pub attempts: u32,
+    pub error_message: Option<String>,
+    /// When it was given up, microseconds since the epoch.
+    pub failed_at_us: Option<i64>,
 }
 
 /// One Parquet file a flush attempt wrote.

@@ -172,9 +172,31 @@ pub fn temp_file_name(final_name: &str) -> String {
     format!(".{final_name}.tmp")
 }
 
+/// The job id in the name of a file a flush writes (final or temporary), or `None` for any
+/// other name: `<stamp>-<job_id>-<n>.parquet` and `.<that>.tmp`.
+pub fn flush_file_job(name: &str) -> Option<&str> {
+    let name = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).unwrap_or(name);
+    let stem = name.strip_suffix(".parquet")?;
+    let (rest, n) = stem.rsplit_once('-')?;
+    // The stamp is `YYYY-MM-DDTHH-MM-SS` (19 characters), then `-`.
+    let job = rest.get(20..).filter(|_| rest.as_bytes().get(19) == Some(&b'-'))?;
+    let numbered = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+    (numbered && rest.as_bytes().get(10) == Some(&b'T') && !job.is_empty()).then_some(job)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flush_file_names_give_back_their_job() {
+        let name = parquet_file_name(1_700_000_000_000_000, "flush-t-1-00ab", 3);
+        assert_eq!(flush_file_job(&name), Some("flush-t-1-00ab"));
+        assert_eq!(flush_file_job(&temp_file_name(&name)), Some("flush-t-1-00ab"));
+        for other in ["notes.parquet", "x.csv", "2023-11-14T22-13-20-flush-t-1-00ab-x.parquet", ".hidden"] {
+            assert_eq!(flush_file_job(other), None, "{other}");
+        }
+    }
 
     fn vars(user: Option<&'static str>) -> TemplateVars<'static> {
         TemplateVars { namespace: "app", table: "messages", user_id: user, shard: "" }

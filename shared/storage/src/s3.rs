@@ -109,6 +109,21 @@ impl S3Store {
         result.map_err(|e| e.to_string())
     }
 
+    /// Paths (relative to the storage base) of the objects directly under directory `dir`.
+    pub fn list(&self, dir: &str) -> Result<Vec<String>, String> {
+        let prefix = self.location.key(dir);
+        let base = self.location.key("");
+        let listed = Self::block_on(self.store.list_with_delimiter(Some(&prefix)))?.map_err(|e| e.to_string())?;
+        Ok(listed
+            .objects
+            .into_iter()
+            .filter_map(|o| {
+                let key = o.location.as_ref();
+                key.strip_prefix(base.as_ref()).map(|p| p.trim_start_matches('/').to_owned())
+            })
+            .collect())
+    }
+
     /// Deletes an object; a missing one is not an error.
     pub fn delete(&self, path: &str) -> Result<(), String> {
         let key = self.location.key(path);
