@@ -92,13 +92,15 @@ impl ManifestEntry {
         }
     }
 
+    /// The recorded primary-key range (`None` for files written without one).
+    pub fn key_range(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let bound = |b: &Option<String>| b.as_deref().and_then(decode_hex);
+        Some((bound(&self.min_pk)?, bound(&self.max_pk)?))
+    }
+
     /// False only when the recorded key range proves the file cannot hold `pk`.
     pub fn may_contain(&self, pk: &[u8]) -> bool {
-        let bound = |b: &Option<String>| b.as_deref().and_then(decode_hex);
-        match (bound(&self.min_pk), bound(&self.max_pk)) {
-            (Some(min), Some(max)) => min.as_slice() <= pk && pk <= max.as_slice(),
-            _ => true,
-        }
+        self.key_range().is_none_or(|(min, max)| min.as_slice() <= pk && pk <= max.as_slice())
     }
 }
 

@@ -16,6 +16,7 @@ mod ids;
 mod jobs;
 mod listener;
 mod provider;
+mod prune;
 mod read;
 mod rowjson;
 mod rpc;
@@ -26,6 +27,38 @@ mod storages;
 mod store;
 mod stream;
 mod users;
+
+/// Table definitions for unit tests.
+#[cfg(test)]
+mod test_defs {
+    use kalam_types::KalamType;
+    use kalam_types::ids::{NamespaceId, TableName};
+    use kalam_types::schema::{ColumnDefinition, FlushPolicy, TableDefinition, TableOptions, TableType};
+
+    /// `app.<name>` with one column: `id BIGINT PRIMARY KEY`.
+    pub fn bigint_key_table(table_type: TableType, name: &str) -> TableDefinition {
+        TableDefinition {
+            namespace: NamespaceId::parse("app").unwrap(),
+            name: TableName::parse(name).unwrap(),
+            table_type,
+            columns: vec![ColumnDefinition {
+                name: "id".into(),
+                column_id: 1,
+                data_type: KalamType::BigInt,
+                nullable: false,
+                is_primary_key: true,
+                default: None,
+            }],
+            schema_version: 1,
+            storage_id: String::new(),
+            flush_policy: FlushPolicy { row_threshold: None, interval_seconds: None },
+            created_at_us: 0,
+            updated_at_us: 0,
+            options: TableOptions::default(),
+            history: vec![],
+        }
+    }
+}
 
 use std::path::PathBuf;
 

@@ -12,7 +12,7 @@ use datafusion::catalog::Session;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType as DfTableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use kalam_types::arrow::{build_array, table_schema};
 use kalam_types::ids::UserId;
@@ -20,7 +20,8 @@ use kalam_types::schema::TableDefinition;
 use kalam_types::{KalamType, Value};
 
 use crate::engine::Engine;
-use crate::read::read_partition;
+use crate::prune::ScanBounds;
+use crate::read::read_partition_within;
 
 pub struct KalamTableProvider {
     scan: Arc<ScanRequest>,
@@ -60,8 +61,8 @@ struct ScanRequest {
 }
 
 impl ScanRequest {
-    fn batch(&self) -> Result<RecordBatch, crate::error::EngineError> {
-        let rows: Vec<_> = read_partition(&self.engine, &self.def, Some(&self.user))?
+    fn batch(&self, bounds: &ScanBounds) -> Result<RecordBatch, crate::error::EngineError> {
+        let rows: Vec<_> = read_partition_within(&self.engine, &self.def, Some(&self.user), bounds)?
             .into_iter()
             .filter(|r| self.include_deleted || !r.deleted)
             .collect();
@@ -89,15 +90,22 @@ impl TableProvider for KalamTableProvider {
         DfTableType::Base
     }
 
+    /// Every filter reaches [`TableProvider::scan`], which prunes flushed files with them;
+    /// DataFusion still applies them all.
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
     async fn scan(
         &self,
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let request = self.scan.clone();
-        let batch = tokio::task::spawn_blocking(move || request.batch())
+        let bounds = ScanBounds::from_filters(&self.scan.def, filters);
+        let batch = tokio::task::spawn_blocking(move || request.batch(&bounds))
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(e.to_client())))?;

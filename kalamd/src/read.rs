@@ -17,6 +17,7 @@ use kalam_types::{KalamType, Value};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::flush::ManifestEntry;
+use crate::prune::ScanBounds;
 use crate::store::{cf, manifest_prefix, table_cf_name};
 
 /// One visible row version.
@@ -72,6 +73,18 @@ pub fn read_partition(
     def: &TableDefinition,
     user: Option<&UserId>,
 ) -> Result<Vec<MergedRow>, EngineError> {
+    read_partition_within(engine, def, user, &ScanBounds::all())
+}
+
+/// [`read_partition`] for a scan whose filters imply `bounds`: flushed files whose manifest
+/// ranges cannot hold a matching row are not opened, so rows of the partition that cannot
+/// match may be missing from the result (the caller still applies its filters).
+pub fn read_partition_within(
+    engine: &Engine,
+    def: &TableDefinition,
+    user: Option<&UserId>,
+    bounds: &ScanBounds,
+) -> Result<Vec<MergedRow>, EngineError> {
     let user = if def.table_type == TableType::Shared { None } else { user };
     if def.table_type == TableType::Stream {
         let user = user.ok_or_else(|| EngineError::internal("stream read without a user"))?;
@@ -82,7 +95,13 @@ pub fn read_partition(
     // the duplicate). The other order could miss it.
     let prefix = user.map(codec::user_prefix).unwrap_or_default();
     let hot = engine.store.scan_prefix(&table_cf_name(def), &prefix)?;
-    let mut merged = read_cold(engine, def, &manifest_entries(engine, def, user)?)?;
+    let mut entries = manifest_entries(engine, def, user)?;
+    if !bounds.is_unbounded() {
+        let listed = entries.len();
+        entries.retain(|e| bounds.may_match(e));
+        tracing::debug!(table = %def.qualified_name(), listed, read = entries.len(), "flushed files pruned");
+    }
+    let mut merged = read_cold(engine, def, &entries)?;
     let newer = engine.catalog.newer_version(def);
     let decoder = match &newer {
         Some(n) => codec::RowDecoder::with_versions(def, n),

@@ -238,26 +238,9 @@ mod tests {
     use super::*;
 
     fn def(ttl: u64, max: u64) -> TableDefinition {
-        TableDefinition {
-            namespace: NamespaceId::parse("app").unwrap(),
-            name: TableName::parse("events").unwrap(),
-            table_type: TableType::Stream,
-            columns: vec![ColumnDefinition {
-                name: "id".into(),
-                column_id: 1,
-                data_type: KalamType::BigInt,
-                nullable: false,
-                is_primary_key: true,
-                default: None,
-            }],
-            schema_version: 1,
-            storage_id: String::new(),
-            flush_policy: FlushPolicy { row_threshold: None, interval_seconds: None },
-            created_at_us: 0,
-            updated_at_us: 0,
-            options: TableOptions { ttl_seconds: ttl, max_buffer: max, ..TableOptions::default() },
-            history: vec![],
-        }
+        let mut def = crate::test_defs::bigint_key_table(TableType::Stream, "events");
+        def.options = TableOptions { ttl_seconds: ttl, max_buffer: max, ..TableOptions::default() };
+        def
     }
 
     fn row(id: i64, at: i64) -> (Vec<u8>, Vec<Value>, i64) {
