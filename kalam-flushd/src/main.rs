@@ -137,21 +137,22 @@ async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
 
 /// Time triggers (storage.md §5): every `check_every`, ask kalamd for the tables with an
 /// interval and have it create a job for each one that is due. kalamd hands the job back to
-/// this daemon like any other.
+/// this daemon like any other. When a table holding rows falls due before the next check, the
+/// scheduler wakes at its due time instead.
 async fn schedule_time_triggers(
     run_dir: PathBuf,
     check_every: Duration,
     service: FlusherService,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(check_every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = Duration::ZERO;
     let mut client: Option<EngineClient> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        wait = check_every;
         if client.is_none() {
             client = connect_engine(&run_dir).await.ok();
         }
@@ -187,6 +188,10 @@ async fn schedule_time_triggers(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
+        let next_due = candidates.iter().filter(|t| t.waiting() && !t.is_due(now_us)).map(|t| t.due_at_us()).min();
+        if let Some(next) = next_due {
+            wait = wait.min(Duration::from_micros(u64::try_from(next.saturating_sub(now_us)).unwrap_or(0)));
+        }
         for due in candidates.into_iter().filter(|t| t.is_due(now_us)) {
             match c.trigger_flush(tarpc::context::current(), due.namespace.clone(), due.table.clone()).await {
                 Ok(Ok(job_id)) => {

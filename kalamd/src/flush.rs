@@ -210,8 +210,8 @@ impl Engine {
     pub fn maybe_trigger_flush(self: &Arc<Self>, def: &TableDefinition) {
         let Some(threshold) = def.flush_policy.row_threshold else { return };
         let (ns, table) = (def.namespace.as_str(), def.name.as_str());
-        if self.flush_paused(def) || self.flush_index().active_job(ns, table).is_some() || self.cooling_down(ns, table)
-        {
+        let busy = self.flush_index().active_job(ns, table).is_some();
+        if busy || self.flush_paused(def) || self.cooling_down(ns, table) {
             return;
         }
         match self.store.read_counter(&counter_key(ns, table, None)) {
@@ -551,7 +551,8 @@ impl Engine {
         for def in self.catalog.tables() {
             let Some(interval_seconds) = def.flush_policy.interval_seconds else { continue };
             let (ns, table) = (def.namespace.as_str(), def.name.as_str());
-            if def.table_type == TableType::Stream || self.flush_paused(&def) || self.cooling_down(ns, table) {
+            let cooling_down = self.cooling_down(ns, table);
+            if def.table_type == TableType::Stream || self.flush_paused(&def) || cooling_down {
                 continue;
             }
             let buffered_rows = self.store.read_counter(&counter_key(ns, table, None))?;

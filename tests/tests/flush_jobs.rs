@@ -248,3 +248,61 @@ async fn flush_settings_and_flush_all_tables() {
     c.query("CREATE NAMESPACE empty").await.unwrap();
     assert_eq!(message(&c, "FLUSH ALL TABLES IN empty").await, "No tables to flush");
 }
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+}
+
+/// A timestamp column of one row, in microseconds.
+async fn micros(client: &KalamLinkClient, sql: &str) -> i64 {
+    rows(client, sql).await[0]["t"].as_i64().unwrap_or_else(|| panic!("{sql}: no timestamp"))
+}
+
+/// The flush jobs of a table (`ns.table`): (created_at, completed_at) in microseconds, oldest first.
+async fn job_times(client: &KalamLinkClient, table: &str) -> Vec<(i64, Option<i64>)> {
+    let sql = format!(
+        "SELECT CAST(created_at AS BIGINT) AS c, CAST(completed_at AS BIGINT) AS d FROM system.jobs \
+         WHERE job_type = 'flush' AND table_name = '{table}' ORDER BY created_at"
+    );
+    rows(client, &sql).await.iter().map(|r| (r["c"].as_i64().unwrap(), r["d"].as_i64())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_fire_on_time_as_recorded_by_their_jobs() {
+    let cluster = Cluster::start().await;
+    let c = cluster.client("system");
+    c.query(
+        "CREATE NAMESPACE app; \
+         CREATE SHARED TABLE app.counted (id BIGINT PRIMARY KEY) FLUSH ROW_THRESHOLD 3; \
+         CREATE SHARED TABLE app.timed (id BIGINT PRIMARY KEY) FLUSH INTERVAL 2s",
+    )
+    .await
+    .expect("setup");
+
+    // Row threshold: the write that reaches it creates the job (within 100 ms of it).
+    c.query("INSERT INTO app.counted VALUES (1), (2)").await.unwrap();
+    assert!(job_times(&c, "app.counted").await.is_empty());
+    let before = now_us();
+    c.query("INSERT INTO app.counted VALUES (3)").await.unwrap();
+    let jobs = job_times(&c, "app.counted").await;
+    assert_eq!(jobs.len(), 1, "the threshold write started a flush");
+    assert!((-5_000..=100_000).contains(&(jobs[0].0 - before)), "job created {} µs after the write", jobs[0].0 - before);
+
+    // Interval: due two seconds after creation, then two seconds after the last flush; each job
+    // starts within a second of that.
+    c.query("INSERT INTO app.timed VALUES (1)").await.unwrap();
+    let created =
+        micros(&c, "SELECT CAST(created_at AS BIGINT) AS t FROM system.tables WHERE table_name = 'timed'").await;
+    let mut due = created + 2_000_000;
+    for round in 0..2 {
+        let (job_created, completed) = wait_for(Duration::from_secs(30), "an interval flush", || async {
+            job_times(&c, "app.timed").await.get(round).copied().filter(|(_, done)| done.is_some())
+        })
+        .await;
+        let late = job_created - due;
+        assert!((0..=1_000_000).contains(&late), "round {round}: the job came {late} µs after its due time");
+        c.query(&format!("INSERT INTO app.timed VALUES ({})", round + 2)).await.unwrap();
+        due = completed.unwrap() + 2_000_000;
+    }
+    assert_eq!(count(&c, "app.timed").await, 3);
+}

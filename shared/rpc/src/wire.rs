@@ -90,9 +90,17 @@ pub struct FlushCandidate {
 impl FlushCandidate {
     /// Due when the buffer holds rows, no job is active and the interval has passed.
     pub fn is_due(&self, now_us: i64) -> bool {
-        !self.active
-            && self.buffered_rows > 0
-            && now_us.saturating_sub(self.last_flush_at_us) >= (self.interval_seconds as i64).saturating_mul(1_000_000)
+        self.waiting() && now_us >= self.due_at_us()
+    }
+
+    /// When the interval runs out (µs since the epoch).
+    pub fn due_at_us(&self) -> i64 {
+        self.last_flush_at_us.saturating_add((self.interval_seconds as i64).saturating_mul(1_000_000))
+    }
+
+    /// Holds rows and has no active job: it flushes once due.
+    pub fn waiting(&self) -> bool {
+        !self.active && self.buffered_rows > 0
     }
 }
 
