@@ -20,6 +20,9 @@ use crate::store::{Store, cf};
 /// holds at most two 16 MiB-value rows.
 pub const MAX_CHANGE_BATCH_BYTES: usize = 16 << 20;
 
+/// Longest wait for kalam-flushd to accept a job notification.
+const NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct Engine {
     pub cfg: KalamConfig,
     pub store: Arc<Store>,
@@ -104,7 +107,10 @@ impl Engine {
                     }
                 }
                 let Some(client) = slot.clone() else { return };
-                match client.run_job(tarpc::context::current(), job_id.clone()).await {
+                // Bounded: a stuck kalam-flushd must not pile up waiting notifications (its
+                // scheduler finds every runnable job by itself anyway).
+                let ctx = kalam_rpc::transport::context_with_timeout(NOTIFY_TIMEOUT);
+                match client.run_job(ctx, job_id.clone()).await {
                     Ok(Ok(())) => return,
                     Ok(Err(e)) => {
                         tracing::warn!(job_id, error = %e, "kalam-flushd refused job");

@@ -286,7 +286,11 @@ async fn triggers_fire_on_time_as_recorded_by_their_jobs() {
     c.query("INSERT INTO app.counted VALUES (3)").await.unwrap();
     let jobs = job_times(&c, "app.counted").await;
     assert_eq!(jobs.len(), 1, "the threshold write started a flush");
-    assert!((-5_000..=100_000).contains(&(jobs[0].0 - before)), "job created {} µs after the write", jobs[0].0 - before);
+    assert!(
+        (-5_000..=100_000).contains(&(jobs[0].0 - before)),
+        "job created {} µs after the write",
+        jobs[0].0 - before
+    );
 
     // Interval: due two seconds after creation, then two seconds after the last flush; each job
     // starts within a second of that.

@@ -298,3 +298,61 @@ async fn automatic_triggers_wait_out_the_dead_letter_cool_down() {
     assert_eq!(got.len() as i64, count(&alice, "app.c").await);
     assert_eq!(got, (1..=got.len() as i64).collect::<Vec<_>>());
 }
+
+/// Latencies of `n` single-row INSERTs, each followed by a point SELECT of the new row.
+async fn sample_latencies(client: &KalamLinkClient, first_id: i64, n: i64) -> Vec<Duration> {
+    let mut out = Vec::new();
+    for id in first_id..first_id + n {
+        let started = Instant::now();
+        client.query(&format!("INSERT INTO app.m VALUES ({id}, 'b')")).await.expect("insert");
+        let got = rows(client, &format!("SELECT id FROM app.m WHERE id = {id}")).await;
+        assert_eq!(got.len(), 1);
+        out.push(started.elapsed());
+    }
+    out
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kalamd_answers_at_normal_latency_while_flushd_is_stuck_or_down() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    // A killed flushd stays down for eight seconds.
+    let cluster = Cluster::start_with_config("[supervisor]\nrestart_backoff_min_ms = 8000\n").await;
+    let alice = cluster.client("alice");
+    alice.query("CREATE NAMESPACE app; CREATE USER TABLE app.m (id BIGINT PRIMARY KEY, body TEXT)").await.unwrap();
+    let baseline = median(sample_latencies(&alice, 0, 40).await);
+    let normal = |d: Duration| d <= baseline * 3 + Duration::from_millis(20);
+
+    // Stuck (SIGSTOP): FLUSH TABLE queues its job at once, reads and writes are unaffected.
+    let flushd = Pid::from_raw(cluster.running_pid("kalam-flushd").await as i32);
+    kill(flushd, Signal::SIGSTOP).expect("stop flushd");
+    let started = Instant::now();
+    let stuck_job = flush(&alice, "app.m").await;
+    assert!(started.elapsed() < Duration::from_secs(1), "FLUSH TABLE waited for a stuck flushd");
+    let stuck = median(sample_latencies(&alice, 1_000, 40).await);
+    kill(flushd, Signal::SIGCONT).expect("continue flushd");
+    assert!(normal(stuck), "median {stuck:?} while flushd was stuck, {baseline:?} before");
+    wait_status(&alice, &stuck_job, "completed").await;
+
+    // Down (SIGKILL, restarted eight seconds later): the same.
+    let old = cluster.running_pid("kalam-flushd").await;
+    kill(Pid::from_raw(old as i32), Signal::SIGKILL).expect("kill flushd");
+    let started = Instant::now();
+    let down_job = flush(&alice, "app.m").await;
+    let down = median(sample_latencies(&alice, 2_000, 40).await);
+    let procs = cluster.processes().await.expect("process table");
+    let state = procs.iter().find(|p| p.name == "kalam-flushd").map(|p| p.state.clone());
+    assert!(
+        started.elapsed() < Duration::from_secs(8) && state.as_deref() != Some("running"),
+        "flushd came back early"
+    );
+    assert!(normal(down), "median {down:?} while flushd was down, {baseline:?} before");
+    cluster.running_pid_other_than("kalam-flushd", Some(old)).await;
+    wait_status(&alice, &down_job, "completed").await;
+    assert_eq!(count(&alice, "app.m").await, 120);
+}
