@@ -244,6 +244,12 @@ mod tests {
         async fn table_stats(self, _: Context, _: String, _: String) -> Result<TableStats, RpcError> {
             Err(RpcError::internal())
         }
+        async fn committed_files(self, _: Context, _: String, _: Option<String>) -> Result<Vec<String>, RpcError> {
+            Err(RpcError::internal())
+        }
+        async fn dead_letters(self, _: Context) -> Result<Vec<kalam_rpc::DeadLetter>, RpcError> {
+            Ok(vec![])
+        }
     }
 
     fn subscription(

@@ -231,9 +231,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use kalam_types::KalamType;
-    use kalam_types::ids::{NamespaceId, TableName};
-    use kalam_types::schema::{ColumnDefinition, FlushPolicy, TableOptions, TableType};
+    use kalam_types::schema::{TableOptions, TableType};
 
     use super::*;
 

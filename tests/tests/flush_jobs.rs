@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kalam_e2e::{Cluster, count, flush, job, rows, wait_for, wait_status};
 use kalam_link::KalamLinkClient;
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 
 /// Fast retries so a job runs out of attempts in about a second.
 const FAST_RETRIES: &str = "[flush]\nmax_retries = 2\nretry_base_delay_ms = 100\nretry_max_delay_ms = 400\n";

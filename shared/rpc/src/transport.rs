@@ -138,95 +138,36 @@ pub fn context_with_timeout(timeout: std::time::Duration) -> tarpc::context::Con
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Engine, Health};
+    use crate::{Flusher, Health};
 
+    /// A flusher that knows no job.
     #[derive(Clone)]
-    struct FakeEngine;
+    struct FakeFlusher;
 
-    impl Engine for FakeEngine {
+    impl Flusher for FakeFlusher {
         async fn health(self, _: tarpc::context::Context) -> Health {
             Health::of("fake")
         }
-        async fn begin_flush(
-            self,
-            _: tarpc::context::Context,
-            job: String,
-        ) -> Result<crate::FlushPlan, crate::RpcError> {
+        async fn run_job(self, _: tarpc::context::Context, job: String) -> Result<(), crate::RpcError> {
             Err(crate::RpcError::new(kalam_types::ErrorCode::JobNotFound, format!("Job not found: {job}")))
         }
-        async fn commit_flush(
-            self,
-            _: tarpc::context::Context,
-            _: String,
-            _: u32,
-            _: Vec<crate::FlushedFile>,
-        ) -> Result<crate::FlushSummary, crate::RpcError> {
-            Ok(crate::FlushSummary { records_flushed: 0, files: 0 })
-        }
-        async fn fail_flush(
-            self,
-            _: tarpc::context::Context,
-            _: String,
-            _: u32,
-            _: String,
-        ) -> Result<(), crate::RpcError> {
-            Ok(())
-        }
-        async fn runnable_flush_jobs(self, _: tarpc::context::Context) -> Result<Vec<String>, crate::RpcError> {
+        async fn cancel_job(self, _: tarpc::context::Context, _: String) {}
+        async fn dead_letters(self, _: tarpc::context::Context) -> Result<Vec<crate::DeadLetter>, crate::RpcError> {
             Ok(vec![])
-        }
-        async fn flush_candidates(
-            self,
-            _: tarpc::context::Context,
-        ) -> Result<Vec<crate::FlushCandidate>, crate::RpcError> {
-            Ok(vec![])
-        }
-        async fn trigger_flush(
-            self,
-            _: tarpc::context::Context,
-            _: String,
-            _: String,
-        ) -> Result<String, crate::RpcError> {
-            Err(crate::RpcError::internal())
-        }
-        async fn poll_changes(
-            self,
-            _: tarpc::context::Context,
-            after: u64,
-            _: u32,
-            _: u32,
-        ) -> Result<crate::ChangeBatch, crate::RpcError> {
-            Ok(crate::ChangeBatch { records: vec![], head_seq: after })
-        }
-        async fn plan_subscription(
-            self,
-            _: tarpc::context::Context,
-            _: String,
-            _: String,
-        ) -> Result<crate::SubscriptionPlan, crate::RpcError> {
-            Err(crate::RpcError::internal())
-        }
-        async fn table_stats(
-            self,
-            _: tarpc::context::Context,
-            _: String,
-            _: String,
-        ) -> Result<crate::TableStats, crate::RpcError> {
-            Ok(crate::TableStats { buffered_rows: 0, files: vec![] })
         }
     }
 
     #[tokio::test]
     async fn a_service_answers_over_its_unix_socket_with_typed_errors() {
         let dir = std::env::temp_dir().join(format!("kalam-rpc-test-{}", std::process::id()));
-        let listener = bind(&socket_path(&dir, sockets::ENGINE)).unwrap();
-        let mode = std::fs::metadata(socket_path(&dir, sockets::ENGINE)).unwrap().permissions().mode();
+        let listener = bind(&socket_path(&dir, sockets::FLUSHER)).unwrap();
+        let mode = std::fs::metadata(socket_path(&dir, sockets::FLUSHER)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let server = tokio::spawn(crate::serve_on!(listener, FakeEngine));
-        let client = connect_engine(&dir).await.unwrap();
+        let server = tokio::spawn(crate::serve_on!(listener, FakeFlusher));
+        let client = connect_flusher(&dir).await.unwrap();
         let health = client.health(tarpc::context::current()).await.unwrap();
         assert_eq!(health.process, "fake");
-        let err = client.begin_flush(tarpc::context::current(), "j1".into()).await.unwrap().unwrap_err();
+        let err = client.run_job(tarpc::context::current(), "j1".into()).await.unwrap().unwrap_err();
         assert_eq!(err.code, kalam_types::ErrorCode::JobNotFound);
         server.abort();
         let _ = std::fs::remove_dir_all(dir);
