@@ -156,11 +156,18 @@ impl JobWriter<'_> {
             .ok_or_else(|| FlushError::MissingColumnFamily(plan.checkpoint_path.clone()))?;
         let decoder = codec::RowDecoder::new(def);
         let max_rows = usize::try_from(plan.max_rows_per_file.max(1)).unwrap_or(usize::MAX);
+        let limited = plan.max_users_per_job > 0 && def.table_type == TableType::User;
+        let start = plan.after_user.as_deref().filter(|_| def.table_type == TableType::User).map(codec::users_after);
+        let mode = match &start {
+            Some(key) => IteratorMode::From(key, rocksdb::Direction::Forward),
+            None => IteratorMode::Start,
+        };
         let mut rows: Vec<StoredRow> = Vec::new();
         let mut group_user: Option<String> = None;
+        let mut users = 0u64;
         // Number of the next file of the current group (1-based).
         let mut file_no = 1u32;
-        for item in db.iterator_cf(&cf, IteratorMode::Start) {
+        for item in db.iterator_cf(&cf, mode) {
             let (key, value) =
                 item.map_err(|source| FlushError::Checkpoint { path: plan.checkpoint_path.clone(), source })?;
             let user = match def.table_type {
@@ -171,6 +178,11 @@ impl JobWriter<'_> {
                 if !rows.is_empty() {
                     files.push(self.write_file(group_user.as_deref(), file_no, &std::mem::take(&mut rows))?);
                 }
+                // The users after the limit are a follow-up job's (kalamd queues it).
+                if limited && users == plan.max_users_per_job {
+                    return Ok(());
+                }
+                users += 1;
                 file_no = 1;
                 group_user = user;
             }

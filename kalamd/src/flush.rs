@@ -56,6 +56,10 @@ pub struct JobRecord {
     /// Schema version the current attempt writes its files in.
     #[serde(default)]
     pub schema_version: Option<u32>,
+    /// A follow-up job of a flush limited by `flush.max_users_per_job`: it flushes the users
+    /// after this one.
+    #[serde(default)]
+    pub after_user: Option<String>,
 }
 
 /// A flushed file as recorded in the `table_files` manifest.
@@ -246,6 +250,15 @@ impl Engine {
 
     /// Creates a flush job for `def`, or returns the active one (`true` = already running).
     pub fn create_flush_job(self: &Arc<Self>, def: &TableDefinition) -> Result<(String, bool), EngineError> {
+        self.create_flush_job_after(def, None)
+    }
+
+    /// [`Engine::create_flush_job`] for the users after `after_user` only (a follow-up job).
+    fn create_flush_job_after(
+        self: &Arc<Self>,
+        def: &TableDefinition,
+        after_user: Option<String>,
+    ) -> Result<(String, bool), EngineError> {
         if def.table_type == TableType::Stream {
             return Err(crate::jobs::stream_refused(def));
         }
@@ -277,6 +290,7 @@ impl Engine {
             next_retry_at_us: None,
             storage_base: None,
             schema_version: None,
+            after_user,
         };
         self.put_job(&mut guard.batch, &job)?;
         // The index changes before the lock is released: a concurrent FLUSH TABLE sees this job.
@@ -368,11 +382,22 @@ impl Engine {
             user_template: storage.user_tables_template,
             job_created_at_us: job.created_at_us,
             max_rows_per_file: self.cfg.flush.max_rows_per_file.max(1),
+            max_users_per_job: self.cfg.flush.max_users_per_job,
+            after_user: job.after_user.clone(),
         })
     }
 
     /// Publishes the files and removes the flushed row versions, in one write batch.
-    pub fn commit_flush(&self, job_id: &str, attempt: u32, files: &[FlushedFile]) -> Result<FlushSummary, EngineError> {
+    ///
+    /// With `flush.max_users_per_job`, a USER-table job covers the users after its `after_user`
+    /// up to the last user it wrote; when the checkpoint holds more, a follow-up job for them is
+    /// queued once this one is committed.
+    pub fn commit_flush(
+        self: &Arc<Self>,
+        job_id: &str,
+        attempt: u32,
+        files: &[FlushedFile],
+    ) -> Result<FlushSummary, EngineError> {
         let checkpoint = self.checkpoint_path(job_id, attempt);
         let mut guard = self.store.begin();
         let mut job = self.job(job_id)?;
@@ -396,8 +421,25 @@ impl Engine {
         let live_cf = self.store.cf(&cf_name)?;
         let mut removed_per_user: std::collections::BTreeMap<Option<String>, i64> = Default::default();
         let mut records = 0u64;
-        for item in snapshot.iterator_cf(&snap_cf, IteratorMode::Start) {
+        let limit = self.cfg.flush.max_users_per_job;
+        let partial = limit > 0 && def.table_type == TableType::User;
+        let users_written: std::collections::BTreeSet<&str> =
+            files.iter().filter_map(|f| f.user_id.as_deref()).collect();
+        let through = if partial { users_written.last().copied() } else { None };
+        let start = job.after_user.as_deref().map(codec::users_after);
+        let mode = match &start {
+            Some(key) => IteratorMode::From(key, rocksdb::Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut more_users = false;
+        for item in snapshot.iterator_cf(&snap_cf, mode) {
             let (key, value) = item.map_err(crate::store::StoreError::Rocks)?;
+            if let Some(last) = through
+                && codec::split_user_row_key(&key).map_err(EngineError::internal)?.0 > last
+            {
+                more_users = true;
+                break;
+            }
             records += 1;
             if self.store.db().get_cf(&live_cf, &key).map_err(crate::store::StoreError::Rocks)?.as_deref()
                 == Some(&value[..])
@@ -413,9 +455,14 @@ impl Engine {
         drop(snap_cf);
         drop(snapshot);
         let in_files: u64 = files.iter().map(|f| f.row_count).sum();
-        if in_files != records {
+        let user_limit_broken =
+            partial && (users_written.len() as u64 > limit || (more_users && (users_written.len() as u64) < limit));
+        if in_files != records || user_limit_broken {
             drop(guard);
-            let error = format!("flush files hold {in_files} rows but the checkpoint has {records}");
+            let error = match user_limit_broken {
+                true => format!("flush files cover {} users; the job's limit is {limit}", users_written.len()),
+                false => format!("flush files hold {in_files} rows but the checkpoint has {records}"),
+            };
             self.fail_flush(job_id, attempt, &error)?;
             return Err(EngineError::user(ErrorCode::InvalidOperation, error));
         }
@@ -471,6 +518,13 @@ impl Engine {
         guard.write_and(|| self.flush_index().finished(&job.namespace_id, &job.table_name, job.completed_at_us))?;
         remove_checkpoint(&checkpoint);
         tracing::info!(job_id, table = %def.qualified_name(), records_flushed = records, duration_ms, "Flush job completed");
+        if more_users {
+            let after = through.map(str::to_owned);
+            match self.create_flush_job_after(&def, after) {
+                Ok((next, _)) => tracing::info!(job_id, next, "flush continues with the remaining users"),
+                Err(e) => tracing::warn!(job_id, error = %e, "follow-up flush job not created"),
+            }
+        }
         Ok(FlushSummary { records_flushed: records, files: files.len() as u64 })
     }
 

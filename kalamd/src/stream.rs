@@ -219,6 +219,7 @@ impl Engine {
                 next_retry_at_us: None,
                 storage_base: None,
                 schema_version: None,
+                after_user: None,
             };
             let mut guard = self.store.begin();
             self.put_job(&mut guard.batch, &job)?;

@@ -356,3 +356,35 @@ async fn kalamd_answers_at_normal_latency_while_flushd_is_stuck_or_down() {
     wait_status(&alice, &down_job, "completed").await;
     assert_eq!(count(&alice, "app.m").await, 120);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_limited_to_two_users_per_job_continues_until_every_user_is_flushed() {
+    let cluster = Cluster::start_with_config("[flush]\nmax_users_per_job = 2\n").await;
+    let admin = cluster.client("system");
+    admin.query("CREATE NAMESPACE app; CREATE USER TABLE app.p (id BIGINT PRIMARY KEY)").await.expect("setup");
+    let users = ["u1", "u2", "u3", "u4", "u5"];
+    for (i, user) in users.iter().enumerate() {
+        let values: Vec<String> = (0..=i as i64).map(|id| format!("({id})")).collect();
+        cluster.client(user).query(&format!("INSERT INTO app.p VALUES {}", values.join(", "))).await.unwrap();
+    }
+    let first = flush(&admin, "app.p").await;
+    wait_status(&admin, &first, "completed").await;
+    let jobs = wait_for(Duration::from_secs(30), "three completed jobs", || async {
+        let jobs =
+            rows(&admin, "SELECT status, result FROM system.jobs WHERE job_type = 'flush' ORDER BY created_at").await;
+        (jobs.len() == 3 && jobs.iter().all(|j| j["status"] == "completed")).then_some(jobs)
+    })
+    .await;
+    let users_per_job: Vec<i64> = jobs
+        .iter()
+        .map(|j| {
+            let result: serde_json::Value = serde_json::from_str(j["result"].as_str().expect("result")).unwrap();
+            result["users_count"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(users_per_job, vec![2, 2, 1]);
+    assert_eq!(table_stats(&admin, "app.p").await["buffered_rows"].as_i64(), Some(0), "every user flushed");
+    for (i, user) in users.iter().enumerate() {
+        assert_eq!(count(&cluster.client(user), "app.p").await, i as i64 + 1, "{user}");
+    }
+}

@@ -95,6 +95,8 @@ pub struct FlushConfig {
     pub retry_max_delay_ms: u64,
     /// Rows per Parquet file: a larger group (one user, or a SHARED table) gets several files.
     pub max_rows_per_file: u64,
+    /// Users per USER-table flush job (0 = all): a larger flush continues in follow-up jobs.
+    pub max_users_per_job: u64,
     /// After a table's flush is dead-lettered, automatic triggers wait this long before they
     /// create a new job for it (manual FLUSH TABLE and RETRY JOB do not wait).
     pub dead_letter_cooldown_seconds: u64,
@@ -112,6 +114,7 @@ impl Default for FlushConfig {
             retry_base_delay_ms: 1000,
             retry_max_delay_ms: 60_000,
             max_rows_per_file: 1_000_000,
+            max_users_per_job: 0,
             dead_letter_cooldown_seconds: 300,
         }
     }

@@ -43,6 +43,11 @@ pub struct FlushPlan {
     pub job_created_at_us: i64,
     /// Rows per file at most: a larger group is split into files numbered 1, 2, ….
     pub max_rows_per_file: u64,
+    /// USER tables: users this job flushes at most (0 = all); kalamd queues a follow-up job
+    /// for the users after the last one written.
+    pub max_users_per_job: u64,
+    /// USER tables: the job flushes only users after this one (a follow-up job).
+    pub after_user: Option<String>,
 }
 
 /// A flush job that failed after its last attempt (`system.jobs.dead_letter`), waiting for

@@ -230,6 +230,14 @@ pub fn user_prefix(user: &UserId) -> Vec<u8> {
     k
 }
 
+/// The smallest USER-table key above every key of `user`'s partition: where the partitions of
+/// the users after it start.
+pub fn users_after(user: &str) -> Vec<u8> {
+    let mut key = user.as_bytes().to_vec();
+    key.push(1);
+    key
+}
+
 /// Splits a USER-table row key into the user id and the primary-key bytes.
 pub fn split_user_row_key(key: &[u8]) -> Result<(&str, &[u8]), CodecError> {
     let sep = key.iter().position(|b| *b == 0).ok_or(CodecError::BadKey)?;
