@@ -355,8 +355,13 @@ fn writer_properties(plan: &FlushPlan, user: Option<&str>, min_updated: i64, max
         meta.push(KeyValue::new("kalamdb.user_id".into(), u.to_owned()));
     }
     let pk = &def.columns[def.primary_key_index()].name;
+    let compression = match plan.compression.as_str() {
+        "none" => Compression::UNCOMPRESSED,
+        "zstd" => Compression::ZSTD(Default::default()),
+        _ => Compression::SNAPPY,
+    };
     WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
+        .set_compression(compression)
         .set_key_value_metadata(Some(meta))
         .set_column_bloom_filter_enabled(ColumnPath::from(pk.as_str()), true)
         .set_column_bloom_filter_enabled(ColumnPath::from("_updated"), true)

@@ -384,6 +384,7 @@ impl Engine {
             max_rows_per_file: self.cfg.flush.max_rows_per_file.max(1),
             max_users_per_job: self.cfg.flush.max_users_per_job,
             after_user: job.after_user.clone(),
+            compression: self.cfg.storage.compression.clone(),
         })
     }
 

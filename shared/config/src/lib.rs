@@ -63,6 +63,8 @@ pub struct StorageConfig {
     pub default_storage_path: PathBuf,
     /// Change-log records older than this are trimmed.
     pub change_log_retention_seconds: u64,
+    /// Parquet compression of flushed files: `none`, `snappy` or `zstd`.
+    pub compression: String,
 }
 
 impl Default for StorageConfig {
@@ -72,6 +74,7 @@ impl Default for StorageConfig {
             rocksdb_path: PathBuf::new(),
             default_storage_path: PathBuf::new(),
             change_log_retention_seconds: 3600,
+            compression: "snappy".into(),
         }
     }
 }
@@ -310,6 +313,12 @@ impl KalamConfig {
         {
             return Err(ConfigError::Invalid { key: "stream", reason: "values must be > 0".into() });
         }
+        if !["none", "snappy", "zstd"].contains(&self.storage.compression.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "storage.compression",
+                reason: format!("'{}' is not one of none, snappy, zstd", self.storage.compression),
+            });
+        }
         if self.flush.max_rows_per_file == 0 {
             return Err(ConfigError::Invalid { key: "flush.max_rows_per_file", reason: "must be > 0".into() });
         }
@@ -417,6 +426,26 @@ mod tests {
             jail.set_env("KALAMDB_LOG_LEVEL", "loud");
             let err = KalamConfig::load(None).unwrap_err().to_string();
             assert!(err.contains("logging.level"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn compression_and_restart_settings_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.set_env("KALAMDB_STORAGE_COMPRESSION", "lz77");
+            let err = KalamConfig::load(None).unwrap_err().to_string();
+            assert!(err.contains("storage.compression") && err.contains("lz77"), "{err}");
+            jail.set_env("KALAMDB_STORAGE_COMPRESSION", "zstd");
+            jail.create_file(
+                "kalam.toml",
+                "[supervisor]\nrestart_backoff_min_ms = 500\nrestart_backoff_max_ms = 100\n",
+            )?;
+            let err = KalamConfig::load(None).unwrap_err().to_string();
+            assert!(err.contains("supervisor"), "{err}");
+            jail.create_file("kalam.toml", "[supervisor]\nmax_restarts = 50\n")?;
+            let cfg = KalamConfig::load(None).unwrap();
+            assert_eq!((cfg.storage.compression.as_str(), cfg.supervisor.max_restarts), ("zstd", 50));
             Ok(())
         });
     }

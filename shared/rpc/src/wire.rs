@@ -48,6 +48,8 @@ pub struct FlushPlan {
     pub max_users_per_job: u64,
     /// USER tables: the job flushes only users after this one (a follow-up job).
     pub after_user: Option<String>,
+    /// Parquet compression (`storage.compression`): `none`, `snappy` or `zstd`.
+    pub compression: String,
 }
 
 /// A flush job that failed after its last attempt (`system.jobs.dead_letter`), waiting for
