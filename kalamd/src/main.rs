@@ -20,6 +20,7 @@ mod prune;
 mod read;
 mod rowjson;
 mod rpc;
+mod scan;
 mod secrets;
 mod sql;
 mod stats;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::catalog::Session;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType as DfTableType};
@@ -15,13 +15,16 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use kalam_types::arrow::{build_array, table_schema};
+use kalam_types::schema::TableType;
 use kalam_types::ids::UserId;
 use kalam_types::schema::TableDefinition;
-use kalam_types::{KalamType, Value};
+
 
 use crate::engine::Engine;
 use crate::prune::ScanBounds;
-use crate::read::read_partition_within;
+use crate::error::EngineError;
+use crate::read::read_partition;
+use crate::scan::{PartitionScan, scan_partition};
 
 pub struct KalamTableProvider {
     scan: Arc<ScanRequest>,
@@ -44,9 +47,9 @@ impl KalamTableProvider {
         include_deleted: bool,
     ) -> Self {
         // STREAM tables have no system columns.
-        let with_system_columns = with_system_columns && def.table_type != kalam_types::schema::TableType::Stream;
+        let with_system_columns = with_system_columns && def.table_type != TableType::Stream;
         let schema = Arc::new(table_schema(&def, with_system_columns));
-        Self { scan: Arc::new(ScanRequest { engine, def, user, schema, with_system_columns, include_deleted }) }
+        Self { scan: Arc::new(ScanRequest { engine, def, user, schema, include_deleted }) }
     }
 }
 
@@ -56,27 +59,34 @@ struct ScanRequest {
     def: Arc<TableDefinition>,
     user: UserId,
     schema: SchemaRef,
-    with_system_columns: bool,
     include_deleted: bool,
 }
 
 impl ScanRequest {
-    fn batch(&self, bounds: &ScanBounds) -> Result<RecordBatch, crate::error::EngineError> {
-        let rows: Vec<_> = read_partition_within(&self.engine, &self.def, Some(&self.user), bounds)?
-            .into_iter()
-            .filter(|r| self.include_deleted || !r.deleted)
+    /// The rows of the scan: `projection` of the provider's schema (all of it when `None`).
+    fn batch(&self, bounds: &ScanBounds, projection: Option<&[usize]>) -> Result<RecordBatch, EngineError> {
+        let all: Vec<usize> = (0..self.schema.fields().len()).collect();
+        let columns = projection.unwrap_or(&all);
+        let schema = Arc::new(self.schema.project(columns).map_err(EngineError::internal)?);
+        if self.def.table_type != TableType::Stream {
+            // The provider's schema is the table schema, with the system columns last when
+            // exposed, so its indexes are the scan's.
+            let req = PartitionScan {
+                def: &self.def,
+                user: Some(&self.user),
+                bounds,
+                include_deleted: self.include_deleted,
+                columns,
+            };
+            return scan_partition(&self.engine, &req, schema);
+        }
+        let rows: Vec<_> = read_partition(&self.engine, &self.def, Some(&self.user))?;
+        let arrays = columns
+            .iter()
+            .map(|&i| build_array(self.def.columns[i].data_type, rows.iter().map(|r| &r.values[i])))
             .collect();
-        let mut arrays = Vec::with_capacity(self.schema.fields().len());
-        for (i, col) in self.def.columns.iter().enumerate() {
-            arrays.push(build_array(col.data_type, rows.iter().map(|r| &r.values[i])));
-        }
-        if self.with_system_columns {
-            let updated: Vec<Value> = rows.iter().map(|r| Value::Timestamp(r.updated_us)).collect();
-            let deleted: Vec<Value> = rows.iter().map(|r| Value::Boolean(r.deleted)).collect();
-            arrays.push(build_array(KalamType::Timestamp, updated.iter()));
-            arrays.push(build_array(KalamType::Boolean, deleted.iter()));
-        }
-        RecordBatch::try_new(self.schema.clone(), arrays).map_err(crate::error::EngineError::internal)
+        let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        RecordBatch::try_new_with_options(schema, arrays, &options).map_err(EngineError::internal)
     }
 }
 
@@ -105,11 +115,13 @@ impl TableProvider for KalamTableProvider {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let request = self.scan.clone();
         let bounds = ScanBounds::from_filters(&self.scan.def, filters);
-        let batch = tokio::task::spawn_blocking(move || request.batch(&bounds))
+        let columns = projection.cloned();
+        let batch = tokio::task::spawn_blocking(move || request.batch(&bounds, columns.as_deref()))
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(e.to_client())))?;
-        let exec = MemorySourceConfig::try_new_exec(&[vec![batch]], self.scan.schema.clone(), projection.cloned())?;
+        let schema = batch.schema();
+        let exec = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?;
         Ok(exec)
     }
 }

@@ -30,11 +30,6 @@ pub struct ScanBounds {
 }
 
 impl ScanBounds {
-    /// No bounds: every file is read.
-    pub fn all() -> Self {
-        Self::default()
-    }
-
     /// Bounds implied by a conjunction of filters on `def`.
     pub fn from_filters(def: &TableDefinition, filters: &[Expr]) -> Self {
         let mut bounds = Self::default();

@@ -17,7 +17,6 @@ use kalam_types::{KalamType, Value};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::flush::ManifestEntry;
-use crate::prune::ScanBounds;
 use crate::store::{cf, manifest_prefix, table_cf_name};
 
 /// One visible row version.
@@ -73,18 +72,6 @@ pub fn read_partition(
     def: &TableDefinition,
     user: Option<&UserId>,
 ) -> Result<Vec<MergedRow>, EngineError> {
-    read_partition_within(engine, def, user, &ScanBounds::all())
-}
-
-/// [`read_partition`] for a scan whose filters imply `bounds`: flushed files whose manifest
-/// ranges cannot hold a matching row are not opened, so rows of the partition that cannot
-/// match may be missing from the result (the caller still applies its filters).
-pub fn read_partition_within(
-    engine: &Engine,
-    def: &TableDefinition,
-    user: Option<&UserId>,
-    bounds: &ScanBounds,
-) -> Result<Vec<MergedRow>, EngineError> {
     let user = if def.table_type == TableType::Shared { None } else { user };
     if def.table_type == TableType::Stream {
         let user = user.ok_or_else(|| EngineError::internal("stream read without a user"))?;
@@ -93,24 +80,11 @@ pub fn read_partition_within(
     // The buffer is read before the manifest: a flush committing in between moves rows from the
     // buffer into a file we then also read, so a row is seen at least once (the merge removes
     // the duplicate). The other order could miss it.
-    let prefix = user.map(codec::user_prefix).unwrap_or_default();
-    let hot = engine.store.scan_prefix(&table_cf_name(def), &prefix)?;
-    let mut entries = manifest_entries(engine, def, user)?;
-    if !bounds.is_unbounded() {
-        let listed = entries.len();
-        entries.retain(|e| bounds.may_match(e));
-        tracing::debug!(table = %def.qualified_name(), listed, read = entries.len(), "flushed files pruned");
-    }
-    let mut merged = read_cold(engine, def, &entries)?;
-    let newer = engine.catalog.newer_version(def);
-    let decoder = match &newer {
-        Some(n) => codec::RowDecoder::with_versions(def, n),
-        None => codec::RowDecoder::new(def),
-    };
-    for (key, bytes) in hot {
-        let pk = key[prefix.len()..].to_vec();
-        let row = decoder.decode(&bytes).map_err(|e| EngineError::corrupt("table", e))?;
-        let row = MergedRow { values: row.values, updated_us: row.updated_us, deleted: row.deleted, buffered: true };
+    let hot = read_buffer(engine, def, user)?;
+    let mut merged = read_cold(engine, def, &manifest_entries(engine, def, user)?)?;
+    let pk_idx = def.primary_key_index();
+    for row in hot {
+        let Some(pk) = codec::encode_pk(&row.values[pk_idx]) else { continue };
         match merged.get(&pk) {
             Some(existing) if existing.updated_us > row.updated_us => {}
             _ => {
@@ -119,6 +93,26 @@ pub fn read_partition_within(
         }
     }
     Ok(merged.into_values().collect())
+}
+
+/// The buffered rows of a USER/SHARED partition (`user` is `None` for SHARED tables), in
+/// primary-key order, decoded onto `def`'s schema.
+pub fn read_buffer(engine: &Engine, def: &TableDefinition, user: Option<&UserId>) -> Result<Vec<MergedRow>, EngineError> {
+    let prefix = user.map(codec::user_prefix).unwrap_or_default();
+    let newer = engine.catalog.newer_version(def);
+    let decoder = match &newer {
+        Some(n) => codec::RowDecoder::with_versions(def, n),
+        None => codec::RowDecoder::new(def),
+    };
+    engine
+        .store
+        .scan_prefix(&table_cf_name(def), &prefix)?
+        .into_iter()
+        .map(|(_, bytes)| {
+            let row = decoder.decode(&bytes).map_err(|e| EngineError::corrupt("table", e))?;
+            Ok(MergedRow { values: row.values, updated_us: row.updated_us, deleted: row.deleted, buffered: true })
+        })
+        .collect()
 }
 
 /// Every partition of a table: `[None]` for SHARED tables, each user with buffered rows or
