@@ -1,6 +1,8 @@
-//! Scans skip flushed files by their manifest ranges (storage.md §9): a file that cannot hold a
-//! row matching the primary-key bounds or the `_updated` lower bound of a query is never
-//! opened. Shown by damaging such a file: queries that prune it still answer, the others fail.
+//! Reads of flushed data (storage.md §9). Scans skip flushed files by their manifest ranges: a
+//! file that cannot hold a row matching the primary-key bounds or the `_updated` lower bound of
+//! a query is never opened (shown by damaging such a file: queries that prune it still answer,
+//! the others fail). And the merge of files and buffer matches a model of the table through
+//! random inserts, updates, deletes and flushes.
 
 use kalam_e2e::{Cluster, files, flush, rows, wait_status};
 use kalam_link::KalamLinkClient;
@@ -53,5 +55,72 @@ async fn files_outside_the_key_or_updated_bounds_of_a_query_are_not_opened() {
         format!("SELECT count(*) AS n FROM app.t WHERE _updated <= TO_TIMESTAMP_MICROS({cut})"),
     ] {
         assert!(c.query(&sql).await.is_err(), "{sql} did not read the damaged file");
+    }
+}
+
+/// A deterministic pseudo-random sequence (no dependency needed for a test workload).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_reads_match_a_model_through_random_writes_and_flushes() {
+    use std::collections::BTreeMap;
+    let cluster = Cluster::start().await;
+    let alice = cluster.client("alice");
+    alice.query("CREATE NAMESPACE app; CREATE USER TABLE app.r (id BIGINT PRIMARY KEY, v TEXT)").await.expect("setup");
+    let mut rng = Lcg(42);
+    // Key → (value, deleted); a key never written is absent.
+    let mut model: BTreeMap<i64, (String, bool)> = BTreeMap::new();
+    for round in 0..8 {
+        for op in 0..60 {
+            let id = rng.below(120) as i64;
+            let v = format!("r{round}o{op}");
+            let live = model.get(&id).is_some_and(|(_, deleted)| !deleted);
+            let sql = match (live, rng.below(3)) {
+                (false, _) => format!("INSERT INTO app.r VALUES ({id}, '{v}')"),
+                (true, 0) => format!("DELETE FROM app.r WHERE id = {id}"),
+                (true, _) => format!("UPDATE app.r SET v = '{v}' WHERE id = {id}"),
+            };
+            alice.query(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let entry = model.entry(id).or_insert((String::new(), false));
+            match sql.split(' ').next() {
+                Some("DELETE") => entry.1 = true,
+                _ => *entry = (v, false),
+            }
+        }
+        // Most rounds end with a flush, so files overlap each other and the buffer.
+        if round % 3 != 2 {
+            let job = flush(&alice, "app.r").await;
+            wait_status(&alice, &job, "completed").await;
+        }
+        let live: Vec<(i64, String)> =
+            model.iter().filter(|(_, (_, d))| !d).map(|(k, (v, _))| (*k, v.clone())).collect();
+        let got: Vec<(i64, String)> = rows(&alice, "SELECT id, v FROM app.r ORDER BY id")
+            .await
+            .iter()
+            .map(|r| (r["id"].as_i64().unwrap(), r["v"].as_str().unwrap().to_owned()))
+            .collect();
+        assert_eq!(got, live, "round {round}");
+        let above: Vec<i64> = live.iter().map(|(k, _)| *k).filter(|k| *k > 60).collect();
+        let got_above: Vec<i64> = rows(&alice, "SELECT id FROM app.r WHERE id > 60 ORDER BY id")
+            .await
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(got_above, above, "round {round}: filtered");
+        let deleted: Vec<i64> = model.iter().filter(|(_, (_, d))| *d).map(|(k, _)| *k).collect();
+        let got_deleted: Vec<i64> = rows(&alice, "SELECT id FROM app.r WHERE _deleted = true ORDER BY id")
+            .await
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(got_deleted, deleted, "round {round}: tombstones");
+        assert_eq!(scalar(&alice, "SELECT count(*) AS n FROM app.r").await, live.len() as i64);
     }
 }
