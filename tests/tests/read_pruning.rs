@@ -58,6 +58,10 @@ async fn files_outside_the_key_or_updated_bounds_of_a_query_are_not_opened() {
     }
 }
 
+async fn id_list(client: &KalamLinkClient, sql: &str) -> Vec<i64> {
+    rows(client, sql).await.iter().map(|r| r["id"].as_i64().expect("id")).collect()
+}
+
 /// A deterministic pseudo-random sequence (no dependency needed for a test workload).
 struct Lcg(u64);
 
@@ -108,18 +112,10 @@ async fn merged_reads_match_a_model_through_random_writes_and_flushes() {
             .collect();
         assert_eq!(got, live, "round {round}");
         let above: Vec<i64> = live.iter().map(|(k, _)| *k).filter(|k| *k > 60).collect();
-        let got_above: Vec<i64> = rows(&alice, "SELECT id FROM app.r WHERE id > 60 ORDER BY id")
-            .await
-            .iter()
-            .map(|r| r["id"].as_i64().unwrap())
-            .collect();
+        let got_above = id_list(&alice, "SELECT id FROM app.r WHERE id > 60 ORDER BY id").await;
         assert_eq!(got_above, above, "round {round}: filtered");
         let deleted: Vec<i64> = model.iter().filter(|(_, (_, d))| *d).map(|(k, _)| *k).collect();
-        let got_deleted: Vec<i64> = rows(&alice, "SELECT id FROM app.r WHERE _deleted = true ORDER BY id")
-            .await
-            .iter()
-            .map(|r| r["id"].as_i64().unwrap())
-            .collect();
+        let got_deleted = id_list(&alice, "SELECT id FROM app.r WHERE _deleted = true ORDER BY id").await;
         assert_eq!(got_deleted, deleted, "round {round}: tombstones");
         assert_eq!(scalar(&alice, "SELECT count(*) AS n FROM app.r").await, live.len() as i64);
     }
