@@ -15,14 +15,13 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use kalam_types::arrow::{build_array, table_schema};
-use kalam_types::schema::TableType;
 use kalam_types::ids::UserId;
 use kalam_types::schema::TableDefinition;
-
+use kalam_types::schema::TableType;
 
 use crate::engine::Engine;
-use crate::prune::ScanBounds;
 use crate::error::EngineError;
+use crate::prune::ScanBounds;
 use crate::read::read_partition;
 use crate::scan::{PartitionScan, scan_partition};
 

@@ -97,7 +97,11 @@ pub fn read_partition(
 
 /// The buffered rows of a USER/SHARED partition (`user` is `None` for SHARED tables), in
 /// primary-key order, decoded onto `def`'s schema.
-pub fn read_buffer(engine: &Engine, def: &TableDefinition, user: Option<&UserId>) -> Result<Vec<MergedRow>, EngineError> {
+pub fn read_buffer(
+    engine: &Engine,
+    def: &TableDefinition,
+    user: Option<&UserId>,
+) -> Result<Vec<MergedRow>, EngineError> {
     let prefix = user.map(codec::user_prefix).unwrap_or_default();
     let newer = engine.catalog.newer_version(def);
     let decoder = match &newer {

@@ -12,7 +12,9 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, new_null_array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, new_null_array,
+};
 use datafusion::arrow::compute::{cast, concat, filter, interleave};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMicrosecondType};
 use datafusion::parquet::arrow::ProjectionMask;
@@ -103,7 +105,9 @@ pub fn scan_partition(engine: &Engine, req: &PartitionScan<'_>, schema: SchemaRe
         let array = match (&winners, parts.as_slice()) {
             (Winners::AllOf(src), _) => sources[*src].columns[c].clone().expect("requested column read"),
             (Winners::Filtered(src, mask), _) => filter(parts[*src], mask).map_err(EngineError::internal)?,
-            (Winners::Picked(picks), []) if picks.is_empty() => new_null_array(schema.field(arrays.len()).data_type(), 0),
+            (Winners::Picked(picks), []) if picks.is_empty() => {
+                new_null_array(schema.field(arrays.len()).data_type(), 0)
+            }
             (Winners::Picked(picks), _) => interleave(&parts, picks).map_err(EngineError::internal)?,
         };
         arrays.push(array);
