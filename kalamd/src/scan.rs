@@ -202,9 +202,12 @@ fn merge(req: &PartitionScan<'_>, sources: &[Source]) -> Result<Winners, EngineE
     }
     let total: usize = sources.iter().map(|s| s.rows).sum();
     let mut picks = Vec::with_capacity(total);
+    // The heads holding the current key (reused: one allocation for the whole merge).
+    let mut advance = Vec::with_capacity(sources.len());
     while let Some(Reverse(first)) = heap.pop() {
         let mut best = first.at;
-        let mut advance = vec![first.at];
+        advance.clear();
+        advance.push(first.at);
         while let Some(Reverse(next)) = heap.peek() {
             if keys.cmp(next.at, best) != Ordering::Equal {
                 break;
@@ -220,7 +223,7 @@ fn merge(req: &PartitionScan<'_>, sources: &[Source]) -> Result<Winners, EngineE
         if req.include_deleted || !is_deleted(best.0, best.1) {
             picks.push(best);
         }
-        for (src, row) in advance {
+        for &(src, row) in &advance {
             if row + 1 < sources[src].rows {
                 heap.push(Reverse(Head { keys: &keys, at: (src, row + 1) }));
             }
