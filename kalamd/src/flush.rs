@@ -519,6 +519,7 @@ impl Engine {
         guard.write_and(|| self.flush_index().finished(&job.namespace_id, &job.table_name, job.completed_at_us))?;
         remove_checkpoint(&checkpoint);
         tracing::info!(job_id, table = %def.qualified_name(), records_flushed = records, duration_ms, "Flush job completed");
+        self.compact_after_flush(cf_name);
         if more_users {
             let after = through.map(str::to_owned);
             match self.create_flush_job_after(&def, after) {
@@ -527,6 +528,26 @@ impl Engine {
             }
         }
         Ok(FlushSummary { records_flushed: records, files: files.len() as u64 })
+    }
+
+    /// A flush leaves one tombstone per flushed row in the table's column family, and every
+    /// scan of the buffer would step over them until RocksDB compacts them away. Compacting
+    /// the family right after the commit (in the background; after a flush it holds little
+    /// else) keeps buffer scans proportional to the rows actually buffered.
+    fn compact_after_flush(self: &Arc<Self>, cf_name: String) {
+        let engine = self.clone();
+        let compact = move || match engine.store.cf(&cf_name) {
+            Ok(cf) => {
+                let started = std::time::Instant::now();
+                engine.store.db().compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
+                tracing::debug!(cf = cf_name, ms = started.elapsed().as_millis() as u64, "compacted after flush");
+            }
+            Err(e) => tracing::debug!(cf = cf_name, error = %e, "table gone before its compaction"),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(compact)),
+            Err(_) => compact(),
+        }
     }
 
     /// Records a failed attempt. Every row stays in the buffer. A stale attempt's failure is
