@@ -38,6 +38,33 @@ impl kalam_rpc::Live for LiveService {
     async fn list_subscriptions(self, _: Context) -> Vec<LiveSubscription> {
         self.0.list()
     }
+
+    async fn kill_live_query(self, _: Context, live_id: String) -> Result<LiveSubscription, kalam_rpc::RpcError> {
+        let found = self.0.list().into_iter().find(|s| s.live_id == live_id);
+        let (Some(info), Some(sub)) = (found, self.0.remove(&live_id)) else {
+            return Err(kalam_rpc::RpcError::new(
+                kalam_types::ErrorCode::LiveQueryNotFound,
+                format!("Live query '{live_id}' not found"),
+            ));
+        };
+        let text = serde_json::json!({"type": "unsubscribed", "subscription_id": sub.subscription_id,
+            "reason": "killed"})
+        .to_string();
+        let out = registry::Outgoing::Ended {
+            subscription_id: sub.subscription_id.clone(),
+            generation: sub.generation,
+            text,
+        };
+        if sub.conn.tx.try_send(out).is_err() {
+            sub.conn.slow.cancel();
+        }
+        tracing::info!(live_id, "live query killed");
+        Ok(info)
+    }
+
+    async fn stats(self, _: Context) -> kalam_rpc::LiveStats {
+        self.0.stats()
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,14 +77,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
     let run_dir = cfg.run_dir();
-    let registry = Arc::new(registry::Registry::default());
+    let registry = Arc::new(registry::Registry::new(cfg.rate_limit.max_subscriptions_per_user));
     let shutdown = CancellationToken::new();
 
-    let pump = pump::Pump {
-        registry: registry.clone(),
-        run_dir: run_dir.clone(),
-        cursor_file: run_dir.join("kalam-lived.cursor"),
-    };
+    let pump = pump::Pump { registry: registry.clone(), run_dir: run_dir.clone() };
     let pump_task = tokio::spawn(pump.run(shutdown.clone()));
 
     let rpc_listener = bind(&socket_path(&run_dir, sockets::LIVE))?;

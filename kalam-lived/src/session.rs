@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use kalam_config::KalamConfig;
-use kalam_rpc::EngineClient;
+use kalam_rpc::{EngineClient, SnapshotOptions, SubscriptionPlan};
 use kalam_types::ErrorCode;
 use kalam_types::auth::loopback_bypass;
 use kalam_types::ids::UserId;
@@ -24,7 +24,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::{Outgoing, Registry, Subscription};
+use crate::pump::{Parsed, match_group, parse};
+use crate::registry::{Conn, Delivery, Outgoing, RegisterError, Registry, Subscription, change_message};
 
 /// Longest time a client may take to complete the upgrade.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,36 +143,123 @@ pub async fn run(shared: Arc<Shared>, fd: OwnedFd, peer: SocketAddr) {
     let Some(user) = user_slot.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
     let connection_id = uuid::Uuid::now_v7().to_string();
     tracing::info!(%peer, connection_id, user = %user, "WebSocket connected");
+    let (tx, rx) = mpsc::channel::<Outgoing>(shared.cfg.websocket.max_pending_messages);
+    let _counted = Counted::new(&shared.registry);
     let conn = Connection {
         shared: shared.clone(),
         connection_id: connection_id.clone(),
         user,
+        // The loopback bypass acts with role `system` (api.md §1.1); credentials and the
+        // roles of `system.users` arrive with authentication.
+        rate_limited: false,
         subscriptions: HashMap::new(),
         next_generation: 1,
+        conn: Arc::new(Conn { tx, slow: CancellationToken::new() }),
+        window: (Instant::now(), 0),
     };
-    conn.serve(ws).await;
-    shared.registry.remove_connection(&connection_id);
+    conn.serve(ws, rx).await;
     tracing::info!(connection_id, "WebSocket closed");
+}
+
+/// Counts a connection and its queue in the registry for as long as it lives.
+struct Counted<'a>(&'a Registry);
+
+impl<'a> Counted<'a> {
+    fn new(registry: &'a Registry) -> Self {
+        registry.connections.fetch_add(1, Ordering::Relaxed);
+        registry.channels.fetch_add(1, Ordering::Relaxed);
+        Counted(registry)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.channels.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Sink = futures::stream::SplitSink<tokio_tungstenite::WebSocketStream<TcpStream>, Message>;
+
+/// The socket is gone (the connection ends).
+struct Closed;
+
+/// A refused subscription: its error code and message.
+type Refusal = (ErrorCode, String);
+
+fn refusal(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    (code, message.into())
+}
+
+fn unavailable() -> Refusal {
+    refusal(ErrorCode::ServiceUnavailable, "The database is restarting; try again")
+}
+
+/// Snapshot and resume options of a subscribe request (api.md §4.2).
+#[derive(Debug, Default, PartialEq)]
+struct StartOptions {
+    snapshot: Option<SnapshotOptions>,
+    from_seq: Option<u64>,
+}
+
+fn start_options(options: &serde_json::Map<String, Json>) -> Result<StartOptions, Refusal> {
+    let bad = |m: &str| refusal(ErrorCode::InvalidOption, format!("Invalid option value: {m}"));
+    let mut snapshot = SnapshotOptions::default();
+    let mut from_seq = None;
+    for (key, value) in options {
+        match key.as_str() {
+            "last_rows" => {
+                let n = value.as_u64().ok_or_else(|| bad("last_rows must be a non-negative integer"))?;
+                snapshot.last_rows = (n > 0).then_some(n);
+            }
+            "since" => {
+                let text = value.as_str().ok_or_else(|| bad("since must be a timestamp string"))?;
+                if kalam_types::time::parse_timestamp_micros(text).is_none() {
+                    return Err(bad(&format!("since must be a timestamp, got '{text}'")));
+                }
+                snapshot.since = Some(text.to_owned());
+            }
+            "from_id" => {
+                if !(value.is_number() || value.is_string()) {
+                    return Err(bad("from_id must be a number or a string"));
+                }
+                snapshot.from_id = Some(value.to_string());
+            }
+            "from_seq" => {
+                from_seq = Some(value.as_u64().ok_or_else(|| bad("from_seq must be a non-negative integer"))?)
+            }
+            // Unknown options are ignored, like unknown fields (api.md: additive changes).
+            _ => {}
+        }
+    }
+    if from_seq.is_some() && options.keys().any(|k| matches!(k.as_str(), "last_rows" | "since" | "from_id")) {
+        return Err(refusal(ErrorCode::InvalidOption, "from_seq cannot be combined with last_rows, since or from_id"));
+    }
+    Ok(StartOptions { snapshot: (!snapshot.is_empty()).then_some(snapshot), from_seq })
 }
 
 struct Connection {
     shared: Arc<Shared>,
     connection_id: String,
     user: UserId,
+    /// `rate_limit.max_messages_per_sec` applies (principals of role `user`).
+    rate_limited: bool,
     /// Active subscription ids and their generations.
     subscriptions: HashMap<String, u64>,
     next_generation: u64,
+    conn: Arc<Conn>,
+    /// Start of the current one-second window and messages received in it.
+    window: (Instant, u32),
 }
 
 impl Connection {
-    async fn serve(mut self, ws: tokio_tungstenite::WebSocketStream<TcpStream>) {
+    async fn serve(mut self, ws: tokio_tungstenite::WebSocketStream<TcpStream>, mut rx: mpsc::Receiver<Outgoing>) {
         let (mut sink, mut stream) = ws.split();
-        let cfg = &self.shared.cfg.websocket;
-        let (tx, mut rx) = mpsc::channel::<Outgoing>(cfg.max_pending_messages);
-        let close = CancellationToken::new();
+        let cfg = self.shared.cfg.websocket.clone();
         let mut heartbeat = tokio::time::interval(Duration::from_secs(cfg.heartbeat_interval_seconds.max(1)));
         let client_timeout = Duration::from_secs(cfg.client_timeout_seconds.max(1));
         let mut last_seen = Instant::now();
+        let slow = self.conn.slow.clone();
         let close_with =
             |code: CloseCode, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
         loop {
@@ -180,18 +268,31 @@ impl Connection {
                     let _ = sink.send(close_with(CloseCode::Away, "server shutting down")).await;
                     break;
                 }
-                _ = close.cancelled() => {
+                _ = slow.cancelled() => {
+                    tracing::warn!(connection_id = %self.connection_id, "slow consumer; closing connection");
                     let msg = error_msg("*", ErrorCode::SlowConsumer, "Too many pending messages");
                     let _ = sink.send(Message::Text(msg.into())).await;
                     let _ = sink.send(close_with(CloseCode::Policy, "slow consumer")).await;
                     break;
                 }
-                Some(Outgoing::Change { subscription_id, generation, text }) = rx.recv() => {
-                    // Skip changes queued before an unsubscribe (or for an earlier subscription
-                    // that had the same id).
-                    if self.subscriptions.get(&subscription_id) != Some(&generation) {
-                        continue;
-                    }
+                Some(out) = rx.recv() => {
+                    let text = match out {
+                        // Skip messages queued before an unsubscribe (or for an earlier
+                        // subscription that had the same id).
+                        Outgoing::Data { subscription_id, generation, text } => {
+                            if self.subscriptions.get(&subscription_id) != Some(&generation) {
+                                continue;
+                            }
+                            text
+                        }
+                        Outgoing::Ended { subscription_id, generation, text } => {
+                            if self.subscriptions.get(&subscription_id) != Some(&generation) {
+                                continue;
+                            }
+                            self.subscriptions.remove(&subscription_id);
+                            text
+                        }
+                    };
                     if sink.send(Message::Text(text.into())).await.is_err() {
                         break;
                     }
@@ -206,14 +307,19 @@ impl Connection {
                     }
                 }
                 incoming = stream.next() => {
-                    let Some(Ok(msg)) = incoming else { break };
+                    let msg = match incoming {
+                        Some(Ok(msg)) => msg,
+                        Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                            let _ = sink.send(close_with(CloseCode::Size, "message too large")).await;
+                            break;
+                        }
+                        _ => break,
+                    };
                     last_seen = Instant::now();
                     match msg {
                         Message::Text(text) => {
-                            for reply in self.handle_text(&text, &tx, &close).await {
-                                if sink.send(Message::Text(reply.into())).await.is_err() {
-                                    return;
-                                }
+                            if self.handle_text(&text, &mut sink).await.is_err() {
+                                break;
                             }
                         }
                         Message::Close(_) => break,
@@ -222,96 +328,104 @@ impl Connection {
                 }
             }
         }
+        for id in self.subscriptions.keys() {
+            self.shared.registry.remove(&format!("{}/{id}", self.connection_id));
+        }
     }
 
-    async fn handle_text(&mut self, text: &str, tx: &mpsc::Sender<Outgoing>, close: &CancellationToken) -> Vec<String> {
+    async fn reply(sink: &mut Sink, text: String) -> Result<(), Closed> {
+        sink.send(Message::Text(text.into())).await.map_err(|_| Closed)
+    }
+
+    /// True when this message is over the connection's rate limit.
+    fn over_rate_limit(&mut self) -> bool {
+        if !self.rate_limited {
+            return false;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.window.0) >= Duration::from_secs(1) {
+            self.window = (now, 0);
+        }
+        self.window.1 += 1;
+        self.window.1 > self.shared.cfg.rate_limit.max_messages_per_sec
+    }
+
+    async fn handle_text(&mut self, text: &str, sink: &mut Sink) -> Result<(), Closed> {
+        if self.over_rate_limit() {
+            let msg = error_msg("*", ErrorCode::RateLimitExceeded, "Too many messages; slow down");
+            return Self::reply(sink, msg).await;
+        }
         let msg: ClientMessage = match serde_json::from_str(text) {
             Ok(m) => m,
             Err(e) => {
-                return vec![error_msg(
+                let msg = error_msg(
                     "*",
                     ErrorCode::InvalidSubscription,
                     &format!("Failed to parse subscription request: {e}"),
-                )];
+                );
+                return Self::reply(sink, msg).await;
             }
         };
         let kind = msg.kind.as_deref().unwrap_or(if msg.subscriptions.is_some() { "subscribe" } else { "" });
         match kind {
             "subscribe" => {
                 let Some(subs) = msg.subscriptions else {
-                    return vec![error_msg(
+                    let msg = error_msg(
                         "*",
                         ErrorCode::InvalidSubscription,
                         "Failed to parse subscription request: missing field `subscriptions`",
-                    )];
+                    );
+                    return Self::reply(sink, msg).await;
                 };
-                let mut out = Vec::new();
-                for sub in subs {
-                    out.push(self.subscribe(sub, tx, close).await);
+                for req in subs {
+                    let id = req.id.clone();
+                    if let Err((code, message)) = self.subscribe(req, sink).await? {
+                        Self::reply(sink, error_msg(&id, code, &message)).await?;
+                    }
                 }
-                out
+                Ok(())
             }
             "unsubscribe" => {
                 let ids = msg.subscription_ids.unwrap_or_default().into_iter().chain(msg.subscription_id);
-                ids.map(|id| {
-                    if self.subscriptions.remove(&id).is_some() && self.shared.registry.remove(&self.connection_id, &id)
-                    {
+                for id in ids {
+                    let reply = if self.subscriptions.remove(&id).is_some() {
+                        self.shared.registry.remove(&format!("{}/{id}", self.connection_id));
                         json!({"type": "unsubscribed", "subscription_id": id, "reason": "client_request"}).to_string()
                     } else {
                         error_msg(&id, ErrorCode::SubscriptionNotFound, &format!("Subscription '{id}' not found"))
-                    }
-                })
-                .collect()
+                    };
+                    Self::reply(sink, reply).await?;
+                }
+                Ok(())
             }
             "ping" => {
                 let now = kalam_types::time::format_timestamp_micros(chrono::Utc::now().timestamp_micros());
-                vec![json!({"type": "pong", "timestamp": now}).to_string()]
+                Self::reply(sink, json!({"type": "pong", "timestamp": now}).to_string()).await
             }
-            other => vec![error_msg("*", ErrorCode::UnknownMessageType, &format!("Unknown message type '{other}'"))],
+            other => {
+                let msg = error_msg("*", ErrorCode::UnknownMessageType, &format!("Unknown message type '{other}'"));
+                Self::reply(sink, msg).await
+            }
         }
     }
 
-    async fn subscribe(
-        &mut self,
-        req: SubscriptionRequest,
-        tx: &mpsc::Sender<Outgoing>,
-        close: &CancellationToken,
-    ) -> String {
-        let id = req.id;
-        if id.is_empty() || id.chars().count() > MAX_SUBSCRIPTION_ID_LEN {
-            return error_msg(&id, ErrorCode::InvalidSubscription, "Subscription id must be 1-128 characters");
-        }
-        if self.subscriptions.contains_key(&id) {
-            return error_msg(
-                &id,
-                ErrorCode::DuplicateSubscriptionId,
-                &format!("Subscription id '{id}' is already in use"),
-            );
-        }
-        if self.subscriptions.len() >= self.shared.cfg.websocket.max_subscriptions_per_connection {
-            return error_msg(&id, ErrorCode::SubscriptionLimitExceeded, "Too many subscriptions on this connection");
-        }
-        let options = req.options.unwrap_or_default();
-        let snapshot_requested = options.iter().any(|(k, v)| !(k == "last_rows" && v.as_u64() == Some(0)));
-        if snapshot_requested {
-            return error_msg(
-                &id,
-                ErrorCode::InvalidSubscription,
-                "Subscription options are not supported in this version",
-            );
-        }
-        let Some(engine) = self.shared.engine().await else {
-            return error_msg(&id, ErrorCode::ServiceUnavailable, "The database is restarting; try again");
+    /// Starts one subscription: ack, then its snapshot or catch-up, then live changes. The
+    /// outer error means the socket is gone; the inner one refuses this subscription only.
+    async fn subscribe(&mut self, req: SubscriptionRequest, sink: &mut Sink) -> Result<Result<(), Refusal>, Closed> {
+        let id = req.id.clone();
+        let options = req.options.clone().unwrap_or_default();
+        let checked = self.check_request(&req, &options);
+        let (start, engine, plan) = match checked {
+            Ok(start) => match self.plan(&req.sql).await {
+                Ok((engine, plan)) => (start, engine, plan),
+                Err(r) => return Ok(Err(r)),
+            },
+            Err(r) => return Ok(Err(r)),
         };
-        let plan =
-            match engine.plan_subscription(tarpc::context::current(), self.user.to_string(), req.sql.clone()).await {
-                Ok(Ok(plan)) => plan,
-                Ok(Err(e)) => return error_msg(&id, e.code, &e.message),
-                Err(_) => {
-                    self.shared.forget_engine().await;
-                    return error_msg(&id, ErrorCode::ServiceUnavailable, "The database is restarting; try again");
-                }
-            };
+        let filter = match self.shared.registry.filter(&plan.definition, plan.filter.as_deref()) {
+            Ok(f) => f,
+            Err(e) => return Ok(Err((e.code, e.message))),
+        };
         let generation = self.next_generation;
         self.next_generation += 1;
         let now_us = chrono::Utc::now().timestamp_micros();
@@ -319,21 +433,235 @@ impl Connection {
             connection_id: self.connection_id.clone(),
             subscription_id: id.clone(),
             user_id: self.user.to_string(),
-            sql: req.sql,
+            namespace: plan.namespace.clone(),
+            table: plan.table.clone(),
+            table_type: plan.table_type,
+            sql: req.sql.clone(),
             options: (!options.is_empty()).then(|| Json::Object(options.clone()).to_string()),
-            columns: plan.columns,
-            start_after: plan.start_after,
+            columns: plan.columns.clone(),
+            filter,
             generation,
+            delivery: std::sync::Mutex::new(Delivery::Starting(Default::default())),
+            max_parked: self.shared.cfg.websocket.max_pending_messages,
             seq: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             created_at_us: now_us,
             last_update_us: AtomicI64::new(now_us),
-            tx: tx.clone(),
-            close: close.clone(),
+            conn: self.conn.clone(),
         });
-        let live_id = sub.live_id();
-        self.shared.registry.add((plan.namespace, plan.table, self.user.to_string()), sub);
+        let key = (plan.namespace.clone(), plan.table.clone(), self.user.to_string());
+        let cursor = match self.register(key, sub.clone()).await {
+            Ok(c) => c,
+            Err(r) => return Ok(Err(r)),
+        };
         self.subscriptions.insert(id.clone(), generation);
-        json!({"type": "subscription_ack", "subscription_id": id, "live_id": live_id, "options": options}).to_string()
+        let live_id = sub.live_id();
+        match self.start(&engine, &plan, &sub, start, cursor, &options, sink).await {
+            Ok(Ok(after)) => {
+                sub.go_live(after, &self.shared.registry.delivered);
+                Ok(Ok(()))
+            }
+            Ok(Err(r)) => {
+                self.subscriptions.remove(&id);
+                self.shared.registry.remove(&live_id);
+                Ok(Err(r))
+            }
+            Err(Closed) => {
+                self.subscriptions.remove(&id);
+                self.shared.registry.remove(&live_id);
+                Err(Closed)
+            }
+        }
+    }
+
+    fn check_request(
+        &self,
+        req: &SubscriptionRequest,
+        options: &serde_json::Map<String, Json>,
+    ) -> Result<StartOptions, Refusal> {
+        let id = &req.id;
+        if id.is_empty() || id.chars().count() > MAX_SUBSCRIPTION_ID_LEN {
+            return Err(refusal(ErrorCode::InvalidSubscription, "Subscription id must be 1-128 characters"));
+        }
+        if self.subscriptions.contains_key(id) {
+            return Err(refusal(
+                ErrorCode::DuplicateSubscriptionId,
+                format!("Subscription id '{id}' is already in use"),
+            ));
+        }
+        if self.subscriptions.len() >= self.shared.cfg.websocket.max_subscriptions_per_connection {
+            return Err(refusal(
+                ErrorCode::SubscriptionLimitExceeded,
+                format!(
+                    "Too many subscriptions on this connection (at most {})",
+                    self.shared.cfg.websocket.max_subscriptions_per_connection
+                ),
+            ));
+        }
+        start_options(options)
+    }
+
+    async fn plan(&self, sql: &str) -> Result<(EngineClient, SubscriptionPlan), Refusal> {
+        let engine = self.shared.engine().await.ok_or_else(unavailable)?;
+        match engine.plan_subscription(tarpc::context::current(), self.user.to_string(), sql.to_owned()).await {
+            Ok(Ok(plan)) => Ok((engine, plan)),
+            Ok(Err(e)) => Err((e.code, e.message)),
+            Err(_) => {
+                self.shared.forget_engine().await;
+                Err(unavailable())
+            }
+        }
+    }
+
+    async fn register(&self, key: crate::registry::PartitionKey, sub: Arc<Subscription>) -> Result<u64, Refusal> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.shared.registry.register(key.clone(), sub.clone()) {
+                Ok(cursor) => return Ok(cursor),
+                Err(RegisterError::UserLimit(n)) => {
+                    return Err(refusal(
+                        ErrorCode::SubscriptionLimitExceeded,
+                        format!("Too many subscriptions for user '{}' (at most {n})", self.user),
+                    ));
+                }
+                // The dispatcher has not reached kalamd yet (it just started).
+                Err(RegisterError::NotReady) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(RegisterError::NotReady) => return Err(unavailable()),
+            }
+        }
+    }
+
+    /// Sends the ack and the snapshot or the missed changes; returns the sequence after which
+    /// the parked live changes continue.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        &self,
+        engine: &EngineClient,
+        plan: &SubscriptionPlan,
+        sub: &Arc<Subscription>,
+        start: StartOptions,
+        cursor: u64,
+        options: &serde_json::Map<String, Json>,
+        sink: &mut Sink,
+    ) -> Result<Result<u64, Refusal>, Closed> {
+        let id = &sub.subscription_id;
+        let ack =
+            json!({"type": "subscription_ack", "subscription_id": id, "live_id": sub.live_id(), "options": options});
+        if let Some(from) = start.from_seq {
+            // Validated before the ack: a resume the log cannot serve is refused outright.
+            let first = match self.poll(engine, from).await {
+                Ok(b) => b,
+                Err(r) => return Ok(Err(r)),
+            };
+            if !first.reaches_back_to(from, plan.table_type) {
+                return Ok(Err(refusal(
+                    ErrorCode::ResumeExpired,
+                    format!(
+                        "Cannot resume from commit_seq {from}: the change log holds {}..{}; subscribe again with a snapshot",
+                        first.floor_seq.max(if plan.table_type == kalam_types::schema::TableType::Stream {
+                            first.stream_floor_seq
+                        } else {
+                            0
+                        }),
+                        first.head_seq
+                    ),
+                )));
+            }
+            Self::reply(sink, ack.to_string()).await?;
+            return match self.catch_up(engine, sub, from, cursor, Some(first), sink).await? {
+                Ok(()) => Ok(Ok(from.max(cursor))),
+                Err(r) => Ok(Err(r)),
+            };
+        }
+        let Some(snapshot_options) = start.snapshot else {
+            Self::reply(sink, ack.to_string()).await?;
+            return Ok(Ok(cursor));
+        };
+        let snapshot = match engine
+            .subscription_snapshot(tarpc::context::current(), self.user.to_string(), sub.sql.clone(), snapshot_options)
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Ok(Err((e.code, e.message))),
+            Err(_) => {
+                self.shared.forget_engine().await;
+                return Ok(Err(unavailable()));
+            }
+        };
+        Self::reply(sink, ack.to_string()).await?;
+        let mut text = format!(
+            r#"{{"type":"initial_data","subscription_id":{},"count":{},"has_more":{},"commit_seq":{},"rows":["#,
+            serde_json::to_string(id).unwrap_or_default(),
+            snapshot.rows.len(),
+            snapshot.has_more,
+            snapshot.commit_seq
+        );
+        text.push_str(&snapshot.rows.join(","));
+        text.push_str("]}");
+        Self::reply(sink, text).await?;
+        // The snapshot was read after registering, so it is at or after the cursor; should
+        // it not be, the gap is read from the log.
+        match self.catch_up(engine, sub, snapshot.commit_seq, cursor, None, sink).await? {
+            Ok(()) => Ok(Ok(snapshot.commit_seq.max(cursor))),
+            Err(r) => Ok(Err(r)),
+        }
+    }
+
+    async fn poll(&self, engine: &EngineClient, after: u64) -> Result<kalam_rpc::ChangeBatch, Refusal> {
+        match engine.poll_changes(tarpc::context::current(), after, crate::pump::POLL_BATCH, 0).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => Err((e.code, e.message)),
+            Err(_) => {
+                self.shared.forget_engine().await;
+                Err(unavailable())
+            }
+        }
+    }
+
+    /// Sends the subscription's changes in `(after, until]` straight from the change log.
+    async fn catch_up(
+        &self,
+        engine: &EngineClient,
+        sub: &Arc<Subscription>,
+        mut after: u64,
+        until: u64,
+        mut first: Option<kalam_rpc::ChangeBatch>,
+        sink: &mut Sink,
+    ) -> Result<Result<(), Refusal>, Closed> {
+        let delivered = &self.shared.registry.delivered;
+        while after < until {
+            let batch = match first.take() {
+                Some(b) => b,
+                None => match self.poll(engine, after).await {
+                    Ok(b) => b,
+                    Err(r) => return Ok(Err(r)),
+                },
+            };
+            let Some(last) = batch.records.last().map(|r| r.commit_seq) else { break };
+            let mine: Vec<Parsed<'_>> = batch
+                .records
+                .iter()
+                .filter(|r| {
+                    r.commit_seq <= until
+                        && r.namespace == sub.namespace
+                        && r.table == sub.table
+                        && r.user_id.as_deref() == Some(sub.user_id.as_str())
+                })
+                .map(parse)
+                .collect();
+            for (_, events) in match_group(&mine, std::slice::from_ref(sub)) {
+                for event in events {
+                    let seq = sub.seq.fetch_add(1, Ordering::SeqCst) + 1;
+                    Self::reply(sink, change_message(&sub.subscription_id, seq, &event)).await?;
+                    sub.changes.fetch_add(1, Ordering::Relaxed);
+                    sub.last_update_us.store(chrono::Utc::now().timestamp_micros(), Ordering::Relaxed);
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            after = last;
+        }
+        Ok(Ok(()))
     }
 }

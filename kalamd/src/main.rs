@@ -15,6 +15,7 @@ mod http;
 mod ids;
 mod jobs;
 mod listener;
+mod live;
 mod provider;
 mod prune;
 mod read;
@@ -126,6 +127,7 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
     }
 
     let eviction_task = tokio::spawn(stream::eviction_loop(engine.clone(), shutdown.clone()));
+    let retention_task = tokio::spawn(live::retention_loop(engine.clone(), shutdown.clone()));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -139,6 +141,7 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
     let _ = http_task.await;
     rpc_task.abort();
     eviction_task.abort();
+    retention_task.abort();
     drop(engine);
     tracing::info!("kalamd stopped");
     Ok(())

@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, Statement, TableFactor};
 use kalam_rpc::{
-    ChangeBatch, DeadLetter, FlushCandidate, FlushPlan, FlushSummary, FlushedFile, Health, RpcError, SubscriptionPlan,
-    TableStats,
+    ChangeBatch, DeadLetter, FlushCandidate, FlushPlan, FlushSummary, FlushedFile, Health, RpcError, Snapshot,
+    SnapshotOptions, SubscriptionPlan, TableStats,
 };
-use kalam_types::error::{ErrorCode, KalamError};
+use kalam_types::error::KalamError;
 use kalam_types::ids::UserId;
 use kalam_types::schema::TableType;
 use tarpc::context::Context;
@@ -16,7 +15,6 @@ use tarpc::context::Context;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::read::manifest_entries;
-use crate::sql::parse::{KalamStatement, ident_name, object_parts, parse_statement};
 use crate::store::counter_key;
 
 /// Longest long-poll wait granted to one `poll_changes` call.
@@ -87,12 +85,28 @@ impl kalam_rpc::Engine for EngineService {
         let wait = Duration::from_millis(wait_ms.into()).min(MAX_POLL_WAIT);
         let max = max_records.clamp(1, MAX_POLL_RECORDS) as usize;
         let (records, head_seq) = self.0.poll_changes(after_seq, max, wait).await.map_err(rpc_err)?;
-        Ok(ChangeBatch { records, head_seq })
+        let (floor_seq, stream_floor_seq) = self.0.store.change_log_floors();
+        Ok(ChangeBatch { records, head_seq, floor_seq, stream_floor_seq })
     }
 
     async fn plan_subscription(self, _: Context, user_id: String, sql: String) -> Result<SubscriptionPlan, RpcError> {
-        UserId::parse(&user_id)?;
-        plan_subscription(&self.0, &sql).map_err(rpc_err)
+        let user = UserId::parse(&user_id)?;
+        blocking(&self.0, move |engine| crate::live::plan(engine, &user, &sql)).await
+    }
+
+    async fn subscription_snapshot(
+        self,
+        _: Context,
+        user_id: String,
+        sql: String,
+        options: SnapshotOptions,
+    ) -> Result<Snapshot, RpcError> {
+        let user = UserId::parse(&user_id)?;
+        blocking(&self.0, move |engine| {
+            let plan = crate::live::plan(engine, &user, &sql)?;
+            crate::live::snapshot(engine, &user, &plan, &options)
+        })
+        .await
     }
 
     async fn table_stats(self, _: Context, namespace: String, table: String) -> Result<TableStats, RpcError> {
@@ -129,61 +143,4 @@ impl kalam_rpc::Engine for EngineService {
     async fn dead_letters(self, _: Context) -> Result<Vec<DeadLetter>, RpcError> {
         blocking(&self.0, move |engine| engine.dead_letters()).await
     }
-}
-
-/// Validates a live-query SELECT: one qualified USER table, `*` or plain columns, no WHERE yet.
-fn plan_subscription(engine: &Engine, sql: &str) -> Result<SubscriptionPlan, EngineError> {
-    let unsupported = |m: &str| EngineError::user(ErrorCode::UnsupportedQuery, m.to_owned());
-    let KalamStatement::Query(stmt) = parse_statement(sql)? else {
-        return Err(unsupported("Live queries must be a SELECT"));
-    };
-    let Statement::Query(query) = stmt.as_ref() else { return Err(unsupported("Live queries must be a SELECT")) };
-    if query.order_by.is_some() || query.limit_clause.is_some() || query.with.is_some() {
-        return Err(unsupported("ORDER BY, LIMIT and WITH are not allowed in live queries"));
-    }
-    let SetExpr::Select(select) = query.body.as_ref() else {
-        return Err(unsupported("Live queries must be a single SELECT"));
-    };
-    if select.from.len() != 1 || !select.from[0].joins.is_empty() {
-        return Err(unsupported("Live queries read exactly one table"));
-    }
-    if select.selection.is_some() {
-        return Err(unsupported("WHERE filters in live queries are not supported in this version"));
-    }
-    let TableFactor::Table { name, .. } = &select.from[0].relation else {
-        return Err(unsupported("Live queries read exactly one table"));
-    };
-    if name.0.len() != 2 {
-        return Err(EngineError::user(
-            ErrorCode::InvalidSql,
-            "Live queries need a qualified table name (namespace.table)",
-        ));
-    }
-    let (ns, table) = object_parts(name)?;
-    let def = engine.catalog.require_table(&ns, &table)?;
-    if def.table_type == TableType::Shared {
-        return Err(EngineError::user(
-            ErrorCode::InvalidOperation,
-            "Live query subscriptions not supported on shared tables",
-        ));
-    }
-    let mut columns = Vec::new();
-    for item in &select.projection {
-        match item {
-            SelectItem::Wildcard(_) => columns.extend(def.columns.iter().map(|c| c.name.clone())),
-            SelectItem::UnnamedExpr(datafusion::sql::sqlparser::ast::Expr::Identifier(id)) => {
-                let name = ident_name(id);
-                if def.column_index(&name).is_none() {
-                    return Err(EngineError::user(
-                        ErrorCode::ColumnNotFound,
-                        format!("column \"{name}\" does not exist"),
-                    ));
-                }
-                columns.push(name);
-            }
-            _ => return Err(unsupported("Live queries project plain columns or *")),
-        }
-    }
-    let start_after = engine.store.head_seq();
-    Ok(SubscriptionPlan { namespace: ns, table, table_type: def.table_type, columns, start_after })
 }

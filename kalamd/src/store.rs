@@ -34,6 +34,8 @@ pub mod cf {
 pub type Entry = (Vec<u8>, Vec<u8>);
 
 const META_COMMIT_SEQ: &[u8] = b"commit_seq";
+/// Newest sequence removed from the change log by retention.
+const META_CHANGE_LOG_FLOOR: &[u8] = b"change_log_floor";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -95,6 +97,11 @@ pub struct Store {
     /// Change records of STREAM tables: they take sequence numbers like every write but are
     /// never written to RocksDB (storage.md §10).
     transient: Mutex<VecDeque<ChangeRecord>>,
+    /// Every persistent change record after this sequence is still in the log.
+    floor: std::sync::atomic::AtomicU64,
+    /// Every in-memory (STREAM) change record after this sequence is still in the tail; the
+    /// tail starts empty at each open.
+    transient_floor: std::sync::atomic::AtomicU64,
 }
 
 /// A batch being prepared under the commit lock.
@@ -124,8 +131,21 @@ impl Store {
             Some(v) => u64_from_be(&v).ok_or(StoreError::Corrupt { cf: cf::META, detail: "commit_seq".into() })?,
             None => 0,
         };
+        let floor = match db.get_cf(&handle(&db, cf::META)?, META_CHANGE_LOG_FLOOR)? {
+            Some(v) => {
+                u64_from_be(&v).ok_or(StoreError::Corrupt { cf: cf::META, detail: "change_log_floor".into() })?
+            }
+            None => 0,
+        };
         let (head_tx, _) = watch::channel(last_seq);
-        Ok(Arc::new(Store { db, commit_lock: Mutex::new(last_seq), head_tx, transient: Mutex::new(VecDeque::new()) }))
+        Ok(Arc::new(Store {
+            db,
+            commit_lock: Mutex::new(last_seq),
+            head_tx,
+            transient: Mutex::new(VecDeque::new()),
+            floor: floor.into(),
+            transient_floor: last_seq.into(),
+        }))
     }
 
     pub fn db(&self) -> &DB {
@@ -254,6 +274,51 @@ impl Store {
         *self.head_tx.borrow()
     }
 
+    /// The newest committed sequence, taken under the commit lock: every write up to it is
+    /// visible and none after it has been written yet.
+    pub fn stable_head(&self) -> u64 {
+        *self.commit_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Change-log floors: (persistent, in-memory). A reader that has seen every change up to
+    /// a floor misses nothing that is still to be read.
+    pub fn change_log_floors(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (self.floor.load(Ordering::Acquire), self.transient_floor.load(Ordering::Acquire))
+    }
+
+    /// Removes the change-log records committed before `cutoff_us` (retention); returns how
+    /// many. The floor moves to the newest removed sequence, so resumes from before it are
+    /// refused instead of silently missing changes.
+    pub fn purge_change_log(&self, cutoff_us: i64) -> Result<u64, StoreError> {
+        use std::sync::atomic::Ordering;
+        let log = self.cf(cf::CHANGE_LOG)?;
+        let mut newest_expired = None;
+        let mut removed = 0u64;
+        for item in self.db.iterator_cf(&log, rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            #[derive(serde::Deserialize)]
+            struct Time {
+                commit_time_us: i64,
+            }
+            let t: Time = serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Corrupt { cf: cf::CHANGE_LOG, detail: e.to_string() })?;
+            if t.commit_time_us >= cutoff_us {
+                break;
+            }
+            newest_expired = u64_from_be(&k);
+            removed += 1;
+        }
+        let Some(seq) = newest_expired else { return Ok(0) };
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(&log, 0u64.to_be_bytes(), (seq + 1).to_be_bytes());
+        batch.put_cf(&self.cf(cf::META)?, META_CHANGE_LOG_FLOOR, seq.to_be_bytes());
+        // The floor moves first: a reader that sees it can no longer count on the records.
+        self.floor.fetch_max(seq, Ordering::AcqRel);
+        self.db.write(batch)?;
+        Ok(removed)
+    }
+
     /// In-memory change records with a sequence after `after_seq`, at most `limit`.
     pub fn transient_after(&self, after_seq: u64, limit: usize) -> Vec<ChangeRecord> {
         let tail = self.transient.lock().unwrap_or_else(|p| p.into_inner());
@@ -268,6 +333,11 @@ impl Store {
 }
 
 impl CommitGuard<'_> {
+    /// The newest committed sequence (nothing commits while the guard is held).
+    pub fn last_seq(&self) -> u64 {
+        *self.last_seq
+    }
+
     /// Appends a change-log record; its sequence is assigned here (consecutive per batch).
     pub fn push_change(&mut self, mut record: ChangeRecord) -> Result<u64, StoreError> {
         check_record_size(&record)?;
@@ -333,7 +403,9 @@ impl CommitGuard<'_> {
             let mut tail = self.store.transient.lock().unwrap_or_else(|p| p.into_inner());
             tail.extend(self.transient.drain(..));
             while tail.len() > MAX_TRANSIENT_CHANGES {
-                tail.pop_front();
+                if let Some(dropped) = tail.pop_front() {
+                    self.store.transient_floor.fetch_max(dropped.commit_seq, std::sync::atomic::Ordering::AcqRel);
+                }
             }
         }
         if moved {

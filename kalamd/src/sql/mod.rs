@@ -174,6 +174,15 @@ async fn execute_statement(
         KalamStatement::DropNamespace { name, if_exists, cascade } => {
             drop_namespace(engine, &name, if_exists, cascade).await
         }
+        KalamStatement::KillLiveQuery { live_id } => crate::live::kill_live_query(engine, &live_id).await,
+        KalamStatement::Subscribe { table, filter, options } => {
+            let (engine, user) = (engine.clone(), user.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::live::subscribe_statement(&engine, &user, &table, filter.as_deref(), &options)
+            })
+            .await
+            .map_err(EngineError::internal)?
+        }
         KalamStatement::ShowNamespaces => Ok(introspect::show_namespaces(engine)),
         KalamStatement::ShowStorages => introspect::show_storages(engine),
         KalamStatement::ShowTables { namespace } => introspect::show_tables(engine, namespace.as_deref()),
@@ -320,6 +329,8 @@ fn execute_write(
         | KalamStatement::ShowTables { .. }
         | KalamStatement::Describe { .. }
         | KalamStatement::ShowTableStats { .. }
+        | KalamStatement::KillLiveQuery { .. }
+        | KalamStatement::Subscribe { .. }
         | KalamStatement::AlterTable { .. } => Err(EngineError::internal("statement reached the write path")),
     }
 }

@@ -64,6 +64,16 @@ pub enum KalamStatement {
     KillJob {
         job_id: String,
     },
+    /// `KILL LIVE QUERY '<live_id>'`.
+    KillLiveQuery {
+        live_id: String,
+    },
+    /// `SUBSCRIBE TO <ns>.<t> [WHERE …] [OPTIONS (…) | LAST n]` (sql.md §12).
+    Subscribe {
+        table: ObjectName,
+        filter: Option<Box<Expr>>,
+        options: serde_json::Map<String, serde_json::Value>,
+    },
     RetryJob {
         job_id: String,
     },
@@ -390,6 +400,51 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
                 KalamStatement::ResumeFlush { table }
             });
         }
+    }
+    if next_is_word(&p, "KILL")
+        && matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case("LIVE"))
+    {
+        p.next_token();
+        p.next_token();
+        if !parse_word(&mut p, "QUERY") {
+            return Err(syntax_error(&p.peek_token().token));
+        }
+        let live_id = match p.next_token().token {
+            Token::SingleQuotedString(s) => s,
+            other => return Err(syntax_error(&other)),
+        };
+        expect_end(&mut p)?;
+        return Ok(KalamStatement::KillLiveQuery { live_id });
+    }
+    if next_is_word(&p, "SUBSCRIBE") {
+        p.next_token();
+        if !parse_word(&mut p, "TO") {
+            return Err(syntax_error(&p.peek_token().token));
+        }
+        let table = p.parse_object_name(false).map_err(invalid_sql)?;
+        if table.0.len() != 2 {
+            return Err(KalamError::new(
+                ErrorCode::InvalidSql,
+                "Namespace must be specified (SUBSCRIBE TO <namespace>.<table>)",
+            ));
+        }
+        let filter =
+            if p.parse_keyword(Keyword::WHERE) { Some(Box::new(p.parse_expr().map_err(invalid_sql)?)) } else { None };
+        let mut options = serde_json::Map::new();
+        if parse_word(&mut p, "OPTIONS") {
+            options = parse_option_list(&mut p)?;
+        } else if parse_word(&mut p, "LAST") {
+            let n = match p.next_token().token {
+                Token::Number(n, _) => n,
+                other => return Err(syntax_error(&other)),
+            };
+            let n: u64 = n.parse().map_err(|_| {
+                KalamError::new(ErrorCode::InvalidSql, "Invalid option value: last_rows must be a non-negative integer")
+            })?;
+            options.insert("last_rows".into(), n.into());
+        }
+        expect_end(&mut p)?;
+        return Ok(KalamStatement::Subscribe { table, filter, options });
     }
     for (word, retry) in [("KILL", false), ("RETRY", true)] {
         if next_is_word(&p, word)

@@ -131,6 +131,8 @@ pub struct WebSocketConfig {
     pub max_subscriptions_per_connection: usize,
     /// Messages queued for one client before it is closed as a slow consumer.
     pub max_pending_messages: usize,
+    /// Most rows one `initial_data` snapshot carries (`has_more` says it was cut).
+    pub max_initial_rows: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -140,7 +142,25 @@ impl Default for WebSocketConfig {
             client_timeout_seconds: 10,
             max_subscriptions_per_connection: 50,
             max_pending_messages: 10_000,
+            max_initial_rows: 10_000,
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RateLimitConfig {
+    /// SQL requests per second per principal of role `user` (other roles are not limited).
+    pub max_queries_per_sec: u32,
+    /// Client messages per second per WebSocket connection of a `user`-role principal.
+    pub max_messages_per_sec: u32,
+    /// Active live subscriptions per acting user, over all connections.
+    pub max_subscriptions_per_user: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { max_queries_per_sec: 100, max_messages_per_sec: 50, max_subscriptions_per_user: 100 }
     }
 }
 
@@ -237,6 +257,7 @@ pub struct KalamConfig {
     pub storage: StorageConfig,
     pub flush: FlushConfig,
     pub websocket: WebSocketConfig,
+    pub rate_limit: RateLimitConfig,
     pub limits: LimitsConfig,
     pub logging: LoggingConfig,
     pub retention: RetentionConfig,

@@ -35,8 +35,17 @@ pub trait Engine {
     async fn trigger_flush(namespace: String, table: String) -> Result<String, RpcError>;
     /// Change-log records after `after_seq`, waiting up to `wait_ms` for one to arrive.
     async fn poll_changes(after_seq: u64, max_records: u32, wait_ms: u32) -> Result<ChangeBatch, RpcError>;
-    /// Checks a live-query SELECT for `user_id` and says what it subscribes to.
+    /// Checks a live-query SELECT for `user_id` and says what it subscribes to: table,
+    /// projection and the row filter (with `CURRENT_USER()` already replaced by the user).
     async fn plan_subscription(user_id: String, sql: String) -> Result<SubscriptionPlan, RpcError>;
+    /// The initial rows of a subscription (api.md §4.2 snapshot options), read at one
+    /// change-log position: `commit_seq` is the newest change the rows include, and every
+    /// change of the partition after it is not in them.
+    async fn subscription_snapshot(
+        user_id: String,
+        sql: String,
+        options: SnapshotOptions,
+    ) -> Result<Snapshot, RpcError>;
     /// Buffered rows and manifest files of one table.
     async fn table_stats(namespace: String, table: String) -> Result<TableStats, RpcError>;
     /// Paths (relative to their storage base) of the committed files of one partition of the
@@ -64,6 +73,11 @@ pub trait Flusher {
 pub trait Live {
     async fn health() -> Health;
     async fn list_subscriptions() -> Vec<LiveSubscription>;
+    /// Ends one subscription (KILL LIVE QUERY): the client gets `unsubscribed` with reason
+    /// `killed`. Returns the subscription as it was.
+    async fn kill_live_query(live_id: String) -> Result<LiveSubscription, RpcError>;
+    /// Counts of what the sessions hold, for monitoring and leak checks.
+    async fn stats() -> LiveStats;
 }
 
 /// The process table. Served by kalam-supervisor.

@@ -122,6 +122,24 @@ pub struct ChangeBatch {
     pub records: Vec<ChangeRecord>,
     /// Newest committed sequence at the time of the answer.
     pub head_seq: u64,
+    /// Every persistent change after this sequence is still in the log (older ones were
+    /// removed by retention): a reader at or after it misses nothing of USER tables.
+    pub floor_seq: u64,
+    /// The same for STREAM-table changes, which live in a bounded in-memory tail that a kalamd
+    /// restart empties.
+    pub stream_floor_seq: u64,
+}
+
+impl ChangeBatch {
+    /// True when a reader that has seen everything up to `after` can continue without a gap
+    /// for a table of `table_type`.
+    pub fn reaches_back_to(&self, after: u64, table_type: TableType) -> bool {
+        let floor = match table_type {
+            TableType::Stream => self.floor_seq.max(self.stream_floor_seq),
+            _ => self.floor_seq,
+        };
+        after >= floor && after <= self.head_seq
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,11 +147,61 @@ pub struct SubscriptionPlan {
     pub namespace: String,
     pub table: String,
     pub table_type: TableType,
-    /// Projected columns, in output order.
-    pub columns: Vec<String>,
-    /// Newest commit sequence when the plan was made: changes at or before it predate the
-    /// subscription and are never delivered to it.
+    /// The table as the plan saw it (the filter is compiled against its columns).
+    pub definition: TableDefinition,
+    /// Projected columns, in output order; `None` for `SELECT *` (every column of the row as
+    /// it was written, so columns added later appear too).
+    pub columns: Option<Vec<String>>,
+    /// The WHERE predicate as SQL text, `CURRENT_USER()` replaced by the acting user's id.
+    pub filter: Option<String>,
+    /// Newest commit sequence when the plan was made.
     pub start_after: u64,
+}
+
+/// Snapshot options of a subscription (api.md §4.2), as the client sent them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotOptions {
+    pub last_rows: Option<u64>,
+    /// A timestamp in any TIMESTAMP form of sql.md §2.2.
+    pub since: Option<String>,
+    /// A primary-key value as JSON text (number or string).
+    pub from_id: Option<String>,
+}
+
+impl SnapshotOptions {
+    pub fn is_empty(&self) -> bool {
+        self.last_rows.is_none() && self.since.is_none() && self.from_id.is_none()
+    }
+}
+
+/// The initial rows of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Rows as JSON object text (projected columns, then `_updated` and `_deleted`), oldest
+    /// first.
+    pub rows: Vec<String>,
+    pub has_more: bool,
+    /// The change-log position the rows are consistent with.
+    pub commit_seq: u64,
+}
+
+/// What kalam-lived holds right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveStats {
+    pub connections: u64,
+    pub subscriptions: u64,
+    /// Partitions with at least one subscription.
+    pub partitions: u64,
+    /// Compiled filters shared by subscriptions.
+    pub filters: u64,
+    /// Outgoing queues (one per connection).
+    pub channels: u64,
+    /// Tasks alive in the daemon's runtime.
+    pub tasks: u64,
+    /// Newest change-log sequence the dispatcher has processed.
+    pub cursor: u64,
+    /// Change messages delivered since start.
+    pub delivered: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,6 +37,10 @@ pub enum ErrorCode {
     UnsupportedQuery,
     SubscriptionLimitExceeded,
     SlowConsumer,
+    InvalidOption,
+    ResumeExpired,
+    RateLimitExceeded,
+    LiveQueryNotFound,
     // server
     ShuttingDown,
     ServiceUnavailable,
@@ -69,12 +73,15 @@ impl ErrorCode {
             | DuplicateSubscriptionId
             | SubscriptionNotFound
             | UnsupportedQuery
-            | SubscriptionLimitExceeded => 400,
+            | SubscriptionLimitExceeded
+            | InvalidOption
+            | ResumeExpired
+            | LiveQueryNotFound => 400,
             Unauthorized => 401,
             PermissionDenied => 403,
             AlreadyExists => 409,
             PayloadTooLarge => 413,
-            SlowConsumer => 429,
+            SlowConsumer | RateLimitExceeded => 429,
             StorageError | InternalError => 500,
             ShuttingDown | ServiceUnavailable => 503,
         }
