@@ -226,3 +226,191 @@ pub fn project(sub: &Subscription, text: &str) -> String {
     out.push('}');
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, AtomicU64};
+
+    use kalam_types::ids::{NamespaceId, TableName};
+    use kalam_types::schema::{ColumnDefinition, FlushPolicy, TableDefinition, TableOptions};
+    use kalam_types::{KalamType, time};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::registry::{Conn, Delivery};
+
+    fn def() -> TableDefinition {
+        let column = |i: u32, name: &str, ty| ColumnDefinition {
+            name: name.into(),
+            column_id: i,
+            data_type: ty,
+            nullable: i > 1,
+            is_primary_key: i == 1,
+            default: None,
+        };
+        TableDefinition {
+            namespace: NamespaceId::parse("app").unwrap(),
+            name: TableName::parse("t").unwrap(),
+            table_type: TableType::User,
+            columns: vec![column(1, "id", KalamType::BigInt), column(2, "room", KalamType::Text)],
+            schema_version: 1,
+            storage_id: String::new(),
+            flush_policy: FlushPolicy { row_threshold: None, interval_seconds: None },
+            created_at_us: 0,
+            updated_at_us: 0,
+            options: TableOptions::default(),
+            history: vec![],
+        }
+    }
+
+    fn subscription(registry: &Registry, predicate: Option<&str>, columns: Option<&[&str]>) -> Arc<Subscription> {
+        let (tx, _rx) = mpsc::channel(16);
+        Arc::new(Subscription {
+            connection_id: "c".into(),
+            subscription_id: "s".into(),
+            user_id: "alice".into(),
+            namespace: "app".into(),
+            table: "t".into(),
+            table_type: TableType::User,
+            sql: String::new(),
+            options: None,
+            columns: columns.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
+            filter: registry.filter(&def(), predicate).unwrap(),
+            generation: 1,
+            delivery: std::sync::Mutex::new(Delivery::Live),
+            max_parked: 10,
+            seq: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
+            created_at_us: 0,
+            last_update_us: AtomicI64::new(0),
+            conn: Arc::new(Conn { tx, slow: CancellationToken::new() }),
+        })
+    }
+
+    fn row(id: i64, room: &str, deleted: bool) -> String {
+        let at = time::format_timestamp_micros(id);
+        format!(r#"{{"id":{id},"room":"{room}","_updated":"{at}","_deleted":{deleted}}}"#)
+    }
+
+    fn record(seq: u64, kind: ChangeKind, old: Option<String>, new: Option<String>) -> ChangeRecord {
+        ChangeRecord {
+            commit_seq: seq,
+            namespace: "app".into(),
+            table: "t".into(),
+            user_id: Some("alice".into()),
+            kind,
+            old_row: old,
+            new_row: new,
+            commit_time_us: seq as i64,
+        }
+    }
+
+    #[test]
+    fn filters_are_applied_to_old_and_new_versions_as_in_the_delivery_table() {
+        let registry = Registry::new(10);
+        let sub = subscription(&registry, Some("room = 'a'"), Some(&["room"]));
+        let records = [
+            record(1, ChangeKind::Insert, None, Some(row(1, "a", false))),
+            record(2, ChangeKind::Insert, None, Some(row(2, "b", false))),
+            record(3, ChangeKind::Update, Some(row(1, "a", false)), Some(row(1, "a", false))),
+            record(4, ChangeKind::Update, Some(row(1, "a", false)), Some(row(1, "b", false))),
+            record(5, ChangeKind::Update, Some(row(2, "b", false)), Some(row(2, "a", false))),
+            record(6, ChangeKind::Delete, Some(row(2, "a", true)), None),
+            record(7, ChangeKind::Delete, Some(row(1, "b", true)), None),
+        ];
+        let parsed: Vec<Parsed<'_>> = records.iter().map(parse).collect();
+        let subs = [sub];
+        let matched = match_group(&parsed, &subs);
+        let events = &matched[0].1;
+        let got: Vec<(u64, &str)> = events.iter().map(|e| (e.commit_seq, e.change_type)).collect();
+        assert_eq!(got, vec![(1, "insert"), (3, "update"), (4, "delete"), (5, "insert"), (6, "delete")]);
+        // Projection: the chosen columns, then the system columns, in that order.
+        let first = events[0].rows.as_deref().unwrap();
+        assert!(first.starts_with(r#"{"room":"a","_updated":"#) && first.ends_with(r#""_deleted":false}"#), "{first}");
+        // An update leaving the filter sends the row as the client had it; a soft delete the
+        // deleted version.
+        assert!(events[2].old_values.as_deref().unwrap().contains(r#""room":"a""#));
+        assert!(events[4].old_values.as_deref().unwrap().contains(r#""_deleted":true"#));
+        assert!(events[4].rows.is_none() && events[1].old_values.is_some());
+    }
+
+    #[test]
+    fn select_star_sends_rows_as_written_and_messages_carry_every_field() {
+        let registry = Registry::new(10);
+        let sub = subscription(&registry, None, None);
+        let records = [record(9, ChangeKind::Insert, None, Some(row(1, "x", false)))];
+        let parsed: Vec<Parsed<'_>> = records.iter().map(parse).collect();
+        let subs = [sub];
+        let matched = match_group(&parsed, &subs);
+        let event = &matched[0].1[0];
+        assert_eq!(event.rows.as_deref(), Some(row(1, "x", false).as_str()));
+        let msg: Json = serde_json::from_str(&crate::registry::change_message("s\"1", 4, event)).unwrap();
+        assert_eq!(msg["subscription_id"], "s\"1");
+        assert_eq!((msg["seq"].as_u64(), msg["commit_seq"].as_u64()), (Some(4), Some(9)));
+        assert_eq!(msg["change_type"], "insert");
+        assert_eq!(msg["timestamp"], time::format_timestamp_micros(9));
+        assert_eq!(msg["rows"][0]["room"], "x");
+        assert!(msg.get("old_values").is_none());
+    }
+
+    #[test]
+    fn registration_waits_for_the_cursor_and_counts_per_user() {
+        let registry = Registry::new(2);
+        let key = || ("app".to_owned(), "t".to_owned(), "alice".to_owned());
+        let sub = |id: &str| {
+            let mut s = Arc::into_inner(subscription(&registry, None, None)).unwrap();
+            s.subscription_id = id.into();
+            Arc::new(s)
+        };
+        assert_eq!(registry.register(key(), sub("a")), Err(crate::registry::RegisterError::NotReady));
+        registry.reset(41);
+        assert_eq!(registry.register(key(), sub("a")), Ok(41));
+        assert_eq!(registry.register(key(), sub("b")), Ok(41));
+        assert_eq!(registry.register(key(), sub("c")), Err(crate::registry::RegisterError::UserLimit(2)));
+        let stats = registry.stats();
+        assert_eq!((stats.subscriptions, stats.partitions, stats.filters), (2, 1, 1));
+        assert!(registry.remove("c/a").is_some());
+        assert!(registry.remove("c/a").is_none());
+        assert_eq!(registry.register(key(), sub("c")), Ok(41));
+        registry.remove("c/b");
+        registry.remove("c/c");
+        let stats = registry.stats();
+        assert_eq!((stats.subscriptions, stats.partitions), (0, 0));
+    }
+
+    #[test]
+    fn a_starting_subscription_parks_changes_and_releases_only_those_after_its_start() {
+        let registry = Registry::new(10);
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut s = Arc::into_inner(subscription(&registry, None, None)).unwrap();
+        s.conn = Arc::new(Conn { tx, slow: CancellationToken::new() });
+        s.delivery = std::sync::Mutex::new(Delivery::Starting(Default::default()));
+        s.max_parked = 3;
+        let sub = Arc::new(s);
+        let event =
+            |seq| Event { commit_seq: seq, change_type: "insert", timestamp_us: 0, rows: None, old_values: None };
+        for seq in [5, 6, 7] {
+            sub.offer(event(seq), &registry.delivered);
+        }
+        assert!(rx.try_recv().is_err(), "nothing is sent while starting");
+        sub.go_live(5, &registry.delivered);
+        sub.offer(event(8), &registry.delivered);
+        let mut got = Vec::new();
+        while let Ok(Outgoing::Data { text, .. }) = rx.try_recv() {
+            let msg: Json = serde_json::from_str(&text).unwrap();
+            got.push((msg["seq"].as_u64().unwrap(), msg["commit_seq"].as_u64().unwrap()));
+        }
+        assert_eq!(got, vec![(1, 6), (2, 7), (3, 8)]);
+        assert_eq!(sub.changes.load(std::sync::atomic::Ordering::Relaxed), 3);
+
+        // Parking more than the bound closes the connection as a slow consumer.
+        let mut s = Arc::into_inner(subscription(&registry, None, None)).unwrap();
+        s.delivery = std::sync::Mutex::new(Delivery::Starting(Default::default()));
+        s.max_parked = 1;
+        let slow = Arc::new(s);
+        slow.offer(event(1), &registry.delivered);
+        assert!(!slow.conn.slow.is_cancelled());
+        slow.offer(event(2), &registry.delivered);
+        assert!(slow.conn.slow.is_cancelled());
+    }
+}

@@ -665,3 +665,33 @@ impl Connection {
         Ok(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(json: &str) -> serde_json::Map<String, Json> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn start_options_follow_the_protocol() {
+        let ok = |j: &str| start_options(&options(j)).unwrap();
+        let code = |j: &str| start_options(&options(j)).unwrap_err().0;
+        assert_eq!(ok("{}"), StartOptions::default());
+        assert_eq!(ok(r#"{"last_rows": 0}"#), StartOptions::default());
+        assert_eq!(ok(r#"{"from_seq": 7}"#).from_seq, Some(7));
+        let snap =
+            ok(r#"{"last_rows": 5, "from_id": "k", "since": "2025-01-01T00:00:00Z", "later": 1}"#).snapshot.unwrap();
+        assert_eq!(
+            (snap.last_rows, snap.from_id.as_deref(), snap.since.as_deref()),
+            (Some(5), Some("\"k\""), Some("2025-01-01T00:00:00Z"))
+        );
+        assert_eq!(code(r#"{"last_rows": -1}"#), ErrorCode::InvalidOption);
+        assert_eq!(code(r#"{"last_rows": "5"}"#), ErrorCode::InvalidOption);
+        assert_eq!(code(r#"{"since": "yesterday"}"#), ErrorCode::InvalidOption);
+        assert_eq!(code(r#"{"from_id": [1]}"#), ErrorCode::InvalidOption);
+        assert_eq!(code(r#"{"from_seq": 3, "last_rows": 1}"#), ErrorCode::InvalidOption);
+        assert_eq!(code(r#"{"from_seq": -3}"#), ErrorCode::InvalidOption);
+    }
+}
