@@ -394,3 +394,163 @@ pub async fn kill_live_query(engine: &Engine, live_id: &str) -> Result<Statement
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use kalam_config::KalamConfig;
+
+    use super::*;
+    use crate::sql::execute_batch;
+
+    async fn engine(max_initial_rows: usize) -> (tempfile::TempDir, Arc<Engine>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = KalamConfig::test_config(dir.path(), 1);
+        cfg.resolve_paths().unwrap();
+        cfg.websocket.max_initial_rows = max_initial_rows;
+        let engine = Engine::open(cfg).unwrap();
+        let setup = "CREATE NAMESPACE app; CREATE USER TABLE app.m (id BIGINT PRIMARY KEY, room TEXT); \
+                     CREATE SHARED TABLE app.s (id BIGINT PRIMARY KEY)";
+        let alice = UserId::parse("alice").unwrap();
+        assert!(execute_batch(&engine, setup, None, &alice).await.1.is_none());
+        (dir, engine)
+    }
+
+    #[tokio::test]
+    async fn subscription_selects_are_planned_or_refused_as_specified() {
+        let (_dir, engine) = engine(5).await;
+        let alice = UserId::parse("alice").unwrap();
+        let planned = plan(&engine, &alice, "SELECT id FROM app.m WHERE room = CURRENT_USER() OR id > 3").unwrap();
+        assert_eq!(planned.columns, Some(vec!["id".to_owned()]));
+        assert_eq!(planned.filter.as_deref(), Some("room = 'alice' OR id > 3"));
+        assert_eq!(plan(&engine, &alice, "SELECT * FROM app.m").unwrap().columns, None);
+        let code = |sql: &str| match plan(&engine, &alice, sql) {
+            Err(EngineError::User(e)) => (e.code, e.message),
+            other => panic!("{sql}: {other:?}"),
+        };
+        for sql in [
+            "SELECT * FROM app.m a JOIN app.m b ON a.id = b.id",
+            "SELECT room FROM app.m GROUP BY room",
+            "SELECT * FROM app.m ORDER BY id",
+            "SELECT * FROM app.m LIMIT 3",
+            "SELECT DISTINCT room FROM app.m",
+            "SELECT * FROM app.m WHERE id IN (SELECT id FROM app.m)",
+            "SELECT * FROM app.m WHERE count(id) > 1",
+            "SELECT id + 1 FROM app.m",
+            "SELECT * FROM (SELECT * FROM app.m) t",
+        ] {
+            assert_eq!(code(sql).0, ErrorCode::UnsupportedQuery, "{sql}");
+        }
+        assert_eq!(
+            code("SELECT * FROM app.s"),
+            (ErrorCode::InvalidOperation, "Live query subscriptions not supported on shared tables".into())
+        );
+        assert_eq!(code("SELECT * FROM app.nope").0, ErrorCode::TableNotFound);
+        assert_eq!(code("SELECT nope FROM app.m").0, ErrorCode::ColumnNotFound);
+        assert_eq!(code("SELECT * FROM app.m WHERE nope = 1").0, ErrorCode::ColumnNotFound);
+        assert_eq!(code("SELECT * FROM m").0, ErrorCode::InvalidSql);
+    }
+
+    #[tokio::test]
+    async fn snapshot_options_select_the_documented_rows() {
+        let (_dir, engine) = engine(5).await;
+        let alice = UserId::parse("alice").unwrap();
+        let bob = UserId::parse("bob").unwrap();
+        let sql = "INSERT INTO app.m VALUES (1,'a'),(2,'b'),(3,'a'),(4,'a'),(5,'a'),(6,'a'),(7,'a'),(8,'a')";
+        assert!(execute_batch(&engine, sql, None, &alice).await.1.is_none());
+        assert!(execute_batch(&engine, "INSERT INTO app.m VALUES (100,'a')", None, &bob).await.1.is_none());
+        let mark = engine.store.head_seq();
+        let since = time::format_timestamp_micros(crate::clock::wall_clock_us());
+        assert!(execute_batch(&engine, "DELETE FROM app.m WHERE id = 8", None, &alice).await.1.is_none());
+        assert!(execute_batch(&engine, "UPDATE app.m SET room = 'a' WHERE id = 2", None, &alice).await.1.is_none());
+        let p = plan(&engine, &alice, "SELECT id FROM app.m WHERE room = 'a'").unwrap();
+        let ids = |s: &Snapshot| -> Vec<(i64, bool)> {
+            s.rows
+                .iter()
+                .map(|r| {
+                    let v: Json = serde_json::from_str(r).unwrap();
+                    (v["id"].as_i64().unwrap(), v["_deleted"].as_bool().unwrap())
+                })
+                .collect()
+        };
+        let opts = |last_rows, since: Option<&str>, from_id: Option<&str>| SnapshotOptions {
+            last_rows,
+            since: since.map(str::to_owned),
+            from_id: from_id.map(str::to_owned),
+        };
+        let s = snapshot(&engine, &alice, &p, &opts(Some(3), None, None)).unwrap();
+        // The three most recent matching rows, oldest first (row 2 was updated last).
+        assert_eq!(ids(&s), vec![(6, false), (7, false), (2, false)]);
+        assert!(!s.has_more);
+        assert_eq!(s.commit_seq, engine.store.head_seq());
+        // `since` includes rows deleted since; bob's rows never appear.
+        let s = snapshot(&engine, &alice, &p, &opts(None, Some(&since), None)).unwrap();
+        assert_eq!(ids(&s), vec![(8, true), (2, false)]);
+        assert!(s.commit_seq > mark);
+        // `from_id`, capped at max_initial_rows (5) with has_more, oldest first.
+        let s = snapshot(&engine, &alice, &p, &opts(None, None, Some("1"))).unwrap();
+        assert_eq!(ids(&s), vec![(3, false), (4, false), (5, false), (6, false), (7, false)]);
+        assert!(s.has_more);
+        let s = snapshot(&engine, &alice, &p, &opts(Some(2), None, Some("4"))).unwrap();
+        assert_eq!(ids(&s), vec![(6, false), (7, false)]);
+        for bad in [opts(None, Some("soon"), None), opts(None, None, Some("\"x\""))] {
+            match snapshot(&engine, &alice, &p, &bad) {
+                Err(EngineError::User(e)) => assert_eq!(e.code, ErrorCode::InvalidOption, "{e}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_taken_during_writes_hold_exactly_the_changes_up_to_their_position() {
+        let (_dir, engine) = engine(10_000).await;
+        let alice = UserId::parse("alice").unwrap();
+        let writer = {
+            let (engine, alice) = (engine.clone(), alice.clone());
+            tokio::spawn(async move {
+                for i in 0..300 {
+                    let sql =
+                        format!("INSERT INTO app.m VALUES ({i}, 'a'); UPDATE app.m SET room = 'b' WHERE id = {i}");
+                    assert!(execute_batch(&engine, &sql, None, &alice).await.1.is_none());
+                }
+            })
+        };
+        let p = plan(&engine, &alice, "SELECT * FROM app.m").unwrap();
+        let mut snapshots = Vec::new();
+        while !writer.is_finished() {
+            let (engine, alice, p) = (engine.clone(), alice.clone(), p.clone());
+            let s = tokio::task::spawn_blocking(move || {
+                snapshot(&engine, &alice, &p, &SnapshotOptions { from_id: Some("-1".into()), ..Default::default() })
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            snapshots.push(s);
+        }
+        writer.await.unwrap();
+        // Replaying the change log up to each snapshot's position gives exactly its rows.
+        let log = engine.read_changes(0, 100_000).unwrap();
+        assert!(snapshots.len() > 3, "{} snapshots", snapshots.len());
+        for s in &snapshots {
+            let mut state = BTreeMap::new();
+            for r in log.iter().filter(|r| r.commit_seq <= s.commit_seq && r.table == "m") {
+                let new: Option<Json> = r.new_row.as_deref().map(|t| serde_json::from_str(t).unwrap());
+                let old: Json = serde_json::from_str(r.old_row.as_deref().or(r.new_row.as_deref()).unwrap()).unwrap();
+                match new {
+                    Some(v) => state.insert(v["id"].as_i64().unwrap(), v["room"].as_str().unwrap().to_owned()),
+                    None => state.remove(&old["id"].as_i64().unwrap()),
+                };
+            }
+            let got: BTreeMap<i64, String> = s
+                .rows
+                .iter()
+                .map(|r| {
+                    let v: Json = serde_json::from_str(r).unwrap();
+                    (v["id"].as_i64().unwrap(), v["room"].as_str().unwrap().to_owned())
+                })
+                .collect();
+            assert_eq!(got, state, "snapshot at {}", s.commit_seq);
+        }
+    }
+}
