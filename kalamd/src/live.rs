@@ -7,7 +7,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, GroupByExpr, SelectItem, SetExpr, Statement, TableFactor, Value as SqlValue, visit_expressions_mut,
+    Expr, GroupByExpr, SelectItem, SetExpr, Statement, TableFactor, Value as SqlValue, visit_expressions,
+    visit_expressions_mut,
 };
 use kalam_filter::{JsonRow, RowFilter};
 use kalam_rpc::{Snapshot, SnapshotOptions, SubscriptionPlan};
@@ -107,6 +108,14 @@ pub fn plan(engine: &Engine, user: &UserId, sql: &str) -> Result<SubscriptionPla
     }
     let filter = match select.selection {
         Some(mut expr) => {
+            let mut subquery = false;
+            let _ = visit_expressions(&expr, |e| {
+                subquery |= matches!(e, Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. });
+                ControlFlow::<()>::Continue(())
+            });
+            if subquery {
+                return Err(unsupported("Live queries cannot use subqueries"));
+            }
             bind_current_user(&mut expr, user);
             let text = expr.to_string();
             // Compiled here exactly as kalam-lived compiles it, so a bad predicate fails the
