@@ -317,11 +317,7 @@ impl Connection {
                     };
                     last_seen = Instant::now();
                     match msg {
-                        Message::Text(text) => {
-                            if self.handle_text(&text, &mut sink).await.is_err() {
-                                break;
-                            }
-                        }
+                        Message::Text(text) if self.handle_text(&text, &mut sink).await.is_err() => break,
                         Message::Close(_) => break,
                         _ => {}
                     }

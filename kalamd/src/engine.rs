@@ -43,6 +43,8 @@ pub struct Engine {
     pub uptime_origin_ms: i64,
     shutting_down: AtomicBool,
     flusher: Mutex<Option<FlusherClient>>,
+    /// Live-query filters already compiled without error, by table version (bounded).
+    pub(crate) valid_live_filters: std::sync::Mutex<std::collections::HashSet<(String, String, u32, String)>>,
 }
 
 impl Engine {
@@ -74,6 +76,7 @@ impl Engine {
             uptime_origin_ms,
             shutting_down: AtomicBool::new(false),
             flusher: Mutex::new(None),
+            valid_live_filters: Default::default(),
         }))
     }
 

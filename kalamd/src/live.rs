@@ -118,9 +118,7 @@ pub fn plan(engine: &Engine, user: &UserId, sql: &str) -> Result<SubscriptionPla
             }
             bind_current_user(&mut expr, user);
             let text = expr.to_string();
-            // Compiled here exactly as kalam-lived compiles it, so a bad predicate fails the
-            // subscription at once.
-            RowFilter::compile(&def, Some(&text)).map_err(EngineError::User)?;
+            check_filter(engine, &def, &text)?;
             Some(text)
         }
         None => None,
@@ -134,6 +132,26 @@ pub fn plan(engine: &Engine, user: &UserId, sql: &str) -> Result<SubscriptionPla
         filter,
         start_after: engine.store.head_seq(),
     })
+}
+
+/// Most validated filters remembered (the set is emptied when full).
+const MAX_VALID_FILTERS: usize = 10_000;
+
+/// Compiles `filter` exactly as kalam-lived will, so a bad predicate fails the subscription at
+/// once. Filters known to compile for this table version are not compiled again (many clients
+/// subscribe with the same few predicates).
+fn check_filter(engine: &Engine, def: &TableDefinition, filter: &str) -> Result<(), EngineError> {
+    let key = (def.namespace.to_string(), def.name.to_string(), def.schema_version, filter.to_owned());
+    if engine.valid_live_filters.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+        return Ok(());
+    }
+    RowFilter::compile(def, Some(filter)).map_err(EngineError::User)?;
+    let mut valid = engine.valid_live_filters.lock().unwrap_or_else(|p| p.into_inner());
+    if valid.len() >= MAX_VALID_FILTERS {
+        valid.clear();
+    }
+    valid.insert(key);
+    Ok(())
 }
 
 /// Replaces `CURRENT_USER()` with the acting user's id (api.md §4.4).
