@@ -277,7 +277,7 @@ mod tests {
             columns: columns.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
             filter: registry.filter(&def(), predicate).unwrap(),
             generation: 1,
-            delivery: std::sync::Mutex::new(Delivery::Live),
+            delivery: std::sync::Mutex::new(Delivery::Live(0)),
             max_parked: 10,
             seq: AtomicU64::new(0),
             changes: AtomicU64::new(0),
@@ -394,6 +394,8 @@ mod tests {
         }
         assert!(rx.try_recv().is_err(), "nothing is sent while starting");
         sub.go_live(5, &registry.delivered);
+        // A change the start covered that the pump hands over late is dropped.
+        sub.offer(event(4), &registry.delivered);
         sub.offer(event(8), &registry.delivered);
         let mut got = Vec::new();
         while let Ok(Outgoing::Data { text, .. }) = rx.try_recv() {

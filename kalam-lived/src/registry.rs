@@ -44,8 +44,9 @@ pub enum Delivery {
     /// Its snapshot or change-log catch-up is still being sent: the pump parks matching
     /// changes here, in order.
     Starting(VecDeque<Event>),
-    /// Changes go straight to the connection's queue.
-    Live,
+    /// Changes go straight to the connection's queue, except those at or before the
+    /// sequence the start already covered (a snapshot can be newer than the pump).
+    Live(u64),
 }
 
 /// The connection a subscription sends to.
@@ -99,8 +100,10 @@ impl Subscription {
                     parked.push_back(event);
                 }
             }
-            Delivery::Live => {
-                self.send(event, delivered);
+            Delivery::Live(covered) => {
+                if event.commit_seq > *covered {
+                    self.send(event, delivered);
+                }
             }
         }
     }
@@ -127,10 +130,11 @@ impl Subscription {
     }
 
     /// Ends the start-up: parked changes after `after_seq` are queued in order, then the
-    /// subscription is live.
+    /// subscription is live; changes at or before `after_seq` that the pump hands over later
+    /// are dropped too.
     pub fn go_live(&self, after_seq: u64, delivered: &AtomicU64) {
         let mut delivery = self.delivery.lock().unwrap_or_else(|p| p.into_inner());
-        if let Delivery::Starting(parked) = std::mem::replace(&mut *delivery, Delivery::Live) {
+        if let Delivery::Starting(parked) = std::mem::replace(&mut *delivery, Delivery::Live(after_seq)) {
             for event in parked.into_iter().filter(|e| e.commit_seq > after_seq) {
                 if !self.send(event, delivered) {
                     break;

@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use kalam_config::KalamConfig;
 use kalam_rpc::{EngineClient, SnapshotOptions, SubscriptionPlan};
 use kalam_types::ErrorCode;
-use kalam_types::auth::loopback_bypass;
+use kalam_types::auth::{Credential, loopback_bypass};
 use kalam_types::ids::UserId;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -77,11 +77,17 @@ fn authenticate(cfg: &KalamConfig, peer: SocketAddr, req: &Request) -> Result<Us
         return Err((404, ErrorCode::InvalidRequest, "Not found".into()));
     }
     let headers = req.headers();
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let in_query = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    if let Some(credential) = Credential::presented(|h| headers.contains_key(h), |k| in_query(k).is_some()) {
+        let e = credential.refusal();
+        return Err((401, e.code, e.message));
+    }
     if !loopback_bypass(cfg.auth.localhost_bypass, peer.ip(), |h| headers.contains_key(h)) {
         return Err((401, ErrorCode::Unauthorized, "Authentication required".into()));
     }
-    let from_query =
-        req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user_id=")).map(str::to_owned));
+    let from_query = in_query("user_id");
     let requested = headers.get("x-user-id").and_then(|v| v.to_str().ok()).map(str::to_owned).or(from_query);
     let raw = requested.unwrap_or_else(|| cfg.auth.localhost_default_user.clone());
     UserId::parse(raw.trim()).map_err(|e| (400, e.code, e.message))
@@ -238,6 +244,21 @@ fn start_options(options: &serde_json::Map<String, Json>) -> Result<StartOptions
     Ok(StartOptions { snapshot: (!snapshot.is_empty()).then_some(snapshot), from_seq })
 }
 
+/// Writes one frame unless the connection is closed as a slow consumer first or the client
+/// does not take it within `limit` (its socket buffer stays full).
+async fn write(sink: &mut Sink, msg: Message, slow: &CancellationToken, limit: Duration) -> Result<(), Closed> {
+    tokio::select! {
+        r = tokio::time::timeout(limit, sink.send(msg)) => match r {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Closed),
+        },
+        _ = slow.cancelled() => Err(Closed),
+    }
+}
+
+/// How long the final frames of a closing connection may take.
+const CLOSING_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
 struct Connection {
     shared: Arc<Shared>,
     connection_id: String,
@@ -265,16 +286,10 @@ impl Connection {
         loop {
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => {
-                    let _ = sink.send(close_with(CloseCode::Away, "server shutting down")).await;
+                    let _ = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, sink.send(close_with(CloseCode::Away, "server shutting down"))).await;
                     break;
                 }
-                _ = slow.cancelled() => {
-                    tracing::warn!(connection_id = %self.connection_id, "slow consumer; closing connection");
-                    let msg = error_msg("*", ErrorCode::SlowConsumer, "Too many pending messages");
-                    let _ = sink.send(Message::Text(msg.into())).await;
-                    let _ = sink.send(close_with(CloseCode::Policy, "slow consumer")).await;
-                    break;
-                }
+                _ = slow.cancelled() => break,
                 Some(out) = rx.recv() => {
                     let text = match out {
                         // Skip messages queued before an unsubscribe (or for an earlier
@@ -293,16 +308,17 @@ impl Connection {
                             text
                         }
                     };
-                    if sink.send(Message::Text(text.into())).await.is_err() {
+                    if write(&mut sink, Message::Text(text.into()), &slow, client_timeout).await.is_err() {
                         break;
                     }
                 }
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() > client_timeout {
-                        let _ = sink.send(close_with(CloseCode::Library(4000), "heartbeat timeout")).await;
+                        let close = close_with(CloseCode::Library(4000), "heartbeat timeout");
+                        let _ = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, sink.send(close)).await;
                         break;
                     }
-                    if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    if write(&mut sink, Message::Ping(Vec::new().into()), &slow, client_timeout).await.is_err() {
                         break;
                     }
                 }
@@ -310,7 +326,8 @@ impl Connection {
                     let msg = match incoming {
                         Some(Ok(msg)) => msg,
                         Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
-                            let _ = sink.send(close_with(CloseCode::Size, "message too large")).await;
+                            let close = close_with(CloseCode::Size, "message too large");
+                            let _ = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, sink.send(close)).await;
                             break;
                         }
                         _ => break,
@@ -318,19 +335,38 @@ impl Connection {
                     last_seen = Instant::now();
                     match msg {
                         Message::Text(text) if self.handle_text(&text, &mut sink).await.is_err() => break,
-                        Message::Close(_) => break,
+                        Message::Close(_) => {
+                            // Completes the closing handshake (the reply frame is queued by
+                            // the protocol and flushed here).
+                            let _ = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, sink.close()).await;
+                            break;
+                        }
                         _ => {}
                     }
                 }
             }
+        }
+        if slow.is_cancelled() {
+            // Best effort: the client's buffer may still be full.
+            tracing::warn!(connection_id = %self.connection_id, "slow consumer; closing connection");
+            let msg = error_msg("*", ErrorCode::SlowConsumer, "Too many pending messages");
+            let _ = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, sink.send(Message::Text(msg.into()))).await;
+            let close = close_with(CloseCode::Policy, "slow consumer");
+            let _ = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, sink.send(close)).await;
         }
         for id in self.subscriptions.keys() {
             self.shared.registry.remove(&format!("{}/{id}", self.connection_id));
         }
     }
 
-    async fn reply(sink: &mut Sink, text: String) -> Result<(), Closed> {
-        sink.send(Message::Text(text.into())).await.map_err(|_| Closed)
+    /// Writes one message; a client that has not taken it within the client timeout, or a
+    /// connection closed as a slow consumer meanwhile, ends the connection.
+    async fn reply(&self, sink: &mut Sink, text: String) -> Result<(), Closed> {
+        write(sink, Message::Text(text.into()), &self.conn.slow, self.write_timeout()).await
+    }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.shared.cfg.websocket.client_timeout_seconds.max(1))
     }
 
     /// True when this message is over the connection's rate limit.
@@ -349,7 +385,7 @@ impl Connection {
     async fn handle_text(&mut self, text: &str, sink: &mut Sink) -> Result<(), Closed> {
         if self.over_rate_limit() {
             let msg = error_msg("*", ErrorCode::RateLimitExceeded, "Too many messages; slow down");
-            return Self::reply(sink, msg).await;
+            return self.reply(sink, msg).await;
         }
         let msg: ClientMessage = match serde_json::from_str(text) {
             Ok(m) => m,
@@ -359,7 +395,7 @@ impl Connection {
                     ErrorCode::InvalidSubscription,
                     &format!("Failed to parse subscription request: {e}"),
                 );
-                return Self::reply(sink, msg).await;
+                return self.reply(sink, msg).await;
             }
         };
         let kind = msg.kind.as_deref().unwrap_or(if msg.subscriptions.is_some() { "subscribe" } else { "" });
@@ -371,12 +407,12 @@ impl Connection {
                         ErrorCode::InvalidSubscription,
                         "Failed to parse subscription request: missing field `subscriptions`",
                     );
-                    return Self::reply(sink, msg).await;
+                    return self.reply(sink, msg).await;
                 };
                 for req in subs {
                     let id = req.id.clone();
                     if let Err((code, message)) = self.subscribe(req, sink).await? {
-                        Self::reply(sink, error_msg(&id, code, &message)).await?;
+                        self.reply(sink, error_msg(&id, code, &message)).await?;
                     }
                 }
                 Ok(())
@@ -390,17 +426,17 @@ impl Connection {
                     } else {
                         error_msg(&id, ErrorCode::SubscriptionNotFound, &format!("Subscription '{id}' not found"))
                     };
-                    Self::reply(sink, reply).await?;
+                    self.reply(sink, reply).await?;
                 }
                 Ok(())
             }
             "ping" => {
                 let now = kalam_types::time::format_timestamp_micros(chrono::Utc::now().timestamp_micros());
-                Self::reply(sink, json!({"type": "pong", "timestamp": now}).to_string()).await
+                self.reply(sink, json!({"type": "pong", "timestamp": now}).to_string()).await
             }
             other => {
                 let msg = error_msg("*", ErrorCode::UnknownMessageType, &format!("Unknown message type '{other}'"));
-                Self::reply(sink, msg).await
+                self.reply(sink, msg).await
             }
         }
     }
@@ -565,14 +601,14 @@ impl Connection {
                     ),
                 )));
             }
-            Self::reply(sink, ack.to_string()).await?;
+            self.reply(sink, ack.to_string()).await?;
             return match self.catch_up(engine, sub, from, cursor, Some(first), sink).await? {
                 Ok(()) => Ok(Ok(from.max(cursor))),
                 Err(r) => Ok(Err(r)),
             };
         }
         let Some(snapshot_options) = start.snapshot else {
-            Self::reply(sink, ack.to_string()).await?;
+            self.reply(sink, ack.to_string()).await?;
             return Ok(Ok(cursor));
         };
         let snapshot = match engine
@@ -586,7 +622,7 @@ impl Connection {
                 return Ok(Err(unavailable()));
             }
         };
-        Self::reply(sink, ack.to_string()).await?;
+        self.reply(sink, ack.to_string()).await?;
         let mut text = format!(
             r#"{{"type":"initial_data","subscription_id":{},"count":{},"has_more":{},"commit_seq":{},"rows":["#,
             serde_json::to_string(id).unwrap_or_default(),
@@ -596,7 +632,7 @@ impl Connection {
         );
         text.push_str(&snapshot.rows.join(","));
         text.push_str("]}");
-        Self::reply(sink, text).await?;
+        self.reply(sink, text).await?;
         // The snapshot was read after registering, so it is at or after the cursor; should
         // it not be, the gap is read from the log.
         match self.catch_up(engine, sub, snapshot.commit_seq, cursor, None, sink).await? {
@@ -650,7 +686,7 @@ impl Connection {
             for (_, events) in match_group(&mine, std::slice::from_ref(sub)) {
                 for event in events {
                     let seq = sub.seq.fetch_add(1, Ordering::SeqCst) + 1;
-                    Self::reply(sink, change_message(&sub.subscription_id, seq, &event)).await?;
+                    self.reply(sink, change_message(&sub.subscription_id, seq, &event)).await?;
                     sub.changes.fetch_add(1, Ordering::Relaxed);
                     sub.last_update_us.store(chrono::Utc::now().timestamp_micros(), Ordering::Relaxed);
                     delivered.fetch_add(1, Ordering::Relaxed);
@@ -668,6 +704,35 @@ mod tests {
 
     fn options(json: &str) -> serde_json::Map<String, Json> {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn upgrade_requests_are_authenticated_before_the_handshake() {
+        let cfg = KalamConfig::default();
+        let lo: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "10.1.1.1:5000".parse().unwrap();
+        let req = |uri: &str, headers: &[(&str, &str)]| {
+            let mut b = Request::builder().uri(uri);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        let user = |peer, r: Request| authenticate(&cfg, peer, &r).unwrap().to_string();
+        let refused = |peer, r: Request| {
+            let (status, code, _) = authenticate(&cfg, peer, &r).unwrap_err();
+            (status, code)
+        };
+        assert_eq!(user(lo, req("/v1/ws", &[])), "system");
+        assert_eq!(user(lo, req("/v1/ws?user_id=al%69ce", &[])), "alice");
+        assert_eq!(user(lo, req("/v1/ws", &[("x-user-id", "bob")])), "bob");
+        assert_eq!(refused(remote, req("/v1/ws", &[])), (401, ErrorCode::Unauthorized));
+        assert_eq!(refused(lo, req("/v1/ws", &[("origin", "http://x")])), (401, ErrorCode::Unauthorized));
+        assert_eq!(refused(lo, req("/v1/ws", &[("x-forwarded-for", "10.0.0.1")])), (401, ErrorCode::Unauthorized));
+        assert_eq!(refused(lo, req("/v1/ws?api_key=k", &[])), (401, ErrorCode::InvalidApiKey));
+        assert_eq!(refused(lo, req("/v1/ws", &[("authorization", "Bearer x")])), (401, ErrorCode::InvalidToken));
+        assert_eq!(refused(lo, req("/v1/ws?user_id=a/b", &[])).0, 400);
+        assert_eq!(refused(lo, req("/other", &[])).0, 404);
     }
 
     #[test]

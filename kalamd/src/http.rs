@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use kalam_types::auth::loopback_bypass;
+use kalam_types::auth::{Credential, loopback_bypass};
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,9 @@ pub fn acting_user(
     headers: &HeaderMap,
     query_user: Option<&str>,
 ) -> Result<UserId, KalamError> {
+    if let Some(credential) = Credential::presented(|h| headers.contains_key(h), |_| false) {
+        return Err(credential.refusal());
+    }
     let bypass = loopback_bypass(engine.cfg.auth.localhost_bypass, peer.ip(), |h| headers.contains_key(h));
     if !bypass {
         return Err(KalamError::new(ErrorCode::Unauthorized, "Authentication required"));

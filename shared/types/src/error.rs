@@ -28,6 +28,8 @@ pub enum ErrorCode {
     ParamCountMismatch,
     // auth
     Unauthorized,
+    InvalidApiKey,
+    InvalidToken,
     PermissionDenied,
     // live queries
     InvalidSubscription,
@@ -77,7 +79,7 @@ impl ErrorCode {
             | InvalidOption
             | ResumeExpired
             | LiveQueryNotFound => 400,
-            Unauthorized => 401,
+            Unauthorized | InvalidApiKey | InvalidToken => 401,
             PermissionDenied => 403,
             AlreadyExists => 409,
             PayloadTooLarge => 413,
