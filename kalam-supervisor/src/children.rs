@@ -12,13 +12,10 @@ use tokio::process::{Child, Command};
 /// A child healthy this long gets its restart back-off reset (the back-off and the restart
 /// limit are `[supervisor]` settings).
 pub const HEALTHY_RESET: Duration = Duration::from_secs(60);
-/// Health-check period; three missed checks in a row and the child is killed.
-pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
-pub const HEALTH_MISSES: u32 = 3;
 /// How long a starting child has to answer `health`.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Kalamd,
     Flushd,
@@ -42,9 +39,19 @@ impl Kind {
         }
     }
 
-    /// One `health` call over the child's own service.
-    pub async fn health(self, run_dir: &Path) -> bool {
-        let ctx = || transport::context_with_timeout(Duration::from_secs(2));
+    /// The configured resident-memory limit in bytes (`None` = no limit).
+    pub fn memory_limit(self, cfg: &kalam_config::SupervisorConfig) -> Option<u64> {
+        let mb = match self {
+            Kind::Kalamd => cfg.kalamd_memory_limit_mb,
+            Kind::Flushd => cfg.flushd_memory_limit_mb,
+            Kind::Lived => cfg.lived_memory_limit_mb,
+        };
+        (mb > 0).then(|| mb.saturating_mul(1024 * 1024))
+    }
+
+    /// One `health` call over the child's own service, answered within `limit`.
+    pub async fn health(self, run_dir: &Path, limit: Duration) -> bool {
+        let ctx = || transport::context_with_timeout(limit);
         let call = async {
             match self {
                 Kind::Kalamd => transport::connect_engine(run_dir).await.ok()?.health(ctx()).await.ok(),
@@ -52,7 +59,7 @@ impl Kind {
                 Kind::Lived => transport::connect_live(run_dir).await.ok()?.health(ctx()).await.ok(),
             }
         };
-        matches!(tokio::time::timeout(Duration::from_secs(3), call).await, Ok(Some(_)))
+        matches!(tokio::time::timeout(limit, call).await, Ok(Some(_)))
     }
 }
 

@@ -6,6 +6,7 @@
 //! answers), restarts with back-off, and the `Supervisor` service. It is never on the data path.
 
 mod children;
+mod sampler;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -110,6 +111,8 @@ struct Ctx {
     listener: std::net::TcpListener,
     started_ms: i64,
     table: Table,
+    /// Signalled by the sampler when a daemon is over its memory limit.
+    over_memory: sampler::OverMemory,
 }
 
 enum Outcome {
@@ -125,13 +128,30 @@ async fn supervise_all(
     let table: Table = Arc::new(Mutex::new(
         [Kind::Kalamd, Kind::Flushd, Kind::Lived]
             .iter()
-            .map(|k| ProcessInfo { name: k.binary().into(), pid: None, state: "stopped".into(), restarts: 0 })
+            .map(|k| ProcessInfo {
+                name: k.binary().into(),
+                pid: None,
+                state: "stopped".into(),
+                restarts: 0,
+                started_at_us: None,
+                memory_bytes: None,
+                cpu_percent: None,
+            })
             .collect(),
     ));
     let run_dir = cfg.run_dir();
     let rpc_listener = bind(&socket_path(&run_dir, sockets::SUPERVISOR))?;
     let rpc_task = tokio::spawn(kalam_rpc::serve_on!(rpc_listener, SupervisorService(table.clone())));
-    let ctx = Arc::new(Ctx { cfg, config_file, listener, started_ms: chrono::Utc::now().timestamp_millis(), table });
+    let over_memory: sampler::OverMemory = Default::default();
+    let sampler_task = tokio::spawn(sampler::run(cfg.supervisor.clone(), table.clone(), over_memory.clone()));
+    let ctx = Arc::new(Ctx {
+        cfg,
+        config_file,
+        listener,
+        started_ms: chrono::Utc::now().timestamp_millis(),
+        table,
+        over_memory,
+    });
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -177,6 +197,7 @@ async fn supervise_all(
         let _ = kalamd.await;
     }
     rpc_task.abort();
+    sampler_task.abort();
     tracing::info!(exit_code, "kalam-supervisor stopped");
     Ok(exit_code)
 }
@@ -189,7 +210,6 @@ async fn supervise(
     stop: CancellationToken,
 ) -> Outcome {
     let mut policy = RestartPolicy::new(&ctx.cfg.supervisor);
-    let run_dir = ctx.cfg.run_dir();
     loop {
         let started = Instant::now();
         let spawned =
@@ -200,14 +220,19 @@ async fn supervise(
                 set_state(&ctx.table, kind, |p| {
                     p.pid = pid;
                     p.state = "starting".into();
+                    p.started_at_us = Some(chrono::Utc::now().timestamp_micros());
+                    p.memory_bytes = None;
+                    p.cpu_percent = None;
                 });
                 tracing::info!(process = kind.binary(), ?pid, "started");
-                let reason = watch(kind, &mut child, &run_dir, &stop, &ctx.table, &mut ready).await;
+                let over_memory = sampler::notifier(&ctx.over_memory, kind);
+                let reason = watch(kind, &mut child, &ctx, &stop, &over_memory, &mut ready).await;
                 if matches!(reason, Watch::Stop) {
                     stop_child(kind, &mut child).await;
                     set_state(&ctx.table, kind, |p| {
                         p.pid = None;
                         p.state = "stopped".into();
+                        p.started_at_us = None;
                     });
                     return Outcome::Stopped;
                 }
@@ -226,6 +251,9 @@ async fn supervise(
             set_state(&ctx.table, kind, |p| {
                 p.pid = None;
                 p.state = "failed".into();
+                p.started_at_us = None;
+                p.memory_bytes = None;
+                p.cpu_percent = None;
             });
             return Outcome::GaveUp;
         };
@@ -233,6 +261,9 @@ async fn supervise(
             p.pid = None;
             p.state = "backoff".into();
             p.restarts += 1;
+            p.started_at_us = None;
+            p.memory_bytes = None;
+            p.cpu_percent = None;
         });
         tokio::select! {
             _ = stop.cancelled() => return Outcome::Stopped,
@@ -246,23 +277,30 @@ enum Watch {
     Stop,
     Exited,
     Unhealthy,
+    OverMemory,
 }
 
 async fn watch(
     kind: Kind,
     child: &mut Child,
-    run_dir: &std::path::Path,
+    ctx: &Ctx,
     stop: &CancellationToken,
-    table: &Table,
+    over_memory: &tokio::sync::Notify,
     ready: &mut Option<oneshot::Sender<()>>,
 ) -> Watch {
+    let run_dir = ctx.cfg.run_dir();
+    let run_dir = run_dir.as_path();
+    let table = &ctx.table;
+    let interval = Duration::from_millis(ctx.cfg.supervisor.health_interval_ms);
+    // A hung child never answers: each check waits at most one interval (and 2 s).
+    let check_limit = interval.min(Duration::from_secs(2));
     // Starting: poll health until it answers, the child dies, or the start times out.
     let deadline = tokio::time::Instant::now() + children::STARTUP_TIMEOUT;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Watch::Stop,
             _ = child.wait() => return Watch::Exited,
-            healthy = kind.health(run_dir) => {
+            healthy = kind.health(run_dir, Duration::from_secs(2)) => {
                 if healthy {
                     break;
                 }
@@ -279,18 +317,21 @@ async fn watch(
         let _ = tx.send(());
     }
     let mut misses = 0;
-    let mut ticker = tokio::time::interval(children::HEALTH_INTERVAL);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Watch::Stop,
             _ = child.wait() => return Watch::Exited,
+            _ = over_memory.notified() => return Watch::OverMemory,
             _ = ticker.tick() => {
-                if kind.health(run_dir).await {
+                if kind.health(run_dir, check_limit).await {
                     misses = 0;
                 } else {
                     misses += 1;
-                    if misses >= children::HEALTH_MISSES {
+                    tracing::warn!(process = kind.binary(), misses, "health check not answered");
+                    if misses >= ctx.cfg.supervisor.health_misses {
                         return Watch::Unhealthy;
                     }
                 }

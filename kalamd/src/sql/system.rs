@@ -415,6 +415,7 @@ async fn processes(engine: &Engine) -> SystemTable {
         Ok(client) => client.processes(tarpc::context::current()).await.unwrap_or_default(),
         Err(_) => Vec::new(),
     };
+    let now_us = crate::clock::wall_clock_us();
     let rows = list
         .into_iter()
         .map(|p| {
@@ -423,6 +424,10 @@ async fn processes(engine: &Engine) -> SystemTable {
                 p.pid.map(|pid| Value::BigInt(i64::from(pid))).unwrap_or(Value::Null),
                 text(&p.state),
                 Value::Int(p.restarts as i32),
+                p.started_at_us.map(Value::Timestamp).unwrap_or(Value::Null),
+                p.started_at_us.map(|t| Value::BigInt((now_us - t).max(0) / 1_000_000)).unwrap_or(Value::Null),
+                p.memory_bytes.map(|b| Value::BigInt(b as i64)).unwrap_or(Value::Null),
+                p.cpu_percent.map(|c| Value::Double(f64::from(c))).unwrap_or(Value::Null),
             ]
         })
         .collect();
@@ -544,11 +549,15 @@ const LIVE_QUERY_COLUMNS: [Column; 12] = [
     ("node", KalamType::Text, false),
 ];
 
-const PROCESS_COLUMNS: [Column; 4] = [
+const PROCESS_COLUMNS: [Column; 8] = [
     ("name", KalamType::Text, false),
     ("pid", KalamType::BigInt, true),
     ("state", KalamType::Text, false),
     ("restarts", KalamType::Int, false),
+    ("started_at", KalamType::Timestamp, true),
+    ("uptime_seconds", KalamType::BigInt, true),
+    ("memory_bytes", KalamType::BigInt, true),
+    ("cpu_percent", KalamType::Double, true),
 ];
 
 fn information_schema_tables(engine: &Engine) -> SystemTable {

@@ -219,6 +219,15 @@ pub struct SupervisorConfig {
     /// More restarts than this within `restart_window_seconds` and the daemon is given up.
     pub max_restarts: usize,
     pub restart_window_seconds: u64,
+    /// How often a running daemon's `health` is asked.
+    pub health_interval_ms: u64,
+    /// Consecutive unanswered health checks after which a daemon counts as hung and is killed
+    /// and restarted.
+    pub health_misses: u32,
+    /// Resident memory above which a daemon is restarted (MiB, 0 = no limit), per daemon.
+    pub kalamd_memory_limit_mb: u64,
+    pub flushd_memory_limit_mb: u64,
+    pub lived_memory_limit_mb: u64,
 }
 
 impl Default for SupervisorConfig {
@@ -228,6 +237,11 @@ impl Default for SupervisorConfig {
             restart_backoff_max_ms: 30_000,
             max_restarts: 5,
             restart_window_seconds: 60,
+            health_interval_ms: 2_000,
+            health_misses: 3,
+            kalamd_memory_limit_mb: 0,
+            flushd_memory_limit_mb: 0,
+            lived_memory_limit_mb: 0,
         }
     }
 }
@@ -355,6 +369,12 @@ impl KalamConfig {
                     .into(),
             });
         }
+        if sup.health_interval_ms < 50 || sup.health_misses == 0 {
+            return Err(ConfigError::Invalid {
+                key: "supervisor.health_interval_ms",
+                reason: "health_interval_ms must be at least 50 and health_misses at least 1".into(),
+            });
+        }
         if self.websocket.max_pending_messages == 0 || self.limits.max_message_size == 0 {
             return Err(ConfigError::Invalid { key: "limits", reason: "sizes must be > 0".into() });
         }
@@ -464,9 +484,14 @@ mod tests {
             )?;
             let err = KalamConfig::load(None).unwrap_err().to_string();
             assert!(err.contains("supervisor"), "{err}");
-            jail.create_file("kalam.toml", "[supervisor]\nmax_restarts = 50\n")?;
+            jail.create_file("kalam.toml", "[supervisor]\nhealth_misses = 0\n")?;
+            let err = KalamConfig::load(None).unwrap_err().to_string();
+            assert!(err.contains("supervisor.health_interval_ms"), "{err}");
+            jail.create_file("kalam.toml", "[supervisor]\nmax_restarts = 50\nlived_memory_limit_mb = 512\n")?;
+            jail.set_env("KALAMDB_SUPERVISOR_HEALTH_INTERVAL_MS", "250");
             let cfg = KalamConfig::load(None).unwrap();
             assert_eq!((cfg.storage.compression.as_str(), cfg.supervisor.max_restarts), ("zstd", 50));
+            assert_eq!((cfg.supervisor.health_interval_ms, cfg.supervisor.lived_memory_limit_mb), (250, 512));
             Ok(())
         });
     }

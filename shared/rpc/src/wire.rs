@@ -228,13 +228,19 @@ pub struct LiveSubscription {
     pub last_update_us: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessInfo {
     pub name: String,
     pub pid: Option<u32>,
     /// `starting`, `running`, `backoff`, `stopped` or `failed`.
     pub state: String,
     pub restarts: u32,
+    /// When the current instance was started (µs since the epoch).
+    pub started_at_us: Option<i64>,
+    /// Resident memory of the current instance, as last sampled.
+    pub memory_bytes: Option<u64>,
+    /// CPU use of the current instance over the last sampling period (100 = one core).
+    pub cpu_percent: Option<f32>,
 }
 
 #[cfg(test)]
