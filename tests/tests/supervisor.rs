@@ -84,3 +84,22 @@ async fn a_daemon_over_its_memory_limit_is_restarted_then_given_up() {
     let resp = cluster.client("u1").query("SELECT 1 AS one").await.expect("query");
     assert_eq!(resp.status, "success");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_supervisor_on_the_same_data_directory_refuses_to_start() {
+    let cluster = Cluster::start().await;
+    let port = kalam_e2e::free_port();
+    let mut second = kalam_e2e::spawn_supervisor(cluster.dir.path(), port, &[]);
+    let status = wait_for(Duration::from_secs(30), "second supervisor exits", || {
+        let status = second.try_wait().ok().flatten();
+        async move { status }
+    })
+    .await;
+    assert!(!status.success(), "{status:?}");
+    let out = std::fs::read_to_string(cluster.dir.path().join(format!("supervisor-{port}.out"))).unwrap();
+    assert!(out.contains("already running"), "{out}");
+    // The first one still serves, its sockets untouched.
+    let resp = cluster.client("u1").query("SELECT 1 AS one").await.expect("query");
+    assert_eq!(resp.status, "success");
+    assert!(cluster.processes().await.is_some());
+}

@@ -37,16 +37,29 @@ where
     tarpc::serde_transport::new(framed, Bincode::default())
 }
 
-/// Binds a service socket: removes a stale file, binds, restricts it to the owner.
+/// Binds a service socket in a 0700 directory, restricted to the owner (0600). A socket file
+/// left by a crashed process (nobody accepts on it) is replaced; one a live process still
+/// serves means the service is already running, and binding fails with `AddrInUse`.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    if std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{} is served by a running process: KalamDB is already running on this data directory",
+                    path.display()
+                ),
+            ));
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -171,5 +184,37 @@ mod tests {
         assert_eq!(err.code, kalam_types::ErrorCode::JobNotFound);
         server.abort();
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
+        let dir = tempfile_dir();
+        let path = socket_path(&dir, sockets::LIVE);
+        let first = bind(&path).unwrap();
+        let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        let err = bind(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("already running"), "{err}");
+        // The process is gone but its socket file stays: the next start replaces it.
+        drop(first);
+        assert!(path.exists());
+        let _second = bind(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "kalam-rpc-bind-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
     }
 }
