@@ -286,7 +286,19 @@ impl Connection {
         loop {
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => {
-                    let _ = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, sink.send(close_with(CloseCode::Away, "server shutting down"))).await;
+                    let close = close_with(CloseCode::Away, "server shutting down");
+                    if let Ok(Ok(())) = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, sink.send(close)).await {
+                        // Wait for the client's close reply, so the socket is not reset while
+                        // the client still has our close frame to read.
+                        let reply = async {
+                            while let Some(Ok(msg)) = stream.next().await {
+                                if matches!(msg, Message::Close(_)) {
+                                    break;
+                                }
+                            }
+                        };
+                        let _ = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, reply).await;
+                    }
                     break;
                 }
                 _ = slow.cancelled() => break,

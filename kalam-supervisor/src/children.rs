@@ -85,6 +85,8 @@ pub fn spawn(
     }
     cmd.envs(cfg.child_env())
         .env("KALAMDB_SUPERVISOR_STARTED_MS", started_ms.to_string())
+        // Readiness is the supervisor's to report (systemd `NotifyAccess=main`).
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let pass_listener = kind == Kind::Kalamd;

@@ -166,9 +166,20 @@ async fn supervise_all(
         _ = int.recv() => {}
         r = ready_rx => {
             if r.is_ok() {
-                others.push((Kind::Flushd, tokio::spawn(supervise(Kind::Flushd, ctx.clone(), None, stops[1].clone()))));
-                others.push((Kind::Lived, tokio::spawn(supervise(Kind::Lived, ctx.clone(), None, stops[2].clone()))));
+                let (flushd_tx, flushd_rx) = oneshot::channel();
+                let (lived_tx, lived_rx) = oneshot::channel();
+                others.push((Kind::Flushd, tokio::spawn(supervise(Kind::Flushd, ctx.clone(), Some(flushd_tx), stops[1].clone()))));
+                others.push((Kind::Lived, tokio::spawn(supervise(Kind::Lived, ctx.clone(), Some(lived_tx), stops[2].clone()))));
                 tracing::info!("kalamd is up; started kalam-flushd and kalam-lived");
+                // Readiness for systemd (Type=notify) once every daemon answers `health`.
+                tokio::spawn(async move {
+                    if flushd_rx.await.is_ok() && lived_rx.await.is_ok() {
+                        tracing::info!("all daemons healthy");
+                        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                            tracing::warn!(error = %e, "could not notify systemd");
+                        }
+                    }
+                });
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
@@ -186,6 +197,7 @@ async fn supervise_all(
         }
     }
     tracing::info!("kalam-supervisor stopping daemons");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // Reverse start order: kalam-lived, kalam-flushd, then kalamd.
     for (kind, handle) in others.into_iter().rev() {
         let idx = if kind == Kind::Flushd { 1 } else { 2 };

@@ -9,6 +9,14 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::{KalamLinkClient, KalamLinkError};
 
+/// A server frame as [`LiveConnection::next_frame`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Text(Json),
+    /// The close frame's code, if it carried one.
+    Close(Option<u16>),
+}
+
 /// An open WebSocket connection carrying subscriptions.
 pub struct LiveConnection {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -49,6 +57,22 @@ impl LiveConnection {
                     return serde_json::from_str(&t).map(Some).map_err(|e| KalamLinkError::Protocol(e.to_string()));
                 }
                 Message::Close(_) => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next text message or the close frame (its code), skipping pings. `Ok(None)` when
+    /// the stream ended without a close frame.
+    pub async fn next_frame(&mut self) -> Result<Option<Frame>, KalamLinkError> {
+        while let Some(frame) = self.ws.next().await {
+            match frame.map_err(ws_err)? {
+                Message::Text(t) => {
+                    let json = serde_json::from_str(&t).map_err(|e| KalamLinkError::Protocol(e.to_string()))?;
+                    return Ok(Some(Frame::Text(json)));
+                }
+                Message::Close(c) => return Ok(Some(Frame::Close(c.map(|c| u16::from(c.code))))),
                 _ => {}
             }
         }

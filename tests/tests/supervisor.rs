@@ -103,3 +103,144 @@ async fn a_second_supervisor_on_the_same_data_directory_refuses_to_start() {
     assert_eq!(resp.status, "success");
     assert!(cluster.processes().await.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_crashes_on_start_is_restarted_with_growing_delays_then_given_up() {
+    // The real kalamd and kalam-lived, and a kalam-flushd that records its start and exits.
+    let bins = tempfile::tempdir().expect("bin dir");
+    let real = kalam_e2e::bin_dir();
+    for name in ["kalamd", "kalam-lived"] {
+        std::os::unix::fs::symlink(real.join(name), bins.path().join(name)).expect("symlink");
+    }
+    let starts = bins.path().join("starts.log");
+    let script = format!("#!/bin/sh\ndate +%s%N >> '{}'\nexit 3\n", starts.display());
+    let flushd = bins.path().join("kalam-flushd");
+    std::fs::write(&flushd, script).expect("script");
+    std::fs::set_permissions(&flushd, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+
+    let dir = tempfile::tempdir().expect("data dir");
+    let config = "[supervisor]\nrestart_backoff_min_ms = 1000\nrestart_backoff_max_ms = 8000\nmax_restarts = 3\n";
+    std::fs::write(dir.path().join("kalam.toml"), config).expect("config");
+    let port = kalam_e2e::free_port();
+    let mut supervisor = kalam_e2e::spawn_supervisor(dir.path(), port, &[("KALAMDB_BIN_DIR", bins.path())]);
+    let client = kalam_link::KalamLinkClient::new(format!("http://127.0.0.1:{port}")).with_user("u1");
+    let failed = wait_for(Duration::from_secs(60), "kalam-flushd given up", || async {
+        let procs = rows(&client, "SELECT name, state, restarts FROM system.processes").await;
+        procs.into_iter().find(|p| p["name"] == "kalam-flushd" && p["state"] == "failed")
+    })
+    .await;
+    let times: Vec<i128> =
+        std::fs::read_to_string(&starts).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let gaps_ms: Vec<i128> = times.windows(2).map(|w| (w[1] - w[0]) / 1_000_000).collect();
+    eprintln!("kalam-flushd starts: {}, gaps between them (ms): {gaps_ms:?}; {failed:?}", times.len());
+    // The first start plus max_restarts restarts, then no more.
+    assert_eq!(times.len(), 4, "{gaps_ms:?}");
+    assert_eq!(failed["restarts"], 3);
+    assert!(gaps_ms.iter().all(|g| *g >= 1_000), "restarted faster than once per second: {gaps_ms:?}");
+    assert!(gaps_ms.windows(2).all(|w| w[1] > w[0]), "delays do not grow: {gaps_ms:?}");
+    let out = std::fs::read_to_string(dir.path().join(format!("supervisor-{port}.out"))).unwrap_or_default();
+    assert!(out.contains("too many restarts; giving up"), "{out}");
+    // kalamd keeps serving without kalam-flushd.
+    assert_eq!(client.query("SELECT 1 AS one").await.expect("query").status, "success");
+    let _ = kill(Pid::from_raw(supervisor.id() as i32), Signal::SIGTERM);
+    let _ = supervisor.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_closes_sockets_cleanly_and_keeps_every_acknowledged_write() {
+    let cluster = Cluster::start().await;
+    let client = cluster.client("u1");
+    client.query("CREATE NAMESPACE app; CREATE USER TABLE app.t (id BIGINT PRIMARY KEY, v TEXT)").await.expect("setup");
+    let mut ws = client.connect_live().await.expect("ws");
+    ws.subscribe("s", "SELECT * FROM app.t").await.expect("subscribe");
+    let ack = tokio::time::timeout(Duration::from_secs(10), ws.next_message()).await.expect("ack").unwrap().unwrap();
+    assert_eq!(ack["type"], "subscription_ack");
+    // Writers run until the server goes away; every acknowledged id must survive.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for w in 0..4i64 {
+        let (client, acked) = (cluster.client("u1"), acked.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let id = w * 1_000_000 + i;
+                match client.query(&format!("INSERT INTO app.t VALUES ({id}, 'x')")).await {
+                    Ok(r) if r.status == "success" => acked.lock().unwrap().push(id),
+                    _ => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pids: Vec<u32> = cluster.processes().await.expect("process table").iter().filter_map(|p| p.pid).collect();
+    assert_eq!(pids.len(), 3);
+    let started = Instant::now();
+    let status = tokio::task::block_in_place(|| cluster.terminate(Duration::from_secs(60))).expect("supervisor exited");
+    let took = started.elapsed();
+    for w in writers {
+        let _ = w.await;
+    }
+    // The subscriber sees a close with 1001 (going away) after whatever changes were queued.
+    let mut close_code = None;
+    while let Ok(Some(frame)) =
+        tokio::time::timeout(Duration::from_secs(10), ws.next_frame()).await.expect("close in time")
+    {
+        if let kalam_link::live::Frame::Close(code) = frame {
+            close_code = code;
+            break;
+        }
+    }
+    eprintln!("SIGTERM → exit {status:?} in {} ms; close code {close_code:?}", took.as_millis());
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(30), "shutdown took {took:?}");
+    assert_eq!(close_code, Some(1001));
+    // No daemon is left running.
+    for pid in pids {
+        assert!(kill(Pid::from_raw(pid as i32), None).is_err(), "daemon {pid} still exists");
+    }
+    // Restart on the same data directory: every acknowledged write is there.
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 10, "only {} writes before the shutdown", acked.len());
+    let port = kalam_e2e::free_port();
+    let mut again = kalam_e2e::spawn_supervisor(cluster.dir.path(), port, &[]);
+    let client = kalam_link::KalamLinkClient::new(format!("http://127.0.0.1:{port}")).with_user("u1");
+    let stored = wait_for(Duration::from_secs(120), "restarted server", || async {
+        client.query("SELECT id FROM app.t").await.ok()?.results.into_iter().next()?.rows
+    })
+    .await;
+    let stored: std::collections::HashSet<i64> = stored.iter().filter_map(|r| r["id"].as_i64()).collect();
+    let missing: Vec<&i64> = acked.iter().filter(|id| !stored.contains(id)).collect();
+    eprintln!("{} acknowledged writes, {} rows after restart", acked.len(), stored.len());
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    let _ = kill(Pid::from_raw(again.id() as i32), Signal::SIGTERM);
+    let _ = again.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_once_every_daemon_is_healthy_and_stopping_on_sigterm() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+    let socket = std::sync::Arc::new(socket);
+    let port = kalam_e2e::free_port();
+    let mut supervisor = kalam_e2e::spawn_supervisor(dir.path(), port, &[("NOTIFY_SOCKET", &socket_path)]);
+    let recv = |socket: std::sync::Arc<std::os::unix::net::UnixDatagram>| {
+        tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 512];
+            let n = socket.recv(&mut buf).expect("notification");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+    };
+    let ready = recv(socket.clone()).await.unwrap();
+    assert!(ready.contains("READY=1"), "{ready}");
+    // By then every daemon answers health.
+    let run_dir = dir.path().join("data").join("run");
+    let client = kalam_rpc::transport::connect_supervisor(&run_dir).await.expect("supervisor rpc");
+    let procs = client.processes(tarpc::context::current()).await.expect("processes");
+    assert!(procs.iter().all(|p| p.state == "running"), "{procs:?}");
+    kill(Pid::from_raw(supervisor.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let stopping = recv(socket).await.unwrap();
+    assert!(stopping.contains("STOPPING=1"), "{stopping}");
+    let status = tokio::task::spawn_blocking(move || supervisor.wait()).await.unwrap().expect("exit");
+    assert!(status.success(), "{status:?}");
+}
