@@ -195,6 +195,33 @@ impl Engine {
     }
 }
 
+/// Runs `pass` on the blocking pool every `period` until `stop` (background maintenance:
+/// stream eviction, change-log retention). A failed pass is logged and the next one runs on
+/// time; a pass that did something (a count above 0) is logged at debug level.
+pub async fn every(
+    engine: Arc<Engine>,
+    period: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+    what: &'static str,
+    pass: impl Fn(&Engine) -> Result<u64, EngineError> + Clone + Send + 'static,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (e, pass) = (engine.clone(), pass.clone());
+        match tokio::task::spawn_blocking(move || pass(&e)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(count = n, "{what}"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "{what} failed"),
+            Err(e) => tracing::warn!(error = %e, "{what} task failed"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -331,22 +331,11 @@ fn partition_changed(
 pub async fn retention_loop(engine: Arc<Engine>, stop: tokio_util::sync::CancellationToken) {
     let retention = engine.cfg.storage.change_log_retention_seconds;
     let period = std::time::Duration::from_secs((retention / 10).clamp(1, 60));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let e = engine.clone();
+    crate::engine::every(engine, period, stop, "change-log retention", move |e| {
         let cutoff = crate::clock::wall_clock_us().saturating_sub((retention as i64).saturating_mul(1_000_000));
-        match tokio::task::spawn_blocking(move || e.store.purge_change_log(cutoff)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::debug!(removed = n, "change-log retention"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "change-log retention failed"),
-            Err(e) => tracing::warn!(error = %e, "change-log retention task failed"),
-        }
-    }
+        Ok(e.store.purge_change_log(cutoff)?)
+    })
+    .await;
 }
 
 /// `SUBSCRIBE TO`: validates the subscription and tells the client how to open it over the

@@ -160,20 +160,7 @@ impl StreamBuffers {
 /// Evicts expired STREAM rows every `stream.eviction_interval_seconds` until `stop`.
 pub async fn eviction_loop(engine: std::sync::Arc<Engine>, stop: tokio_util::sync::CancellationToken) {
     let period = std::time::Duration::from_secs(engine.cfg.stream.eviction_interval_seconds);
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let e = engine.clone();
-        match tokio::task::spawn_blocking(move || e.evict_streams()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "stream eviction failed"),
-            Err(e) => tracing::warn!(error = %e, "stream eviction task failed"),
-        }
-    }
+    crate::engine::every(engine, period, stop, "stream eviction", |e| e.evict_streams().map(|n| n as u64)).await;
 }
 
 impl Engine {
