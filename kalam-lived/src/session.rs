@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use kalam_config::KalamConfig;
-use kalam_rpc::{EngineClient, SnapshotOptions, SubscriptionPlan};
+use kalam_rpc::{EngineClient, SubscribeOptions, SubscriptionPlan};
 use kalam_types::ErrorCode;
 use kalam_types::auth::{Credential, loopback_bypass};
 use kalam_types::ids::UserId;
@@ -199,49 +199,6 @@ fn refusal(code: ErrorCode, message: impl Into<String>) -> Refusal {
 
 fn unavailable() -> Refusal {
     refusal(ErrorCode::ServiceUnavailable, "The database is restarting; try again")
-}
-
-/// Snapshot and resume options of a subscribe request (api.md §4.2).
-#[derive(Debug, Default, PartialEq)]
-struct StartOptions {
-    snapshot: Option<SnapshotOptions>,
-    from_seq: Option<u64>,
-}
-
-fn start_options(options: &serde_json::Map<String, Json>) -> Result<StartOptions, Refusal> {
-    let bad = |m: &str| refusal(ErrorCode::InvalidOption, format!("Invalid option value: {m}"));
-    let mut snapshot = SnapshotOptions::default();
-    let mut from_seq = None;
-    for (key, value) in options {
-        match key.as_str() {
-            "last_rows" => {
-                let n = value.as_u64().ok_or_else(|| bad("last_rows must be a non-negative integer"))?;
-                snapshot.last_rows = (n > 0).then_some(n);
-            }
-            "since" => {
-                let text = value.as_str().ok_or_else(|| bad("since must be a timestamp string"))?;
-                if kalam_types::time::parse_timestamp_micros(text).is_none() {
-                    return Err(bad(&format!("since must be a timestamp, got '{text}'")));
-                }
-                snapshot.since = Some(text.to_owned());
-            }
-            "from_id" => {
-                if !(value.is_number() || value.is_string()) {
-                    return Err(bad("from_id must be a number or a string"));
-                }
-                snapshot.from_id = Some(value.to_string());
-            }
-            "from_seq" => {
-                from_seq = Some(value.as_u64().ok_or_else(|| bad("from_seq must be a non-negative integer"))?)
-            }
-            // Unknown options are ignored, like unknown fields (api.md: additive changes).
-            _ => {}
-        }
-    }
-    if from_seq.is_some() && options.keys().any(|k| matches!(k.as_str(), "last_rows" | "since" | "from_id")) {
-        return Err(refusal(ErrorCode::InvalidOption, "from_seq cannot be combined with last_rows, since or from_id"));
-    }
-    Ok(StartOptions { snapshot: (!snapshot.is_empty()).then_some(snapshot), from_seq })
 }
 
 /// Writes one frame unless the connection is closed as a slow consumer first or the client
@@ -522,7 +479,7 @@ impl Connection {
         &self,
         req: &SubscriptionRequest,
         options: &serde_json::Map<String, Json>,
-    ) -> Result<StartOptions, Refusal> {
+    ) -> Result<SubscribeOptions, Refusal> {
         let id = &req.id;
         if id.is_empty() || id.chars().count() > MAX_SUBSCRIPTION_ID_LEN {
             return Err(refusal(ErrorCode::InvalidSubscription, "Subscription id must be 1-128 characters"));
@@ -542,7 +499,7 @@ impl Connection {
                 ),
             ));
         }
-        start_options(options)
+        SubscribeOptions::parse(options).map_err(|e| (e.code, e.message))
     }
 
     async fn plan(&self, sql: &str) -> Result<(EngineClient, SubscriptionPlan), Refusal> {
@@ -585,7 +542,7 @@ impl Connection {
         engine: &EngineClient,
         plan: &SubscriptionPlan,
         sub: &Arc<Subscription>,
-        start: StartOptions,
+        start: SubscribeOptions,
         cursor: u64,
         options: &serde_json::Map<String, Json>,
         sink: &mut Sink,
@@ -714,10 +671,6 @@ impl Connection {
 mod tests {
     use super::*;
 
-    fn options(json: &str) -> serde_json::Map<String, Json> {
-        serde_json::from_str(json).unwrap()
-    }
-
     #[test]
     fn upgrade_requests_are_authenticated_before_the_handshake() {
         let cfg = KalamConfig::default();
@@ -745,26 +698,5 @@ mod tests {
         assert_eq!(refused(lo, req("/v1/ws", &[("authorization", "Bearer x")])), (401, ErrorCode::InvalidToken));
         assert_eq!(refused(lo, req("/v1/ws?user_id=a/b", &[])).0, 400);
         assert_eq!(refused(lo, req("/other", &[])).0, 404);
-    }
-
-    #[test]
-    fn start_options_follow_the_protocol() {
-        let ok = |j: &str| start_options(&options(j)).unwrap();
-        let code = |j: &str| start_options(&options(j)).unwrap_err().0;
-        assert_eq!(ok("{}"), StartOptions::default());
-        assert_eq!(ok(r#"{"last_rows": 0}"#), StartOptions::default());
-        assert_eq!(ok(r#"{"from_seq": 7}"#).from_seq, Some(7));
-        let snap =
-            ok(r#"{"last_rows": 5, "from_id": "k", "since": "2025-01-01T00:00:00Z", "later": 1}"#).snapshot.unwrap();
-        assert_eq!(
-            (snap.last_rows, snap.from_id.as_deref(), snap.since.as_deref()),
-            (Some(5), Some("\"k\""), Some("2025-01-01T00:00:00Z"))
-        );
-        assert_eq!(code(r#"{"last_rows": -1}"#), ErrorCode::InvalidOption);
-        assert_eq!(code(r#"{"last_rows": "5"}"#), ErrorCode::InvalidOption);
-        assert_eq!(code(r#"{"since": "yesterday"}"#), ErrorCode::InvalidOption);
-        assert_eq!(code(r#"{"from_id": [1]}"#), ErrorCode::InvalidOption);
-        assert_eq!(code(r#"{"from_seq": 3, "last_rows": 1}"#), ErrorCode::InvalidOption);
-        assert_eq!(code(r#"{"from_seq": -3}"#), ErrorCode::InvalidOption);
     }
 }

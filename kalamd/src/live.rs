@@ -11,7 +11,7 @@ use datafusion::sql::sqlparser::ast::{
     visit_expressions_mut,
 };
 use kalam_filter::{JsonRow, RowFilter};
-use kalam_rpc::{Snapshot, SnapshotOptions, SubscriptionPlan};
+use kalam_rpc::{Snapshot, SnapshotOptions, SubscribeOptions, SubscriptionPlan};
 use kalam_types::codec;
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
@@ -351,24 +351,11 @@ pub fn subscribe_statement(
         Some(f) => format!("SELECT * FROM {table} WHERE {f}"),
         None => format!("SELECT * FROM {table}"),
     };
-    let mut snapshot = SnapshotOptions::default();
-    for (key, value) in options {
-        match key.as_str() {
-            "last_rows" => {
-                snapshot.last_rows =
-                    Some(value.as_u64().ok_or_else(|| {
-                        invalid_option("Invalid option value: last_rows must be a non-negative integer")
-                    })?)
-            }
-            "since" => {
-                snapshot.since = Some(
-                    value.as_str().map(str::to_owned).ok_or_else(|| invalid_option("Invalid option value: since"))?,
-                )
-            }
-            "from_id" => snapshot.from_id = Some(value.to_string()),
-            other => return Err(invalid_option(format!("Unknown option '{other}'"))),
-        }
+    // SUBSCRIBE TO knows only the snapshot options of sql.md §12.
+    if let Some(other) = options.keys().find(|k| !matches!(k.as_str(), "last_rows" | "since" | "from_id")) {
+        return Err(invalid_option(format!("Unknown option '{other}'")));
     }
+    let snapshot = SubscribeOptions::parse(options).map_err(EngineError::User)?.snapshot.unwrap_or_default();
     let plan = plan(engine, user, &sql)?;
     let def = engine.catalog.require_table(&plan.namespace, &plan.table)?;
     selection(&def, &snapshot)?;
@@ -466,6 +453,45 @@ mod tests {
         assert_eq!(code("SELECT nope FROM app.m").0, ErrorCode::ColumnNotFound);
         assert_eq!(code("SELECT * FROM app.m WHERE nope = 1").0, ErrorCode::ColumnNotFound);
         assert_eq!(code("SELECT * FROM m").0, ErrorCode::InvalidSql);
+    }
+
+    #[tokio::test]
+    async fn subscribe_to_validates_and_names_bad_options() {
+        let (_dir, engine) = engine(5).await;
+        let alice = UserId::parse("alice").unwrap();
+        let run = |sql: &str| {
+            let KalamStatement::Subscribe { table, filter, options } = parse_statement(sql).unwrap() else {
+                panic!("{sql} is not SUBSCRIBE TO")
+            };
+            subscribe_statement(&engine, &alice, &table, filter.as_deref(), &options)
+        };
+        let ok = run("SUBSCRIBE TO app.m WHERE room = 'a' LAST 3").unwrap();
+        let row = &ok.rows.unwrap()[0];
+        assert_eq!(row.0[0].1, "subscription_required");
+        assert_eq!(row.0[2].1["sql"], "SELECT * FROM app.m WHERE room = 'a'");
+        assert_eq!(row.0[2].1["options"]["last_rows"], 3);
+        for (sql, message) in [
+            (
+                "SUBSCRIBE TO app.m OPTIONS (last_rows = -1)",
+                "Invalid option value: last_rows must be a non-negative integer",
+            ),
+            ("SUBSCRIBE TO app.m OPTIONS (from_seq = 3)", "Unknown option 'from_seq'"),
+            (
+                "SUBSCRIBE TO app.m OPTIONS (since = 'soon')",
+                "Invalid option value: since must be a timestamp, got 'soon'",
+            ),
+        ] {
+            match run(sql) {
+                Err(EngineError::User(e)) => {
+                    assert_eq!((e.code, e.message.as_str()), (ErrorCode::InvalidOption, message))
+                }
+                other => panic!("{sql}: {other:?}"),
+            }
+        }
+        match run("SUBSCRIBE TO app.s") {
+            Err(EngineError::User(e)) => assert_eq!(e.code, ErrorCode::InvalidOperation),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

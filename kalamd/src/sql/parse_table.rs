@@ -600,7 +600,14 @@ pub fn parse_option_list(p: &mut Parser<'_>) -> Result<serde_json::Map<String, s
         if !p.consume_token(&Token::Eq) {
             return Err(syntax_error(&p.peek_token().token));
         }
+        // A leading minus belongs to the number, so the option's own check can name the problem.
+        let negative = p.consume_token(&Token::Minus);
         let value = match p.parse_value().map_err(invalid_sql)?.value {
+            SqlValue::Number(n, long) if negative => SqlValue::Number(format!("-{n}"), long),
+            _ if negative => return Err(syntax_error(&Token::Minus)),
+            other => other,
+        };
+        let value = match value {
             SqlValue::SingleQuotedString(s) => serde_json::Value::String(s),
             SqlValue::Boolean(b) => serde_json::Value::Bool(b),
             SqlValue::Number(n, _) => serde_json::from_str::<serde_json::Value>(&n)

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use kalam_types::change::{ChangeKind, ChangeRecord};
+use kalam_types::error::KalamError as RpcError;
 use kalam_types::schema::{TableDefinition, TableType};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +175,58 @@ impl SnapshotOptions {
     }
 }
 
+/// The start options of one subscription (api.md §4.2): a snapshot, or a resume with
+/// `from_seq`, or neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    pub snapshot: Option<SnapshotOptions>,
+    pub from_seq: Option<u64>,
+}
+
+impl SubscribeOptions {
+    /// Reads the `options` object of a subscription (WebSocket) or of `SUBSCRIBE TO … OPTIONS`.
+    /// Bad values are `INVALID_OPTION`; unknown keys are ignored (callers that must refuse
+    /// them check first). `last_rows: 0` asks for no snapshot.
+    pub fn parse(options: &serde_json::Map<String, serde_json::Value>) -> Result<SubscribeOptions, RpcError> {
+        use kalam_types::ErrorCode;
+        let bad = |m: &str| RpcError::new(ErrorCode::InvalidOption, format!("Invalid option value: {m}"));
+        let mut snapshot = SnapshotOptions::default();
+        let mut from_seq = None;
+        for (key, value) in options {
+            match key.as_str() {
+                "last_rows" => {
+                    let n = value.as_u64().ok_or_else(|| bad("last_rows must be a non-negative integer"))?;
+                    snapshot.last_rows = (n > 0).then_some(n);
+                }
+                "since" => {
+                    let text = value.as_str().ok_or_else(|| bad("since must be a timestamp string"))?;
+                    if kalam_types::time::parse_timestamp_micros(text).is_none() {
+                        return Err(bad(&format!("since must be a timestamp, got '{text}'")));
+                    }
+                    snapshot.since = Some(text.to_owned());
+                }
+                "from_id" => {
+                    if !(value.is_number() || value.is_string()) {
+                        return Err(bad("from_id must be a number or a string"));
+                    }
+                    snapshot.from_id = Some(value.to_string());
+                }
+                "from_seq" => {
+                    from_seq = Some(value.as_u64().ok_or_else(|| bad("from_seq must be a non-negative integer"))?)
+                }
+                _ => {}
+            }
+        }
+        if from_seq.is_some() && options.keys().any(|k| matches!(k.as_str(), "last_rows" | "since" | "from_id")) {
+            return Err(RpcError::new(
+                ErrorCode::InvalidOption,
+                "from_seq cannot be combined with last_rows, since or from_id",
+            ));
+        }
+        Ok(SubscribeOptions { snapshot: (!snapshot.is_empty()).then_some(snapshot), from_seq })
+    }
+}
+
 /// The initial rows of a subscription.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -246,6 +299,32 @@ pub struct ProcessInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options(json: &str) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn subscribe_options_follow_the_protocol() {
+        use kalam_types::ErrorCode;
+        let ok = |j: &str| SubscribeOptions::parse(&options(j)).unwrap();
+        let code = |j: &str| SubscribeOptions::parse(&options(j)).unwrap_err().code;
+        assert_eq!(ok("{}"), SubscribeOptions::default());
+        assert_eq!(ok(r#"{"last_rows": 0}"#), SubscribeOptions::default());
+        assert_eq!(ok(r#"{"from_seq": 7}"#).from_seq, Some(7));
+        let snap =
+            ok(r#"{"last_rows": 5, "from_id": "k", "since": "2025-01-01T00:00:00Z", "later": 1}"#).snapshot.unwrap();
+        assert_eq!(
+            (snap.last_rows, snap.from_id.as_deref(), snap.since.as_deref()),
+            (Some(5), Some("\"k\""), Some("2025-01-01T00:00:00Z"))
+        );
+        assert_eq!(code(r#"{"last_rows": -1}"#), ErrorCode::InvalidOption);
+        assert_eq!(code(r#"{"last_rows": "5"}"#), ErrorCode::InvalidOption);
+        assert_eq!(code(r#"{"since": "yesterday"}"#), ErrorCode::InvalidOption);
+        assert_eq!(code(r#"{"from_id": [1]}"#), ErrorCode::InvalidOption);
+        assert_eq!(code(r#"{"from_seq": 3, "last_rows": 1}"#), ErrorCode::InvalidOption);
+        assert_eq!(code(r#"{"from_seq": -3}"#), ErrorCode::InvalidOption);
+    }
 
     #[test]
     fn a_candidate_is_due_after_its_interval_with_rows_and_no_job() {
