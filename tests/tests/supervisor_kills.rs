@@ -1,51 +1,77 @@
 //! kill -9 of kalam-flushd and kalam-lived, 100 times each in turn, under a steady write and
-//! subscription load: no write fails, every kill is followed by a restart, and the subscriber
-//! resumes each time (kalamd, which owns the data path, is never touched). Write latency with
-//! and without the kills is printed; the target (p99 within +20 %) is not met yet: debug
-//! builds measured 7 ms without kills and 24 ms during them (restarting a daemon every 0.3 s
-//! competes with kalamd for the two cores), so it is reported, not asserted.
+//! subscription load: no write fails, every kill is followed by a restart, the subscriber
+//! resumes each time, and the p99 write latency while daemons are being killed stays within
+//! +20 % of the p99 between kill bursts.
+//!
+//! Calm and kill windows alternate through one run, so both see the same table (inserts get
+//! slower as flushed files accumulate; comparing an early calm phase with a later kill phase
+//! would measure that, not the kills). The few hundred milliseconds after each burst belong to
+//! neither window. nextest runs this test alone (`.config/nextest.toml`), so other tests do not
+//! distort one window more than the other.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kalam_e2e::Cluster;
 use serde_json::json;
 
 const KILLS_EACH: usize = 100;
+/// Kills of each daemon per burst; bursts alternate with calm windows.
+const KILLS_PER_BURST: usize = 10;
+const CALM_WINDOW: Duration = Duration::from_millis(2500);
+const SETTLE: Duration = Duration::from_millis(500);
 
-/// Single-row INSERTs from `writers` tasks until `stop`; returns every latency and the number
-/// of failed writes.
-async fn write_load(cluster: &Cluster, writers: usize, first_id: i64, stop: Arc<AtomicBool>) -> (Vec<Duration>, u64) {
-    let failed = Arc::new(AtomicU64::new(0));
+const SETTLING: u8 = 0;
+const CALM: u8 = 1;
+const KILLING: u8 = 2;
+
+/// Latencies of successful single-row INSERTs, by the window each one started in.
+#[derive(Default)]
+struct Latencies {
+    calm: Vec<Duration>,
+    killing: Vec<Duration>,
+    failed: u64,
+}
+
+/// Single-row INSERTs from `writers` tasks until `stop`.
+async fn write_load(cluster: &Cluster, writers: usize, window: Arc<AtomicU8>, stop: Arc<AtomicBool>) -> Latencies {
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (client, stop, failed) = (cluster.client("u1"), stop.clone(), failed.clone());
+        let (client, window, stop) = (cluster.client("u1"), window.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut out = Latencies::default();
             let mut i = 0i64;
             while !stop.load(Ordering::Relaxed) {
-                let id = first_id + w as i64 * 10_000_000 + i;
+                let id = w as i64 * 1_000_000_000 + i;
                 i += 1;
-                let t = Instant::now();
+                let (t, started_in) = (Instant::now(), window.load(Ordering::Relaxed));
                 match client.query(&format!("INSERT INTO app.t VALUES ({id}, 'x')")).await {
-                    Ok(r) if r.status == "success" => latencies.push(t.elapsed()),
+                    Ok(r) if r.status == "success" => match started_in {
+                        CALM => out.calm.push(t.elapsed()),
+                        KILLING => out.killing.push(t.elapsed()),
+                        _ => {}
+                    },
                     other => {
                         eprintln!("write {id} failed: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed);
+                        out.failed += 1;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            latencies
+            out
         }));
     }
-    let mut all = Vec::new();
+    let mut all = Latencies::default();
     for t in tasks {
-        all.extend(t.await.expect("writer"));
+        let one = t.await.expect("writer");
+        all.calm.extend(one.calm);
+        all.killing.extend(one.killing);
+        all.failed += one.failed;
     }
-    all.sort();
-    (all, failed.load(Ordering::Relaxed))
+    all.calm.sort();
+    all.killing.sort();
+    all
 }
 
 /// A subscriber that resumes with `from_seq` whenever its socket is dropped; counts changes.
@@ -93,7 +119,7 @@ fn p99(sorted: &[Duration]) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_flushd_and_lived_a_hundred_times_each_fails_no_write() {
+async fn killing_flushd_and_lived_a_hundred_times_each_fails_no_write_and_keeps_p99() {
     let config = "[supervisor]\nmax_restarts = 10000\nrestart_backoff_min_ms = 100\nrestart_backoff_max_ms = 200\n";
     let cluster = Cluster::start_with_config(config).await;
     cluster
@@ -101,68 +127,57 @@ async fn killing_flushd_and_lived_a_hundred_times_each_fails_no_write() {
         .query("CREATE NAMESPACE app; CREATE USER TABLE app.t (id BIGINT PRIMARY KEY, v TEXT) WITH (FLUSH_ROW_THRESHOLD = 500)")
         .await
         .expect("setup");
-    let changes = Arc::new(AtomicU64::new(0));
-
-    // Without kills, for about as long as the kill run takes per 20 kills.
-    let stop = Arc::new(AtomicBool::new(false));
+    let (changes, window, stop) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU8::new(SETTLING)), Arc::new(AtomicBool::new(false)));
     let sub = subscriber(&cluster, stop.clone(), changes.clone());
     let load = {
-        let stop = stop.clone();
-        let cluster_ref = &cluster;
-        async move { write_load(cluster_ref, 2, 0, stop).await }
-    };
-    let timer = {
-        let stop = stop.clone();
-        async move {
-            tokio::time::sleep(Duration::from_secs(8)).await;
-            stop.store(true, Ordering::Relaxed);
-        }
-    };
-    let ((calm, calm_failed), ()) = tokio::join!(load, timer);
-    sub.await.expect("subscriber");
-
-    // The same load while the daemons are killed in turn.
-    let stop = Arc::new(AtomicBool::new(false));
-    let sub = subscriber(&cluster, stop.clone(), changes.clone());
-    let load = {
-        let stop = stop.clone();
-        let cluster_ref = &cluster;
-        async move { write_load(cluster_ref, 2, 100_000_000, stop).await }
+        let (window, stop, cluster_ref) = (window.clone(), stop.clone(), &cluster);
+        async move { write_load(cluster_ref, 2, window, stop).await }
     };
     let started = Instant::now();
     let kills = {
-        let stop = stop.clone();
-        let cluster_ref = &cluster;
+        let (window, stop, cluster_ref) = (window.clone(), stop.clone(), &cluster);
         async move {
-            for _ in 0..KILLS_EACH {
-                for name in ["kalam-flushd", "kalam-lived"] {
-                    cluster_ref.kill_and_wait_restart(name).await;
+            tokio::time::sleep(SETTLE).await;
+            for _ in 0..KILLS_EACH / KILLS_PER_BURST {
+                window.store(CALM, Ordering::Relaxed);
+                tokio::time::sleep(CALM_WINDOW).await;
+                window.store(KILLING, Ordering::Relaxed);
+                for _ in 0..KILLS_PER_BURST {
+                    for name in ["kalam-flushd", "kalam-lived"] {
+                        cluster_ref.kill_and_wait_restart(name).await;
+                    }
                 }
+                window.store(SETTLING, Ordering::Relaxed);
+                tokio::time::sleep(SETTLE).await;
             }
             stop.store(true, Ordering::Relaxed);
         }
     };
-    let ((stormy, stormy_failed), ()) = tokio::join!(load, kills);
+    let (latencies, ()) = tokio::join!(load, kills);
     let reconnects = sub.await.expect("subscriber");
-    let took = started.elapsed();
 
+    let (calm, killing) = (p99(&latencies.calm), p99(&latencies.killing));
     eprintln!(
-        "without kills: {} writes, p99 {:?}; with {} kills in {:.1} s: {} writes, p99 {:?}; subscriber resumed {} times, {} changes",
-        calm.len(),
-        p99(&calm),
+        "{} kills in {:.1} s; between bursts: {} writes, p99 {calm:?}; during bursts: {} writes, p99 {killing:?} \
+         ({:+.0} %); subscriber resumed {reconnects} times, {} changes",
         2 * KILLS_EACH,
-        took.as_secs_f64(),
-        stormy.len(),
-        p99(&stormy),
-        reconnects,
+        started.elapsed().as_secs_f64(),
+        latencies.calm.len(),
+        latencies.killing.len(),
+        (killing.as_secs_f64() / calm.as_secs_f64() - 1.0) * 100.0,
         changes.load(Ordering::Relaxed)
     );
-    assert_eq!((calm_failed, stormy_failed), (0, 0), "failed writes");
+    assert_eq!(latencies.failed, 0, "failed writes");
     let procs = cluster.processes().await.expect("process table");
     for name in ["kalam-flushd", "kalam-lived"] {
         let p = procs.iter().find(|p| p.name == name).unwrap();
         assert_eq!((p.state.as_str(), p.restarts as usize), ("running", KILLS_EACH), "{p:?}");
     }
     assert!(reconnects > KILLS_EACH as u64 / 2, "the subscriber resumed only {reconnects} times");
-    assert!(!calm.is_empty() && stormy.len() > calm.len(), "the load did not run");
+    assert!(latencies.calm.len() > 1000 && latencies.killing.len() > 1000, "the load did not run");
+    assert!(
+        killing.as_secs_f64() <= calm.as_secs_f64() * 1.2,
+        "p99 write latency during kills {killing:?} is more than 20 % above {calm:?}"
+    );
 }
