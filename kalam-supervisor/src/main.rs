@@ -101,6 +101,9 @@ fn start(args: Args) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot create data directory {}", cfg.storage.data_dir.display()))?;
     let _log = kalam_config::logging::init(&cfg.logging, "kalam-supervisor");
     tracing::info!(version = env!("CARGO_PKG_VERSION"), %addr, data_dir = %cfg.storage.data_dir.display(), "kalam-supervisor starting");
+    for key in KalamConfig::unknown_keys(config_file.as_deref()) {
+        tracing::warn!(key, "unknown configuration key ignored");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(supervise_all(cfg, config_file, listener))
 }
@@ -236,7 +239,7 @@ async fn supervise(
                     p.memory_bytes = None;
                     p.cpu_percent = None;
                 });
-                tracing::info!(process = kind.binary(), ?pid, "started");
+                tracing::info!(process = kind.binary(), pid = pid.unwrap_or_default(), "started");
                 let over_memory = sampler::notifier(&ctx.over_memory, kind);
                 let reason = watch(kind, &mut child, &ctx, &stop, &over_memory, &mut ready).await;
                 if matches!(reason, Watch::Stop) {

@@ -49,7 +49,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn open(cfg: KalamConfig) -> Result<Arc<Engine>, EngineError> {
-        let store = Store::open(&cfg.storage.rocksdb_path)?;
+        let store = Store::open(&cfg.storage.rocksdb_path, &cfg.storage.rocksdb)?;
         let catalog = Catalog::load(store.clone())?;
         crate::users::seed(&store, crate::clock::wall_clock_us())?;
         crate::storages::seed(&store, crate::clock::wall_clock_us())?;

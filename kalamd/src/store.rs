@@ -114,11 +114,14 @@ pub struct CommitGuard<'a> {
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
+    pub fn open(path: &Path, cfg: &kalam_config::RocksDbConfig) -> Result<Arc<Store>, StoreError> {
         std::fs::create_dir_all(path)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // RocksDB's info LOG is bounded like our own logs: rotated by size, a fixed number kept.
+        opts.set_keep_log_file_num(cfg.keep_log_file_num);
+        opts.set_max_log_file_size(cfg.max_log_file_size);
         let mut names: Vec<String> = DB::list_cf(&opts, path).unwrap_or_default();
         for name in cf::ALL {
             if !names.iter().any(|n| n == name) {
@@ -434,7 +437,7 @@ mod tests {
     #[test]
     fn bounded_scans_stop_at_the_byte_budget_but_always_make_progress() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), &Default::default()).unwrap();
         let mut guard = store.begin();
         let cf = store.cf(cf::META).unwrap();
         for k in [b"a", b"b", b"c"] {

@@ -1,6 +1,7 @@
 //! The supervisor as an operator sees it: resource figures in `system.processes`, hung daemons
 //! (no `health` answer) killed and restarted within the configured time, and daemons over their
-//! memory limit restarted and finally given up.
+//! memory limit restarted and finally given up; per-process log files rotated by size, and
+//! RocksDB's own logs bounded.
 
 use std::time::{Duration, Instant};
 
@@ -243,4 +244,64 @@ async fn systemd_hears_ready_once_every_daemon_is_healthy_and_stopping_on_sigter
     assert!(stopping.contains("STOPPING=1"), "{stopping}");
     let status = tokio::task::spawn_blocking(move || supervisor.wait()).await.unwrap().expect("exit");
     assert!(status.success(), "{status:?}");
+}
+
+/// Names of the files in `dir` that start with `prefix`.
+fn files_named(dir: &std::path::Path, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    names.retain(|n| n.starts_with(prefix));
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_process_logs_to_its_own_size_rotated_file_and_rocksdb_logs_are_bounded() {
+    let config = "[logging]\nformat = \"json\"\nmax_file_size = 20000\nmax_files = 2\n\
+                  [storage.rocksdb]\nkeep_log_file_num = 2\n[misspelled]\nsection_key = 1\n";
+    // The harness sets KALAMDB_LOG_LEVEL=info, which wins over the file.
+    let cluster = Cluster::start_with(config, &[("KALAMDB_LOG_LEVEL", std::path::Path::new("debug"))]).await;
+    let client = cluster.client("u1");
+    client.query("CREATE NAMESPACE app; CREATE USER TABLE app.t (id BIGINT PRIMARY KEY, v TEXT)").await.expect("setup");
+    let logs = cluster.data_dir().join("logs");
+    // Enough requests for kalamd's debug log to pass its size limit several times.
+    wait_for(Duration::from_secs(60), "kalamd's log to rotate twice", || async {
+        for i in 0..20 {
+            client.query(&format!("INSERT INTO app.t VALUES ({}, 'x')", rand_id(i))).await.ok()?;
+        }
+        (files_named(&logs, "kalamd.log.").len() == 2).then_some(())
+    })
+    .await;
+    for process in ["kalam-supervisor", "kalamd", "kalam-flushd", "kalam-lived"] {
+        let current = logs.join(format!("{process}.log"));
+        let text = std::fs::read_to_string(&current).unwrap_or_else(|e| panic!("{}: {e}", current.display()));
+        let first = text.lines().next().unwrap_or_else(|| panic!("{process}.log is empty"));
+        let line: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("{first}: {e}"));
+        assert!(line["timestamp"].is_string() && line["level"].is_string(), "{line}");
+    }
+    // max_files = 2: `.1` and `.2` only, each rotated just after passing the size limit.
+    assert_eq!(files_named(&logs, "kalamd.log"), ["kalamd.log", "kalamd.log.1", "kalamd.log.2"]);
+    for name in ["kalamd.log.1", "kalamd.log.2"] {
+        let len = std::fs::metadata(logs.join(name)).unwrap().len();
+        assert!((20_000..40_000).contains(&len), "{name}: {len} bytes");
+    }
+    let supervisor_log = std::fs::read_to_string(logs.join("kalam-supervisor.log")).unwrap();
+    assert!(
+        supervisor_log.contains("unknown configuration key ignored")
+            && supervisor_log.contains("misspelled.section_key"),
+        "{supervisor_log}"
+    );
+    // RocksDB starts a new info LOG each time kalamd opens it; only keep_log_file_num remain.
+    for _ in 0..4 {
+        cluster.kill_and_wait_restart("kalamd").await;
+    }
+    let rocksdb_logs = files_named(&cluster.data_dir().join("rocksdb"), "LOG");
+    assert!(rocksdb_logs.len() <= 2 && rocksdb_logs.contains(&"LOG".to_owned()), "{rocksdb_logs:?}");
+}
+
+/// Distinct ids for the log test's inserts.
+fn rand_id(i: i64) -> i64 {
+    static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 100 + i
 }

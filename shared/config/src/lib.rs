@@ -7,6 +7,8 @@
 //! the per-process rotating log file and stderr output.
 
 pub mod logging;
+#[cfg(test)]
+mod reference;
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +67,23 @@ pub struct StorageConfig {
     pub change_log_retention_seconds: u64,
     /// Parquet compression of flushed files: `none`, `snappy` or `zstd`.
     pub compression: String,
+    pub rocksdb: RocksDbConfig,
+}
+
+/// RocksDB options kalamd opens its database with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RocksDbConfig {
+    /// RocksDB's own info `LOG` files kept (the current one plus rotated `LOG.old.*`).
+    pub keep_log_file_num: usize,
+    /// Size at which RocksDB starts a new info `LOG` file, in bytes.
+    pub max_log_file_size: usize,
+}
+
+impl Default for RocksDbConfig {
+    fn default() -> Self {
+        Self { keep_log_file_num: 10, max_log_file_size: 16 * 1024 * 1024 }
+    }
 }
 
 impl Default for StorageConfig {
@@ -75,6 +94,7 @@ impl Default for StorageConfig {
             default_storage_path: PathBuf::new(),
             change_log_retention_seconds: 3600,
             compression: "snappy".into(),
+            rocksdb: RocksDbConfig::default(),
         }
     }
 }
@@ -253,14 +273,39 @@ pub struct LoggingConfig {
     /// Empty = `<data_dir>/logs`.
     pub dir: PathBuf,
     pub log_to_console: bool,
+    /// Line format of the log file and of stderr.
+    pub format: LogFormat,
+    /// Size in bytes at which a process's log file is rotated.
+    pub max_file_size: u64,
     /// Rotated files kept per process.
     pub max_files: usize,
+    /// Rotated files older than this are removed (0 = kept until `max_files` pushes them out).
+    pub max_age_days: u64,
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self { level: "info".into(), dir: PathBuf::new(), log_to_console: true, max_files: 10 }
+        Self {
+            level: "info".into(),
+            dir: PathBuf::new(),
+            log_to_console: true,
+            format: LogFormat::Compact,
+            max_file_size: 100 * 1024 * 1024,
+            max_files: 10,
+            max_age_days: 30,
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event, fields inline.
+    Compact,
+    /// Multi-line, for reading by eye.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -293,14 +338,65 @@ const ENV_ALIASES: [(&str, &str); 10] = [
     ("server_host", "server.host"),
 ];
 
+/// The dotted key that `KALAMDB_<lower>` sets. Section names may contain `_` (`rate_limit`) and
+/// sections nest (`storage.rocksdb`), so the split follows the sections the typed config has.
 fn env_key(lower: &str) -> String {
     if let Some((_, key)) = ENV_ALIASES.iter().find(|(alias, _)| *alias == lower) {
         return (*key).to_owned();
     }
-    match lower.split_once('_') {
-        Some((section, key)) => format!("{section}.{key}"),
-        None => lower.to_owned(),
+    let defaults = serde_json::to_value(KalamConfig::default()).unwrap_or_default();
+    let mut node = &defaults;
+    let (mut path, mut rest) = (String::new(), lower);
+    'descend: loop {
+        if let Some(map) = node.as_object() {
+            // A key of this section wins over a nested section sharing its prefix
+            // (`storage.rocksdb_path`, not `storage.rocksdb.path`).
+            if map.get(rest).is_some_and(|v| !v.is_object()) {
+                break;
+            }
+            // Longest section name first, so `storage_rocksdb_x` is not read as `storage.rocksdb_x`.
+            let mut sections: Vec<&String> = map.iter().filter(|(_, v)| v.is_object()).map(|(k, _)| k).collect();
+            sections.sort_by_key(|k| std::cmp::Reverse(k.len()));
+            for section in sections {
+                if let Some(tail) = rest.strip_prefix(section.as_str()).and_then(|t| t.strip_prefix('_')) {
+                    path.push_str(section);
+                    path.push('.');
+                    node = &map[section];
+                    rest = tail;
+                    continue 'descend;
+                }
+            }
+        }
+        break;
     }
+    if path.is_empty() {
+        // Not a known section: keep the generic `<section>_<key>` reading, so that figment
+        // reports or ignores it like any other unknown key.
+        return match lower.split_once('_') {
+            Some((section, key)) => format!("{section}.{key}"),
+            None => lower.to_owned(),
+        };
+    }
+    path + rest
+}
+
+/// Every leaf key of the typed configuration, dotted (`storage.rocksdb.keep_log_file_num`),
+/// with its default value.
+pub fn default_keys() -> Vec<(String, serde_json::Value)> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+        match v.as_object() {
+            Some(map) => {
+                for (k, child) in map {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, child, out);
+                }
+            }
+            None => out.push((prefix.to_owned(), v.clone())),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &serde_json::to_value(KalamConfig::default()).unwrap_or_default(), &mut out);
+    out
 }
 
 impl KalamConfig {
@@ -314,6 +410,28 @@ impl KalamConfig {
         let cfg: KalamConfig = fig.merge(env).extract().map_err(|e| ConfigError::Figment(Box::new(e)))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Keys in `file` that the configuration does not have: they are ignored, and the caller
+    /// warns about each (a typo must not pass silently).
+    pub fn unknown_keys(file: Option<&Path>) -> Vec<String> {
+        let file = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("kalam.toml"));
+        let Ok(data) = Figment::from(Toml::file(file)).extract::<serde_json::Value>() else { return Vec::new() };
+        let known: std::collections::HashSet<String> = default_keys().into_iter().map(|(k, _)| k).collect();
+        let mut unknown = Vec::new();
+        let mut stack = vec![(String::new(), &data)];
+        while let Some((prefix, v)) = stack.pop() {
+            match v.as_object() {
+                Some(map) => stack
+                    .extend(map.iter().map(|(k, child)| {
+                        (if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, child)
+                    })),
+                None if !known.contains(&prefix) => unknown.push(prefix),
+                None => {}
+            }
+        }
+        unknown.sort();
+        unknown
     }
 
     /// Applies command-line flags, which win over everything else.
@@ -374,6 +492,16 @@ impl KalamConfig {
                 key: "supervisor.health_interval_ms",
                 reason: "health_interval_ms must be at least 50 and health_misses at least 1".into(),
             });
+        }
+        let log = &self.logging;
+        if log.max_file_size == 0 || log.max_files == 0 {
+            return Err(ConfigError::Invalid {
+                key: "logging.max_file_size",
+                reason: "max_file_size and max_files must be > 0".into(),
+            });
+        }
+        if self.storage.rocksdb.keep_log_file_num == 0 || self.storage.rocksdb.max_log_file_size == 0 {
+            return Err(ConfigError::Invalid { key: "storage.rocksdb", reason: "values must be > 0".into() });
         }
         if self.websocket.max_pending_messages == 0 || self.limits.max_message_size == 0 {
             return Err(ConfigError::Invalid { key: "limits", reason: "sizes must be > 0".into() });
