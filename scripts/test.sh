@@ -5,6 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
+# Test-only tools: systemd-analyze (unit checks) and systemd-socket-activate (separate-unit test).
+if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v systemd-socket-activate >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq systemd
+fi
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 
 # One target directory outside the clone, reused across runs and clones (RocksDB's C++ build
@@ -28,16 +35,18 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
-# The systemd unit must verify cleanly against the binaries just built (warnings count).
-if command -v systemd-analyze >/dev/null 2>&1; then
-  unit_dir=$(mktemp -d)
-  sed "s|/usr/local/bin/|$CARGO_TARGET_DIR/debug/|" systemd/kalamdb.service > "$unit_dir/kalamdb.service"
-  out=$(systemd-analyze verify --man=no "$unit_dir/kalamdb.service" 2>&1 || true)
-  rm -rf "$unit_dir"
-  if [ -n "$out" ]; then
-    echo "systemd/kalamdb.service does not verify:" >&2
-    echo "$out" >&2
-    exit 1
-  fi
+# The systemd units must verify cleanly against the binaries just built (warnings count).
+unit_dir=$(mktemp -d)
+for unit in systemd/*.service systemd/*.socket; do
+  sed "s|/usr/local/bin/|$CARGO_TARGET_DIR/debug/|" "$unit" > "$unit_dir/$(basename "$unit")"
+done
+out=$(cd "$unit_dir" && systemd-analyze verify --man=no ./*.service ./*.socket 2>&1 || true)
+rm -rf "$unit_dir"
+if [ -n "$out" ]; then
+  echo "systemd units do not verify:" >&2
+  echo "$out" >&2
+  exit 1
 fi
+# The Docker image's recipe, run without Docker.
+docker/check-recipe.sh
 echo "test suite passed in $(( $(date +%s) - started ))s"

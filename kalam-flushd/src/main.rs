@@ -120,6 +120,7 @@ async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
     let scheduler =
         tokio::spawn(schedule_time_triggers(run_dir.clone(), check_every, service.clone(), shutdown.clone()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "kalam-flushd serving");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -128,6 +129,7 @@ async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     tracing::info!("kalam-flushd stopping; waiting for running jobs");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     let _ = scheduler.await;
     let _ = workers.await;

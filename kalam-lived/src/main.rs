@@ -90,6 +90,7 @@ async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
     let handoff = bind(&socket_path(&run_dir, sockets::WS_HANDOFF))?;
     let mut sessions = tokio::task::JoinSet::new();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "kalam-lived serving");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -127,6 +128,7 @@ async fn run(cfg: KalamConfig) -> anyhow::Result<()> {
         }
     }
     tracing::info!("kalam-lived stopping; closing WebSockets");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     let drain = async { while sessions.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;

@@ -107,6 +107,7 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
         }
     };
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let addr = listener.local_addr()?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), rocksdb = %cfg.storage.rocksdb_path.display(), "kalamd starting");
     let engine = engine::Engine::open(cfg.clone()).context("opening RocksDB")?;
 
@@ -118,7 +119,9 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
     let app = http::router(engine.clone());
     let http_task =
         tokio::spawn(listener::serve(listener, app, socket_path(&run_dir, sockets::WS_HANDOFF), shutdown.clone()));
-    tracing::info!(addr = %format!("{}:{}", cfg.server.host, cfg.server.port), "kalamd serving");
+    tracing::info!(%addr, "kalamd serving");
+    // Run as its own systemd unit (Type=notify); under kalam-supervisor there is no NOTIFY_SOCKET.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     // A running kalam-flushd does not know that this kalamd restarted: hand it every unfinished
     // flush job again (it ignores the ones it already has).
     match engine.runnable_flush_jobs() {
@@ -136,6 +139,7 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
         _ = int.recv() => {}
     }
     tracing::info!("kalamd stopping");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     engine.begin_shutdown();
     shutdown.cancel();
     let _ = http_task.await;

@@ -413,7 +413,7 @@ async fn live_queries(engine: &Engine) -> SystemTable {
 async fn processes(engine: &Engine) -> SystemTable {
     let list = match kalam_rpc::transport::connect_supervisor(&engine.cfg.run_dir()).await {
         Ok(client) => client.processes(tarpc::context::current()).await.unwrap_or_default(),
-        Err(_) => Vec::new(),
+        Err(_) => unsupervised_processes(engine).await,
     };
     let now_us = crate::clock::wall_clock_us();
     let rows = list
@@ -432,6 +432,30 @@ async fn processes(engine: &Engine) -> SystemTable {
         })
         .collect();
     SystemTable { columns: PROCESS_COLUMNS.to_vec(), rows }
+}
+
+/// Without kalam-supervisor (each daemon run as its own systemd unit) the daemons are asked
+/// directly: kalamd itself, and the others by their `health` answer within a second. Restarts
+/// are systemd's to count, and resources are not sampled: those columns stay 0 and NULL.
+async fn unsupervised_processes(engine: &Engine) -> Vec<kalam_rpc::ProcessInfo> {
+    use kalam_rpc::transport::{connect_flusher, connect_live, context_with_timeout};
+    let run_dir = engine.cfg.run_dir();
+    let ctx = || context_with_timeout(std::time::Duration::from_secs(1));
+    let flushd = async { connect_flusher(&run_dir).await.ok()?.health(ctx()).await.ok() };
+    let lived = async { connect_live(&run_dir).await.ok()?.health(ctx()).await.ok() };
+    let (flushd, lived) = tokio::join!(flushd, lived);
+    [("kalamd", Some(kalam_rpc::Health::of("kalamd"))), ("kalam-flushd", flushd), ("kalam-lived", lived)]
+        .into_iter()
+        .map(|(name, health)| kalam_rpc::ProcessInfo {
+            name: name.to_owned(),
+            state: if health.is_some() { "running" } else { "unreachable" }.to_owned(),
+            pid: health.map(|h| h.pid),
+            restarts: 0,
+            started_at_us: None,
+            memory_bytes: None,
+            cpu_percent: None,
+        })
+        .collect()
 }
 
 /// `column_default` text of information_schema.columns and DESCRIBE.
