@@ -51,7 +51,12 @@ fn set_state(table: &Table, kind: Kind, f: impl FnOnce(&mut ProcessInfo)) {
 }
 
 #[derive(Clone)]
-struct SupervisorService(Table);
+struct SupervisorService {
+    table: Table,
+    /// One restart request per daemon, taken by its `watch`.
+    restart: Arc<[(Kind, Arc<tokio::sync::Notify>); 3]>,
+    shutdown: CancellationToken,
+}
 
 impl kalam_rpc::Supervisor for SupervisorService {
     async fn health(self, _: Context) -> Health {
@@ -59,7 +64,38 @@ impl kalam_rpc::Supervisor for SupervisorService {
     }
 
     async fn processes(self, _: Context) -> Vec<ProcessInfo> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn restart(self, _: Context, name: String) -> Result<String, kalam_rpc::RpcError> {
+        use kalam_types::ErrorCode;
+        let Some((kind, notify)) = self.restart.iter().find(|(k, _)| k.binary() == name) else {
+            return Err(kalam_rpc::RpcError::new(
+                ErrorCode::InvalidOperation,
+                format!("No daemon named '{name}' (kalamd, kalam-flushd, kalam-lived)"),
+            ));
+        };
+        let state = self
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.state.clone());
+        if state.as_deref() != Some("running") {
+            return Err(kalam_rpc::RpcError::new(
+                ErrorCode::InvalidOperation,
+                format!("{name} is {}, not running", state.unwrap_or_default()),
+            ));
+        }
+        tracing::info!(process = kind.binary(), "restart requested");
+        notify.notify_one();
+        Ok(format!("Restarting {name}"))
+    }
+
+    async fn shutdown(self, _: Context) {
+        tracing::info!("shutdown requested");
+        self.shutdown.cancel();
     }
 }
 
@@ -116,6 +152,8 @@ struct Ctx {
     table: Table,
     /// Signalled by the sampler when a daemon is over its memory limit.
     over_memory: sampler::OverMemory,
+    /// Restart requests from the `Supervisor` service.
+    restart: Arc<[(Kind, Arc<tokio::sync::Notify>); 3]>,
 }
 
 enum Outcome {
@@ -143,8 +181,12 @@ async fn supervise_all(
             .collect(),
     ));
     let run_dir = cfg.run_dir();
+    let restart: Arc<[(Kind, Arc<tokio::sync::Notify>); 3]> =
+        Arc::new([Kind::Kalamd, Kind::Flushd, Kind::Lived].map(|k| (k, Arc::default())));
+    let shutdown = CancellationToken::new();
+    let service = SupervisorService { table: table.clone(), restart: restart.clone(), shutdown: shutdown.clone() };
     let rpc_listener = bind(&socket_path(&run_dir, sockets::SUPERVISOR))?;
-    let rpc_task = tokio::spawn(kalam_rpc::serve_on!(rpc_listener, SupervisorService(table.clone())));
+    let rpc_task = tokio::spawn(kalam_rpc::serve_on!(rpc_listener, service));
     let over_memory: sampler::OverMemory = Default::default();
     let sampler_task = tokio::spawn(sampler::run(cfg.supervisor.clone(), table.clone(), over_memory.clone()));
     let ctx = Arc::new(Ctx {
@@ -154,6 +196,7 @@ async fn supervise_all(
         started_ms: chrono::Utc::now().timestamp_millis(),
         table,
         over_memory,
+        restart,
     });
 
     let mut term = signal(SignalKind::terminate())?;
@@ -167,6 +210,7 @@ async fn supervise_all(
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = shutdown.cancelled() => {}
         r = ready_rx => {
             if r.is_ok() {
                 let (flushd_tx, flushd_rx) = oneshot::channel();
@@ -186,6 +230,7 @@ async fn supervise_all(
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
+                    _ = shutdown.cancelled() => {}
                     outcome = &mut kalamd => {
                         if matches!(outcome, Ok(Outcome::GaveUp)) {
                             tracing::error!("kalamd keeps failing; shutting down");
@@ -241,7 +286,22 @@ async fn supervise(
                 });
                 tracing::info!(process = kind.binary(), pid = pid.unwrap_or_default(), "started");
                 let over_memory = sampler::notifier(&ctx.over_memory, kind);
-                let reason = watch(kind, &mut child, &ctx, &stop, &over_memory, &mut ready).await;
+                let requested =
+                    ctx.restart.iter().find(|(k, _)| *k == kind).map(|(_, n)| n.clone()).unwrap_or_default();
+                let reason = watch(kind, &mut child, &ctx, &stop, &over_memory, &requested, &mut ready).await;
+                if matches!(reason, Watch::Requested) {
+                    // An operator's restart: graceful, at once, outside the back-off and limit.
+                    stop_child(kind, &mut child).await;
+                    set_state(&ctx.table, kind, |p| {
+                        p.pid = None;
+                        p.state = "starting".into();
+                        p.restarts += 1;
+                        p.started_at_us = None;
+                        p.memory_bytes = None;
+                        p.cpu_percent = None;
+                    });
+                    continue;
+                }
                 if matches!(reason, Watch::Stop) {
                     stop_child(kind, &mut child).await;
                     set_state(&ctx.table, kind, |p| {
@@ -293,6 +353,7 @@ enum Watch {
     Exited,
     Unhealthy,
     OverMemory,
+    Requested,
 }
 
 async fn watch(
@@ -301,6 +362,7 @@ async fn watch(
     ctx: &Ctx,
     stop: &CancellationToken,
     over_memory: &tokio::sync::Notify,
+    requested: &tokio::sync::Notify,
     ready: &mut Option<oneshot::Sender<()>>,
 ) -> Watch {
     let run_dir = ctx.cfg.run_dir();
@@ -340,6 +402,7 @@ async fn watch(
             _ = stop.cancelled() => return Watch::Stop,
             _ = child.wait() => return Watch::Exited,
             _ = over_memory.notified() => return Watch::OverMemory,
+            _ = requested.notified() => return Watch::Requested,
             _ = ticker.tick() => {
                 if kind.health(run_dir, check_limit).await {
                     misses = 0;

@@ -305,3 +305,42 @@ fn rand_id(i: i64) -> i64 {
     static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 100 + i
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_service_restarts_one_daemon_and_shuts_everything_down() {
+    let cluster = Cluster::start().await;
+    let supervisor = kalam_rpc::transport::connect_supervisor(&cluster.run_dir()).await.expect("supervisor socket");
+    let ctx = tarpc::context::current;
+
+    let unknown = supervisor.restart(ctx(), "kalam-nope".into()).await.unwrap().unwrap_err();
+    assert!(unknown.message.contains("kalam-nope"), "{unknown:?}");
+
+    // An operator's restart: graceful, immediate, counted, and not a failure.
+    let old = cluster.running_pid("kalam-flushd").await;
+    let answer = supervisor.restart(ctx(), "kalam-flushd".into()).await.unwrap().expect("restart");
+    assert_eq!(answer, "Restarting kalam-flushd");
+    let new = cluster.running_pid_other_than("kalam-flushd", Some(old)).await;
+    assert_ne!(old, new);
+    let procs = cluster.processes().await.expect("process table");
+    let flushd = procs.iter().find(|p| p.name == "kalam-flushd").unwrap();
+    assert_eq!((flushd.state.as_str(), flushd.restarts), ("running", 1), "{flushd:?}");
+    assert!(supervisor_output(&cluster).contains("restart requested"));
+    let client = cluster.client("u1");
+    client.query("CREATE NAMESPACE app; CREATE USER TABLE app.t (id BIGINT PRIMARY KEY)").await.expect("setup");
+    client.query("INSERT INTO app.t VALUES (1)").await.expect("insert");
+    let job = kalam_e2e::flush(&client, "app.t").await;
+    kalam_e2e::wait_status(&client, &job, "completed").await;
+
+    // Shutdown over RPC: the same ordered stop as SIGTERM, exit code 0.
+    supervisor.shutdown(ctx()).await.expect("shutdown");
+    let status = wait_for(Duration::from_secs(30), "the supervisor to exit", || {
+        let status = cluster.try_exit_status();
+        async move { status }
+    })
+    .await;
+    assert!(status.success(), "{status}");
+    for name in ["kalamd", "kalam-flushd", "kalam-lived"] {
+        let pid = procs.iter().find(|p| p.name == name).and_then(|p| p.pid).unwrap();
+        assert!(kill(Pid::from_raw(pid as i32), None).is_err(), "{name} ({pid}) still runs");
+    }
+}

@@ -85,4 +85,10 @@ pub trait Live {
 pub trait Supervisor {
     async fn health() -> Health;
     async fn processes() -> Vec<ProcessInfo>;
+    /// Restarts one running daemon gracefully (SIGTERM, then start again at once): an operator's
+    /// restart, not counted against the restart limit. INVALID_OPERATION for an unknown
+    /// name or a daemon that is not running.
+    async fn restart(name: String) -> Result<String, RpcError>;
+    /// Stops every daemon in order and exits, as on SIGTERM.
+    async fn shutdown();
 }
