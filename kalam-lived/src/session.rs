@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use kalam_config::KalamConfig;
 use kalam_rpc::{EngineClient, SubscribeOptions, SubscriptionPlan};
 use kalam_types::ErrorCode;
-use kalam_types::auth::{Credential, loopback_bypass};
+use kalam_types::auth::{Identity, Presented, Role, loopback_bypass};
 use kalam_types::ids::UserId;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -71,26 +71,48 @@ fn reject(status: u16, code: ErrorCode, message: &str) -> ErrorResponse {
 /// Why an upgrade request is refused: HTTP status, code, message.
 type Rejection = (u16, ErrorCode, String);
 
-/// Authenticates the upgrade request (api.md §1, loopback bypass) and picks the acting user.
-fn authenticate(cfg: &KalamConfig, peer: SocketAddr, req: &Request) -> Result<UserId, Rejection> {
+/// The credentials of an upgrade request, with the loopback bypass judged on its real peer.
+fn presented(cfg: &KalamConfig, peer: SocketAddr, req: &Request) -> Result<Presented, Rejection> {
     if req.uri().path() != "/v1/ws" {
         return Err((404, ErrorCode::InvalidRequest, "Not found".into()));
     }
     let headers = req.headers();
     let query: Vec<(String, String)> =
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
-    let in_query = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-    if let Some(credential) = Credential::presented(|h| headers.contains_key(h), |k| in_query(k).is_some()) {
-        let e = credential.refusal();
-        return Err((401, e.code, e.message));
+    let in_query = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let bypass = loopback_bypass(cfg.auth.localhost_bypass, peer.ip(), |h| headers.contains_key(h));
+    Ok(Presented::read(|h| headers.get(h).and_then(|v| v.to_str().ok()), in_query, bypass))
+}
+
+/// Longest a credential check by kalamd may hold up a handshake.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Authenticates the upgrade request (api.md §1): reads its credentials (headers, or the
+/// `api_key` / `token` / `user_id` query parameters browsers need) and has kalamd, which holds
+/// the users and the JWT secret, check them.
+fn authenticate(shared: &Shared, peer: SocketAddr, req: &Request) -> Result<Identity, Rejection> {
+    let presented = presented(&shared.cfg, peer, req)?;
+    // The handshake callback is synchronous; the check is one local RPC, bounded by a timeout.
+    let answer = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            let engine = shared.engine().await?;
+            let ctx = kalam_rpc::transport::context_with_timeout(AUTH_TIMEOUT);
+            match tokio::time::timeout(AUTH_TIMEOUT, engine.authenticate(ctx, presented)).await {
+                Ok(Ok(answer)) => Some(answer),
+                _ => {
+                    shared.forget_engine().await;
+                    None
+                }
+            }
+        })
+    });
+    match answer {
+        Some(Ok(identity)) => Ok(identity),
+        Some(Err(e)) => Err((e.code.http_status(), e.code, e.message)),
+        None => {
+            Err((503, ErrorCode::ServiceUnavailable, "Authentication is unavailable: kalamd did not answer".into()))
+        }
     }
-    if !loopback_bypass(cfg.auth.localhost_bypass, peer.ip(), |h| headers.contains_key(h)) {
-        return Err((401, ErrorCode::Unauthorized, "Authentication required".into()));
-    }
-    let from_query = in_query("user_id");
-    let requested = headers.get("x-user-id").and_then(|v| v.to_str().ok()).map(str::to_owned).or(from_query);
-    let raw = requested.unwrap_or_else(|| cfg.auth.localhost_default_user.clone());
-    UserId::parse(raw.trim()).map_err(|e| (400, e.code, e.message))
 }
 
 fn error_msg(subscription_id: &str, code: ErrorCode, message: &str) -> String {
@@ -123,12 +145,13 @@ pub async fn run(shared: Arc<Shared>, fd: OwnedFd, peer: SocketAddr) {
         return;
     }
     let Ok(tcp) = TcpStream::from_std(std_stream) else { return };
-    let user_slot: Arc<Mutex<Option<UserId>>> = Arc::default();
+    let user_slot: Arc<Mutex<Option<Identity>>> = Arc::default();
     let slot = user_slot.clone();
-    let cfg = shared.cfg.clone();
+    let for_auth = shared.clone();
     let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        let user = authenticate(&cfg, peer, req).map_err(|(status, code, message)| reject(status, code, &message))?;
-        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(user);
+        let identity =
+            authenticate(&for_auth, peer, req).map_err(|(status, code, message)| reject(status, code, &message))?;
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity);
         Ok(resp)
     };
     let ws_config = WebSocketConfig::default()
@@ -146,18 +169,18 @@ pub async fn run(shared: Arc<Shared>, fd: OwnedFd, peer: SocketAddr) {
             return;
         }
     };
-    let Some(user) = user_slot.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+    let Some(identity) = user_slot.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
     let connection_id = uuid::Uuid::now_v7().to_string();
-    tracing::info!(%peer, connection_id, user = %user, "WebSocket connected");
+    let user = identity.acting;
+    tracing::info!(%peer, connection_id, user = %user, principal = %identity.principal, "WebSocket connected");
     let (tx, rx) = mpsc::channel::<Outgoing>(shared.cfg.websocket.max_pending_messages);
     let _counted = Counted::new(&shared.registry);
     let conn = Connection {
         shared: shared.clone(),
         connection_id: connection_id.clone(),
         user,
-        // The loopback bypass acts with role `system` (api.md §1.1); credentials and the
-        // roles of `system.users` arrive with authentication.
-        rate_limited: false,
+        // Message rate limits apply to end users only (api.md §4.7).
+        rate_limited: identity.role == Role::User,
         subscriptions: HashMap::new(),
         next_generation: 1,
         conn: Arc::new(Conn { tx, slow: CancellationToken::new() }),
@@ -672,7 +695,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upgrade_requests_are_authenticated_before_the_handshake() {
+    fn upgrade_requests_carry_their_credentials_to_kalamd() {
         let cfg = KalamConfig::default();
         let lo: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let remote: SocketAddr = "10.1.1.1:5000".parse().unwrap();
@@ -683,20 +706,16 @@ mod tests {
             }
             b.body(()).unwrap()
         };
-        let user = |peer, r: Request| authenticate(&cfg, peer, &r).unwrap().to_string();
-        let refused = |peer, r: Request| {
-            let (status, code, _) = authenticate(&cfg, peer, &r).unwrap_err();
-            (status, code)
-        };
-        assert_eq!(user(lo, req("/v1/ws", &[])), "system");
-        assert_eq!(user(lo, req("/v1/ws?user_id=al%69ce", &[])), "alice");
-        assert_eq!(user(lo, req("/v1/ws", &[("x-user-id", "bob")])), "bob");
-        assert_eq!(refused(remote, req("/v1/ws", &[])), (401, ErrorCode::Unauthorized));
-        assert_eq!(refused(lo, req("/v1/ws", &[("origin", "http://x")])), (401, ErrorCode::Unauthorized));
-        assert_eq!(refused(lo, req("/v1/ws", &[("x-forwarded-for", "10.0.0.1")])), (401, ErrorCode::Unauthorized));
-        assert_eq!(refused(lo, req("/v1/ws?api_key=k", &[])), (401, ErrorCode::InvalidApiKey));
-        assert_eq!(refused(lo, req("/v1/ws", &[("authorization", "Bearer x")])), (401, ErrorCode::InvalidToken));
-        assert_eq!(refused(lo, req("/v1/ws?user_id=a/b", &[])).0, 400);
-        assert_eq!(refused(lo, req("/other", &[])).0, 404);
+        let read = |peer, r: Request| presented(&cfg, peer, &r).unwrap();
+        assert!(read(lo, req("/v1/ws", &[])).bypass);
+        assert_eq!(read(lo, req("/v1/ws?user_id=al%69ce", &[])).acting.as_deref(), Some("alice"));
+        assert_eq!(read(lo, req("/v1/ws", &[("x-user-id", "bob")])).acting.as_deref(), Some("bob"));
+        assert!(!read(remote, req("/v1/ws", &[])).bypass);
+        assert!(!read(lo, req("/v1/ws", &[("origin", "http://x")])).bypass);
+        assert!(!read(lo, req("/v1/ws", &[("x-forwarded-for", "10.0.0.1")])).bypass);
+        assert_eq!(read(lo, req("/v1/ws?api_key=k%2B1", &[])).api_key.as_deref(), Some("k+1"));
+        assert_eq!(read(lo, req("/v1/ws", &[("authorization", "Bearer x")])).bearer.as_deref(), Some("x"));
+        assert_eq!(read(lo, req("/v1/ws?token=t", &[])).bearer.as_deref(), Some("t"));
+        assert_eq!(presented(&cfg, lo, &req("/other", &[])).unwrap_err().0, 404);
     }
 }

@@ -1,6 +1,6 @@
-//! The HTTP API (api.md §2–3): `POST /v1/api/sql` and the health check. Authentication in
-//! this version is the loopback bypass: a request from a loopback peer without `Origin` or
-//! forwarding headers acts as `auth.localhost_default_user`, or as `X-USER-ID` when given.
+//! The HTTP API (api.md §2–3): `POST /v1/api/sql` and the health check. Requests are
+//! authenticated by `crate::auth` (API key, JWT or the loopback bypass, judged on the real TCP
+//! peer).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,15 +13,14 @@ use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use kalam_types::auth::{Credential, loopback_bypass};
+use kalam_types::auth::{Identity, Presented, loopback_bypass};
 use kalam_types::error::{ErrorCode, KalamError};
-use kalam_types::ids::UserId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::engine::Engine;
-use crate::sql::{BatchError, StatementResult, execute_batch};
+use crate::sql::{BatchError, StatementResult, execute_request};
 
 /// The TCP peer of the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -99,25 +98,11 @@ struct SqlRequest {
     params: Option<Vec<serde_json::Value>>,
 }
 
-/// Resolves the acting user of a request (api.md §1).
-pub fn acting_user(
-    engine: &Engine,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    query_user: Option<&str>,
-) -> Result<UserId, KalamError> {
-    if let Some(credential) = Credential::presented(|h| headers.contains_key(h), |_| false) {
-        return Err(credential.refusal());
-    }
+/// Who a request runs as (api.md §1), or the 401/403 refusal.
+pub fn identify(engine: &Engine, peer: SocketAddr, headers: &HeaderMap) -> Result<Identity, KalamError> {
     let bypass = loopback_bypass(engine.cfg.auth.localhost_bypass, peer.ip(), |h| headers.contains_key(h));
-    if !bypass {
-        return Err(KalamError::new(ErrorCode::Unauthorized, "Authentication required"));
-    }
-    let requested = headers.get("x-user-id").and_then(|v| v.to_str().ok()).or(query_user);
-    match requested {
-        Some(u) => UserId::parse(u.trim()),
-        None => UserId::parse(&engine.cfg.auth.localhost_default_user),
-    }
+    let presented = Presented::read(|h| headers.get(h).and_then(|v| v.to_str().ok()), |_| None, bypass);
+    crate::auth::authenticate(engine, &presented).map_err(|e| e.to_client())
 }
 
 async fn sql(
@@ -144,7 +129,7 @@ async fn sql(
     if engine.is_shutting_down() {
         return error_response(&KalamError::new(ErrorCode::ShuttingDown, "Server is shutting down"), took());
     }
-    let user = match acting_user(&engine, peer, &headers, None) {
+    let identity = match identify(&engine, peer, &headers) {
         Ok(u) => u,
         Err(e) => return error_response(&e, took()),
     };
@@ -157,7 +142,7 @@ async fn sql(
             );
         }
     };
-    let (results, failure) = execute_batch(&engine, &request.sql, request.params.as_deref(), &user).await;
+    let (results, failure) = execute_request(&engine, &request.sql, request.params.as_deref(), &identity).await;
     match failure {
         None => (StatusCode::OK, axum::Json(Envelope { status: "success", results, took_ms: took(), error: None }))
             .into_response(),

@@ -5,6 +5,7 @@
 //! handed to kalam-lived, flush plans and the change log. It owns RocksDB — catalog, buffered
 //! rows, change log, job records and the file manifest — and is its only writer.
 
+mod auth;
 mod catalog;
 mod clock;
 mod drop;

@@ -44,6 +44,14 @@ impl kalam_rpc::Engine for EngineService {
         Health::of("kalamd")
     }
 
+    async fn authenticate(
+        self,
+        _: Context,
+        presented: kalam_types::auth::Presented,
+    ) -> Result<kalam_types::auth::Identity, RpcError> {
+        crate::auth::authenticate(&self.0, &presented).map_err(|e| e.to_client())
+    }
+
     async fn begin_flush(self, _: Context, job_id: String) -> Result<FlushPlan, RpcError> {
         blocking(&self.0, move |engine| engine.begin_flush(&job_id)).await
     }

@@ -26,8 +26,21 @@ pub mod cf {
     pub const TABLE_SCHEMAS: &str = "system_table_schemas";
     pub const USERS: &str = "system_users";
     pub const STORAGES: &str = "system_storages";
-    pub const ALL: [&str; 10] =
-        [NAMESPACES, TABLES, JOBS, TABLE_FILES, COUNTERS, CHANGE_LOG, META, TABLE_SCHEMAS, USERS, STORAGES];
+    /// SHA-256 of an API key → user id.
+    pub const USER_APIKEYS: &str = "system_user_apikeys";
+    pub const ALL: [&str; 11] = [
+        NAMESPACES,
+        TABLES,
+        JOBS,
+        TABLE_FILES,
+        COUNTERS,
+        CHANGE_LOG,
+        META,
+        TABLE_SCHEMAS,
+        USERS,
+        STORAGES,
+        USER_APIKEYS,
+    ];
 }
 
 /// A key and its value.

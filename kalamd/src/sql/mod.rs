@@ -1,6 +1,7 @@
 //! The SQL front: split a request into statements, parse each with the KalamDB dialect, and
 //! run it — DDL against the catalog, INSERT against the store, SELECT through DataFusion.
 
+mod admin;
 pub mod ddl;
 pub mod dml;
 pub mod eval;
@@ -10,6 +11,7 @@ pub mod mutate;
 pub mod params;
 pub mod parse;
 mod parse_table;
+mod parse_user;
 pub mod query;
 pub mod split;
 pub mod system;
@@ -17,6 +19,7 @@ pub mod udf;
 
 use std::sync::Arc;
 
+use kalam_types::auth::Identity;
 use kalam_types::error::{ErrorCode, KalamError};
 use kalam_types::ids::UserId;
 use serde::Serialize;
@@ -97,13 +100,24 @@ pub struct BatchError {
     pub statement: Option<String>,
 }
 
-/// Runs every statement of `sql` in order, stopping at the first failure. Returns the results
-/// of the statements that succeeded, and the failure if there was one.
+/// [`execute_request`] as the `system` role acting as `user` (tests of the SQL layer).
+#[cfg(test)]
 pub async fn execute_batch(
     engine: &Arc<Engine>,
     sql: &str,
     params: Option<&[Json]>,
     user: &UserId,
+) -> (Vec<StatementResult>, Option<BatchError>) {
+    execute_request(engine, sql, params, &Identity::system(user.clone())).await
+}
+
+/// Runs every statement of `sql` in order, stopping at the first failure. Returns the results
+/// of the statements that succeeded, and the failure if there was one.
+pub async fn execute_request(
+    engine: &Arc<Engine>,
+    sql: &str,
+    params: Option<&[Json]>,
+    identity: &Identity,
 ) -> (Vec<StatementResult>, Option<BatchError>) {
     let statements = match split::split_statements(sql) {
         Ok(s) if s.is_empty() => {
@@ -119,7 +133,7 @@ pub async fn execute_batch(
     }
     let mut results = Vec::with_capacity(statements.len());
     for (i, text) in statements.iter().enumerate() {
-        match execute_statement(engine, text, params, user).await {
+        match execute_statement(engine, text, params, identity).await {
             Ok(r) => results.push(r),
             Err(e) => {
                 let mut error = e.to_client();
@@ -136,8 +150,9 @@ async fn execute_statement(
     engine: &Arc<Engine>,
     sql: &str,
     params: Option<&[Json]>,
-    user: &UserId,
+    identity: &Identity,
 ) -> Result<StatementResult, EngineError> {
+    let user = &identity.acting;
     let mut stmt = parse::parse_statement(sql)?;
     if let Some(params) = params {
         match &mut stmt {
@@ -170,6 +185,18 @@ async fn execute_statement(
         }
         KalamStatement::DropTable { namespace, table, if_exists } => {
             drop_table(engine, &namespace, &table, if_exists).await
+        }
+        KalamStatement::CreateUser { user, if_not_exists } => {
+            admin::require_admin(identity, "user management")?;
+            admin::create_user(engine, user, if_not_exists)
+        }
+        KalamStatement::AlterUser { user_id, change } => {
+            admin::require_admin(identity, "user management")?;
+            admin::alter_user(engine, &user_id, change)
+        }
+        KalamStatement::DropUser { user_id, if_exists } => {
+            admin::require_admin(identity, "user management")?;
+            admin::drop_user(engine, &user_id, if_exists)
         }
         KalamStatement::DropNamespace { name, if_exists, cascade } => {
             drop_namespace(engine, &name, if_exists, cascade).await
@@ -331,7 +358,10 @@ fn execute_write(
         | KalamStatement::ShowTableStats { .. }
         | KalamStatement::KillLiveQuery { .. }
         | KalamStatement::Subscribe { .. }
-        | KalamStatement::AlterTable { .. } => Err(EngineError::internal("statement reached the write path")),
+        | KalamStatement::AlterTable { .. }
+        | KalamStatement::CreateUser { .. }
+        | KalamStatement::AlterUser { .. }
+        | KalamStatement::DropUser { .. } => Err(EngineError::internal("statement reached the write path")),
     }
 }
 

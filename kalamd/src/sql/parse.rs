@@ -113,6 +113,18 @@ pub enum KalamStatement {
     Update(Box<Statement>),
     Delete(Box<Statement>),
     Query(Box<Statement>),
+    CreateUser {
+        user: crate::users::NewUser,
+        if_not_exists: bool,
+    },
+    AlterUser {
+        user_id: String,
+        change: crate::users::UserChange,
+    },
+    DropUser {
+        user_id: String,
+        if_exists: bool,
+    },
 }
 
 /// sqlparser's error in the PostgreSQL form of the catalogue: `syntax error at or near "<token>"`
@@ -250,6 +262,9 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     if next_is_word(&p, "CREATE") {
         let start = p.index();
         p.next_token();
+        if super::parse_user::is_user_statement(&p) {
+            return super::parse_user::create(&mut p, sql);
+        }
         if parse_word(&mut p, "NAMESPACE") {
             let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
             let raw = p.parse_identifier().map_err(invalid_sql)?;
@@ -291,6 +306,9 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     if next_is_word(&p, "ALTER") {
         let start = p.index();
         p.next_token();
+        if super::parse_user::is_user_statement(&p) {
+            return super::parse_user::alter(&mut p);
+        }
         if parse_word(&mut p, "STORAGE") {
             let id = ident_name(&p.parse_identifier().map_err(invalid_sql)?);
             let spec = parse_storage_clauses(&mut p, true)?;
@@ -330,6 +348,9 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     if next_is_word(&p, "DROP") {
         let start = p.index();
         p.next_token();
+        if super::parse_user::is_user_statement(&p) {
+            return super::parse_user::drop(&mut p);
+        }
         if parse_word(&mut p, "STORAGE") {
             let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
             let id = ident_name(&p.parse_identifier().map_err(invalid_sql)?);

@@ -46,11 +46,23 @@ pub struct AuthConfig {
     /// Loopback requests without credentials act as `localhost_default_user`.
     pub localhost_bypass: bool,
     pub localhost_default_user: String,
+    /// HS256 secret of accepted JWTs (empty = JWT authentication off). At least 32 bytes.
+    pub jwt_secret: String,
+    /// A valid JWT naming a user that does not exist creates it (role `user`).
+    pub jwt_auto_create_users: bool,
+    /// Days a soft-deleted user can be restored before its data is removed.
+    pub user_deletion_grace_period_days: u64,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { localhost_bypass: true, localhost_default_user: "system".into() }
+        Self {
+            localhost_bypass: true,
+            localhost_default_user: "system".into(),
+            jwt_secret: String::new(),
+            jwt_auto_create_users: false,
+            user_deletion_grace_period_days: 30,
+        }
     }
 }
 
@@ -456,6 +468,9 @@ impl KalamConfig {
                 key: "logging.level",
                 reason: format!("'{}' is not one of error, warn, info, debug, trace", self.logging.level),
             });
+        }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
+            return Err(ConfigError::Invalid { key: "auth.jwt_secret", reason: "must be at least 32 bytes".into() });
         }
         if self.flush.node_id > 1023 {
             return Err(ConfigError::Invalid { key: "flush.node_id", reason: "must be between 0 and 1023".into() });

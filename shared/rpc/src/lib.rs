@@ -17,6 +17,10 @@ pub use wire::*;
 #[tarpc::service]
 pub trait Engine {
     async fn health() -> Health;
+    /// Checks a WebSocket upgrade's credentials (api.md §1): who the connection runs as, or the
+    /// refusal (UNAUTHORIZED, INVALID_API_KEY, INVALID_TOKEN, TOKEN_EXPIRED, USER_DISABLED,
+    /// PERMISSION_DENIED).
+    async fn authenticate(presented: kalam_types::auth::Presented) -> Result<kalam_types::auth::Identity, RpcError>;
     /// Marks a flush job running, creates its RocksDB checkpoint and says what to write.
     async fn begin_flush(job_id: String) -> Result<FlushPlan, RpcError>;
     /// Commits attempt `attempt` of a flush in one write batch: manifest entries plus removal

@@ -1,4 +1,6 @@
-//! The loopback bypass rule (api.md §1.1), shared by kalamd (HTTP) and kalam-lived (WebSocket).
+//! Authentication vocabulary shared by kalamd (HTTP, and the checks themselves) and kalam-lived
+//! (WebSocket upgrades): the loopback bypass rule, roles, identities and presented credentials
+//! (api.md §1).
 
 use std::net::IpAddr;
 
@@ -12,34 +14,112 @@ pub fn loopback_bypass(enabled: bool, peer: IpAddr, has_header: impl Fn(&str) ->
     enabled && peer.is_loopback() && !RELAY_HEADERS.iter().any(|h| has_header(h))
 }
 
-/// A credential a request carries (api.md §1.1): an API key (`X-API-KEY`, or `?api_key=` on
-/// the WebSocket) or a bearer token (`Authorization: Bearer`, or `?token=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credential {
-    ApiKey,
-    Token,
+/// The four roles (sql.md §17), from least to most privileged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// End users: their own partitions and public shared tables.
+    User,
+    /// Backend integrations: may act for any user.
+    Service,
+    /// Administrators: DDL and user management.
+    Dba,
+    /// The built-in `system` user and the loopback bypass.
+    System,
 }
 
-impl Credential {
-    /// The credential a request presents, if any (an API key wins over a token).
-    pub fn presented(has_header: impl Fn(&str) -> bool, has_query: impl Fn(&str) -> bool) -> Option<Credential> {
-        if has_header("x-api-key") || has_query("api_key") {
-            Some(Credential::ApiKey)
-        } else if has_header("authorization") || has_query("token") {
-            Some(Credential::Token)
-        } else {
-            None
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "service" => Some(Role::Service),
+            "dba" => Some(Role::Dba),
+            "system" => Some(Role::System),
+            _ => None,
         }
     }
 
-    /// The refusal of a credential that matches no user. No credential store exists yet (users
-    /// and keys come with user management), so every presented credential is refused, even
-    /// from loopback: credentials are always validated, never ignored in favour of the bypass.
-    pub fn refusal(self) -> crate::error::KalamError {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Credential::ApiKey => crate::error::KalamError::new(crate::ErrorCode::InvalidApiKey, "Invalid API key"),
-            Credential::Token => crate::error::KalamError::new(crate::ErrorCode::InvalidToken, "Invalid token"),
+            Role::User => "user",
+            Role::Service => "service",
+            Role::Dba => "dba",
+            Role::System => "system",
         }
+    }
+}
+
+/// Who a request runs as (api.md §1.2): the principal its credentials belong to, with the
+/// principal's role (permissions use it), and the acting user (partitions, `CURRENT_USER()`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    pub principal: crate::ids::UserId,
+    pub role: Role,
+    pub acting: crate::ids::UserId,
+}
+
+impl Identity {
+    /// The built-in `system` user acting as itself or as `acting` (internal work and tests).
+    pub fn system(acting: crate::ids::UserId) -> Self {
+        Identity { principal: crate::ids::UserId::system(), role: Role::System, acting }
+    }
+}
+
+/// The credentials and identity headers of one request, as the process that received it read
+/// them: kalamd for HTTP, kalam-lived for the WebSocket upgrade. Only kalamd holds the users and
+/// the JWT secret, so kalam-lived sends this to kalamd to be checked.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Presented {
+    /// `X-API-KEY` (or `?api_key=`).
+    pub api_key: Option<String>,
+    /// The token of `Authorization: Bearer <token>` (or `?token=`).
+    pub bearer: Option<String>,
+    /// `Authorization` was present but not a bearer token.
+    pub malformed_authorization: bool,
+    /// `X-USER-ID` (or `?user_id=`).
+    pub acting: Option<String>,
+    /// The loopback bypass applies to this request ([`loopback_bypass`], judged where the TCP
+    /// peer is known).
+    pub bypass: bool,
+}
+
+// Credentials never reach a log line, even through `{:?}`.
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presented")
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("bearer", &self.bearer.as_ref().map(|_| "***"))
+            .field("malformed_authorization", &self.malformed_authorization)
+            .field("acting", &self.acting)
+            .field("bypass", &self.bypass)
+            .finish()
+    }
+}
+
+impl Presented {
+    /// Reads a request's credentials: `header(name)` gives a header's value, `query(name)` a
+    /// query parameter's (the WebSocket's browser-friendly spellings; `None` for HTTP).
+    pub fn read<'a>(
+        header: impl Fn(&str) -> Option<&'a str>,
+        query: impl Fn(&str) -> Option<&'a str>,
+        bypass: bool,
+    ) -> Self {
+        let authorization = header("authorization");
+        let bearer = authorization
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(|t| t.trim().to_owned())
+            .or_else(|| query("token").map(str::to_owned));
+        Presented {
+            api_key: header("x-api-key").or_else(|| query("api_key")).map(|k| k.trim().to_owned()),
+            malformed_authorization: authorization.is_some() && bearer.is_none(),
+            bearer,
+            acting: header("x-user-id").or_else(|| query("user_id")).map(|u| u.trim().to_owned()),
+            bypass,
+        }
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        self.api_key.is_some() || self.bearer.is_some() || self.malformed_authorization
     }
 }
 
@@ -61,11 +141,18 @@ mod tests {
     }
 
     #[test]
-    fn presented_credentials_are_recognised() {
-        assert_eq!(Credential::presented(|h| h == "x-api-key", |_| false), Some(Credential::ApiKey));
-        assert_eq!(Credential::presented(|h| h == "authorization", |q| q == "api_key"), Some(Credential::ApiKey));
-        assert_eq!(Credential::presented(|_| false, |q| q == "token"), Some(Credential::Token));
-        assert_eq!(Credential::presented(|h| h == "x-user-id", |q| q == "user_id"), None);
-        assert_eq!(Credential::ApiKey.refusal().code.http_status(), 401);
+    fn credentials_are_read_from_headers_or_query_and_never_printed() {
+        let headers = [("authorization", "Bearer abc.def.ghi"), ("x-user-id", " bob ")];
+        let header = |h: &str| headers.iter().find(|(k, _)| *k == h).map(|(_, v)| *v);
+        let p = Presented::read(header, |_| None, false);
+        assert_eq!((p.bearer.as_deref(), p.acting.as_deref()), (Some("abc.def.ghi"), Some("bob")));
+        assert!(p.has_credentials() && !p.malformed_authorization);
+        let p = Presented::read(|_| None, |q| (q == "api_key").then_some("k-1"), true);
+        assert_eq!(p.api_key.as_deref(), Some("k-1"));
+        assert!(!format!("{p:?}").contains("k-1"));
+        let p = Presented::read(|h| (h == "authorization").then_some("Basic dTpw"), |_| None, true);
+        assert!(p.malformed_authorization && p.bearer.is_none());
+        assert_eq!(Role::parse("dba"), Some(Role::Dba));
+        assert!(Role::User < Role::Service && Role::Dba < Role::System);
     }
 }

@@ -30,7 +30,12 @@ pub enum ErrorCode {
     Unauthorized,
     InvalidApiKey,
     InvalidToken,
+    TokenExpired,
+    UserDisabled,
     PermissionDenied,
+    // users
+    UserNotFound,
+    UserExists,
     // live queries
     InvalidSubscription,
     UnknownMessageType,
@@ -78,10 +83,11 @@ impl ErrorCode {
             | SubscriptionLimitExceeded
             | InvalidOption
             | ResumeExpired
-            | LiveQueryNotFound => 400,
-            Unauthorized | InvalidApiKey | InvalidToken => 401,
+            | LiveQueryNotFound
+            | UserNotFound => 400,
+            Unauthorized | InvalidApiKey | InvalidToken | TokenExpired | UserDisabled => 401,
             PermissionDenied => 403,
-            AlreadyExists => 409,
+            AlreadyExists | UserExists => 409,
             PayloadTooLarge => 413,
             SlowConsumer | RateLimitExceeded => 429,
             StorageError | InternalError => 500,

@@ -95,6 +95,11 @@ impl UserId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The built-in `system` user.
+    pub fn system() -> Self {
+        Self("system".to_owned())
+    }
 }
 
 impl fmt::Display for UserId {

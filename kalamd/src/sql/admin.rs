@@ -1,0 +1,75 @@
+//! User management statements (sql.md §14) and the role check they share. Only `dba` and
+//! `system` may manage users.
+
+use kalam_types::auth::{Identity, Role};
+use kalam_types::error::ErrorCode;
+use serde_json::Value as Json;
+
+use super::StatementResult;
+use crate::clock::wall_clock_us;
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::rowjson::OrderedRow;
+use crate::users::{self, NewUser, UserChange};
+
+/// Refuses principals below `dba` (PERMISSION_DENIED, 403).
+pub fn require_admin(identity: &Identity, action: &str) -> Result<(), EngineError> {
+    if identity.role >= Role::Dba {
+        return Ok(());
+    }
+    Err(EngineError::user(
+        ErrorCode::PermissionDenied,
+        format!("permission denied: {action} requires role dba or system (you are {})", identity.role.as_str()),
+    ))
+}
+
+/// The one row `user_id, apikey` through which a clear key is shown, once.
+fn key_row(user_id: &str, key: Option<String>, message: String) -> StatementResult {
+    let row = OrderedRow(vec![
+        ("user_id".into(), Json::String(user_id.to_owned())),
+        ("apikey".into(), key.map(Json::String).unwrap_or(Json::Null)),
+    ]);
+    StatementResult {
+        columns: vec!["user_id".into(), "apikey".into()],
+        rows: Some(vec![row]),
+        row_count: 1,
+        message: Some(message),
+    }
+}
+
+pub fn create_user(engine: &Engine, user: NewUser, if_not_exists: bool) -> Result<StatementResult, EngineError> {
+    match users::create(&engine.store, user.clone(), wall_clock_us()) {
+        Ok((rec, key)) => {
+            tracing::info!(user_id = rec.user_id, role = rec.role, "user created");
+            let message = format!("User '{}' created", rec.user_id);
+            Ok(key_row(&rec.user_id, key, message))
+        }
+        Err(EngineError::User(e)) if e.code == ErrorCode::UserExists && if_not_exists => {
+            Ok(StatementResult::message(0, format!("User '{}' already exists (skipped)", user.user_id)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub fn alter_user(engine: &Engine, user_id: &str, change: UserChange) -> Result<StatementResult, EngineError> {
+    let reset = change == UserChange::ResetApiKey;
+    let key = users::alter(&engine.store, user_id, change, wall_clock_us())?;
+    tracing::info!(user_id, "user altered");
+    if reset {
+        return Ok(key_row(user_id, key, format!("API key of user '{user_id}' reset")));
+    }
+    Ok(StatementResult::message(1, format!("User '{user_id}' updated")))
+}
+
+pub fn drop_user(engine: &Engine, user_id: &str, if_exists: bool) -> Result<StatementResult, EngineError> {
+    match users::soft_delete(&engine.store, user_id, wall_clock_us()) {
+        Ok(()) => {
+            tracing::info!(user_id, "user deleted (soft)");
+            Ok(StatementResult::message(1, format!("User '{user_id}' deleted")))
+        }
+        Err(EngineError::User(e)) if e.code == ErrorCode::UserNotFound && if_exists => {
+            Ok(StatementResult::message(0, format!("User '{user_id}' does not exist (skipped)")))
+        }
+        Err(e) => Err(e),
+    }
+}
