@@ -382,11 +382,23 @@ pub fn subscribe_statement(
 }
 
 /// `KILL LIVE QUERY '<live_id>'`: kalam-lived ends the subscription.
-pub async fn kill_live_query(engine: &Engine, live_id: &str) -> Result<StatementResult, EngineError> {
+/// `KILL LIVE QUERY`; with `owner`, only a live query of that user (others are "not found", so
+/// their ids cannot be probed).
+pub async fn kill_live_query(
+    engine: &Engine,
+    live_id: &str,
+    owner: Option<&UserId>,
+) -> Result<StatementResult, EngineError> {
     let not_found = || EngineError::user(ErrorCode::LiveQueryNotFound, format!("Live query '{live_id}' not found"));
     let Ok(client) = kalam_rpc::transport::connect_live(&engine.cfg.run_dir()).await else {
         return Err(not_found());
     };
+    if let Some(owner) = owner {
+        let all = client.list_subscriptions(tarpc::context::current()).await.unwrap_or_default();
+        if !all.iter().any(|s| s.live_id == live_id && s.user_id == owner.as_str()) {
+            return Err(not_found());
+        }
+    }
     match client.kill_live_query(tarpc::context::current(), live_id.to_owned()).await {
         Ok(Ok(_)) => Ok(StatementResult::message(0, format!("Live query {live_id} terminated"))),
         Ok(Err(e)) if e.code == ErrorCode::LiveQueryNotFound => Err(not_found()),

@@ -1,7 +1,5 @@
-//! User management statements (sql.md §14) and the role check they share. Only `dba` and
-//! `system` may manage users.
+//! User management statements (sql.md §14); `permissions` admits only `dba` and `system`.
 
-use kalam_types::auth::{Identity, Role};
 use kalam_types::error::ErrorCode;
 use serde_json::Value as Json;
 
@@ -11,17 +9,6 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::rowjson::OrderedRow;
 use crate::users::{self, NewUser, UserChange};
-
-/// Refuses principals below `dba` (PERMISSION_DENIED, 403).
-pub fn require_admin(identity: &Identity, action: &str) -> Result<(), EngineError> {
-    if identity.role >= Role::Dba {
-        return Ok(());
-    }
-    Err(EngineError::user(
-        ErrorCode::PermissionDenied,
-        format!("permission denied: {action} requires role dba or system (you are {})", identity.role.as_str()),
-    ))
-}
 
 /// The one row `user_id, apikey` through which a clear key is shown, once.
 fn key_row(user_id: &str, key: Option<String>, message: String) -> StatementResult {

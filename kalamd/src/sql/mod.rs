@@ -12,6 +12,7 @@ pub mod params;
 pub mod parse;
 mod parse_table;
 mod parse_user;
+pub mod permissions;
 pub mod query;
 pub mod split;
 pub mod system;
@@ -169,6 +170,7 @@ async fn execute_statement(
             }
         }
     }
+    permissions::check(engine, identity, &stmt)?;
     match stmt {
         KalamStatement::Query(stmt) => {
             let out = match fast::plan(engine, &stmt, user) {
@@ -178,7 +180,7 @@ async fn execute_statement(
                         .await
                         .map_err(EngineError::internal)??
                 }
-                None => query::run_query(engine, &stmt, user).await?,
+                None => query::run_query(engine, &stmt, identity).await?,
             };
             let n = out.rows.len() as u64;
             Ok(StatementResult { columns: out.columns, rows: Some(out.rows), row_count: n, message: None })
@@ -186,22 +188,17 @@ async fn execute_statement(
         KalamStatement::DropTable { namespace, table, if_exists } => {
             drop_table(engine, &namespace, &table, if_exists).await
         }
-        KalamStatement::CreateUser { user, if_not_exists } => {
-            admin::require_admin(identity, "user management")?;
-            admin::create_user(engine, user, if_not_exists)
-        }
-        KalamStatement::AlterUser { user_id, change } => {
-            admin::require_admin(identity, "user management")?;
-            admin::alter_user(engine, &user_id, change)
-        }
-        KalamStatement::DropUser { user_id, if_exists } => {
-            admin::require_admin(identity, "user management")?;
-            admin::drop_user(engine, &user_id, if_exists)
-        }
+        KalamStatement::CreateUser { user, if_not_exists } => admin::create_user(engine, user, if_not_exists),
+        KalamStatement::AlterUser { user_id, change } => admin::alter_user(engine, &user_id, change),
+        KalamStatement::DropUser { user_id, if_exists } => admin::drop_user(engine, &user_id, if_exists),
         KalamStatement::DropNamespace { name, if_exists, cascade } => {
             drop_namespace(engine, &name, if_exists, cascade).await
         }
-        KalamStatement::KillLiveQuery { live_id } => crate::live::kill_live_query(engine, &live_id).await,
+        KalamStatement::KillLiveQuery { live_id } => {
+            // Users may end only their own live queries (sql.md §17).
+            let owner = (identity.role == kalam_types::auth::Role::User).then_some(&identity.principal);
+            crate::live::kill_live_query(engine, &live_id, owner).await
+        }
         KalamStatement::Subscribe { table, filter, options } => {
             let (engine, user) = (engine.clone(), user.clone());
             tokio::task::spawn_blocking(move || {
@@ -237,7 +234,7 @@ async fn execute_statement(
             // The SELECT of an INSERT … SELECT runs here, on the async side, before the write.
             let selected = match &other {
                 KalamStatement::Insert(stmt) => match dml::select_source(stmt) {
-                    Some(query) => Some(query::collect(engine, &query, user).await?.1),
+                    Some(query) => Some(query::collect(engine, &query, identity).await?.1),
                     None => None,
                 },
                 _ => None,

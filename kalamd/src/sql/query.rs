@@ -20,7 +20,7 @@ use datafusion::sql::sqlparser::ast::{
     Visitor, VisitorMut, WildcardAdditionalOptions, visit_expressions, visit_relations,
 };
 
-use kalam_types::ids::UserId;
+use kalam_types::auth::Identity;
 use kalam_types::schema::{DELETED_COLUMN, UPDATED_COLUMN};
 use kalam_types::value::{double_to_json, encode_hex};
 use kalam_types::{KalamType, Value, arrow::value_at};
@@ -40,8 +40,8 @@ pub struct QueryOutput {
     pub rows: Vec<OrderedRow>,
 }
 
-pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) -> Result<QueryOutput, EngineError> {
-    let (names, batches) = collect(engine, stmt, user).await?;
+pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, viewer: &Identity) -> Result<QueryOutput, EngineError> {
+    let (names, batches) = collect(engine, stmt, viewer).await?;
     encode_batches(names, &batches)
 }
 
@@ -49,8 +49,9 @@ pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, user: &UserId) ->
 pub async fn collect(
     engine: &Arc<Engine>,
     stmt: &Statement,
-    user: &UserId,
+    viewer: &Identity,
 ) -> Result<(Vec<String>, Vec<RecordBatch>), EngineError> {
+    let user = &viewer.acting;
     let mut relations = BTreeSet::new();
     let _ = visit_relations(stmt, |name| {
         relations.insert(name.clone());
@@ -77,7 +78,7 @@ pub async fn collect(
         let (ns, table) = (table_ref.namespace.clone(), table_ref.table.clone());
         if system::is_builtin_namespace(&ns) && table_ref.qualifier.is_none() {
             register_schema(&ctx, "datafusion", &ns)?;
-            let (schema, batch) = system::table(engine, &ns, &table).await?;
+            let (schema, batch) = system::table(engine, &ns, &table, viewer).await?;
             let reference = TableReference::partial(ns, table);
             ctx.register_table(reference, Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))?;
             continue;

@@ -69,8 +69,15 @@ fn not_found(ns: &str, name: &str) -> EngineError {
 }
 
 /// Builds one built-in table by namespace and name.
-pub async fn table(engine: &Arc<Engine>, ns: &str, name: &str) -> Result<(SchemaRef, RecordBatch), EngineError> {
-    let table = match (ns, name) {
+/// A built-in table as `viewer` may see it: principals of role `user` get only their own rows
+/// of `system.users` and `system.live_queries` (sql.md §17).
+pub async fn table(
+    engine: &Arc<Engine>,
+    ns: &str,
+    name: &str,
+    viewer: &kalam_types::auth::Identity,
+) -> Result<(SchemaRef, RecordBatch), EngineError> {
+    let mut table = match (ns, name) {
         (NAMESPACE, "live_queries") => live_queries(engine).await,
         (NAMESPACE, "processes") => processes(engine).await,
         (NAMESPACE, n) if system_table_names().any(|t| t == n) => {
@@ -81,6 +88,11 @@ pub async fn table(engine: &Arc<Engine>, ns: &str, name: &str) -> Result<(Schema
         (INFORMATION_SCHEMA, "columns") => information_schema_columns(engine),
         _ => return Err(not_found(ns, name)),
     };
+    if viewer.role == kalam_types::auth::Role::User && ns == NAMESPACE && matches!(name, "users" | "live_queries") {
+        let own = Value::Text(viewer.principal.as_str().to_owned());
+        let column = table.columns.iter().position(|c| c.0 == "user_id");
+        table.rows.retain(|row| column.is_some_and(|i| row[i] == own));
+    }
     table.into_batch()
 }
 
