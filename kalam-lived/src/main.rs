@@ -72,7 +72,13 @@ fn main() -> anyhow::Result<()> {
     let mut cfg = KalamConfig::load(args.config.as_deref())?;
     cfg.resolve_paths()?;
     let _log = kalam_config::logging::init(&cfg.logging, "kalam-lived");
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cfg))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Compiling a subscription's filter with DataFusion recurses once per expression level;
+        // kalamd admits at most 256 levels, which this stack holds even in debug builds.
+        .thread_stack_size(32 << 20)
+        .build()?
+        .block_on(run(cfg))
 }
 
 async fn run(cfg: KalamConfig) -> anyhow::Result<()> {

@@ -81,6 +81,9 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+/// Stack of every runtime thread: room for planning the deepest expression the parser admits.
+const SQL_THREAD_STACK: usize = 32 << 20;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Read before any thread exists: the inherited socket and its environment.
@@ -88,7 +91,12 @@ fn main() -> anyhow::Result<()> {
     let mut cfg = KalamConfig::load(args.config.as_deref())?;
     cfg.resolve_paths()?;
     let _log = kalam_config::logging::init(&cfg.logging, "kalamd");
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cfg, inherited))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // SQL planning recurses once per expression level (see sql::parse::MAX_EXPRESSION_DEPTH).
+        .thread_stack_size(SQL_THREAD_STACK)
+        .build()?
+        .block_on(run(cfg, inherited))
 }
 
 async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyhow::Result<()> {

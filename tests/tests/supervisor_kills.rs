@@ -5,8 +5,9 @@
 //!
 //! Calm and kill windows alternate through one run, so both see the same table (inserts get
 //! slower as flushed files accumulate; comparing an early calm phase with a later kill phase
-//! would measure that, not the kills). The few hundred milliseconds after each burst belong to
-//! neither window. nextest runs this test alone (`.config/nextest.toml`), so other tests do not
+//! would measure that, not the kills). Rounds swap the order of their two windows, so neither
+//! kind is always the later one. The few hundred milliseconds after each window belong to
+//! neither. nextest runs this test alone (`.config/nextest.toml`), so other tests do not
 //! distort one window more than the other.
 
 use std::sync::Arc;
@@ -18,8 +19,8 @@ use serde_json::json;
 
 const KILLS_EACH: usize = 100;
 /// Kills of each daemon per burst; bursts alternate with calm windows.
-const KILLS_PER_BURST: usize = 10;
-const CALM_WINDOW: Duration = Duration::from_millis(2500);
+const KILLS_PER_BURST: usize = 5;
+const CALM_WINDOW: Duration = Duration::from_millis(1500);
 const SETTLE: Duration = Duration::from_millis(500);
 
 const SETTLING: u8 = 0;
@@ -139,17 +140,22 @@ async fn killing_flushd_and_lived_a_hundred_times_each_fails_no_write_and_keeps_
         let (window, stop, cluster_ref) = (window.clone(), stop.clone(), &cluster);
         async move {
             tokio::time::sleep(SETTLE).await;
-            for _ in 0..KILLS_EACH / KILLS_PER_BURST {
-                window.store(CALM, Ordering::Relaxed);
-                tokio::time::sleep(CALM_WINDOW).await;
-                window.store(KILLING, Ordering::Relaxed);
-                for _ in 0..KILLS_PER_BURST {
-                    for name in ["kalam-flushd", "kalam-lived"] {
-                        cluster_ref.kill_and_wait_restart(name).await;
+            for round in 0..KILLS_EACH / KILLS_PER_BURST {
+                let order = if round % 2 == 0 { [CALM, KILLING] } else { [KILLING, CALM] };
+                for kind in order {
+                    window.store(kind, Ordering::Relaxed);
+                    if kind == CALM {
+                        tokio::time::sleep(CALM_WINDOW).await;
+                    } else {
+                        for _ in 0..KILLS_PER_BURST {
+                            for name in ["kalam-flushd", "kalam-lived"] {
+                                cluster_ref.kill_and_wait_restart(name).await;
+                            }
+                        }
                     }
+                    window.store(SETTLING, Ordering::Relaxed);
+                    tokio::time::sleep(SETTLE).await;
                 }
-                window.store(SETTLING, Ordering::Relaxed);
-                tokio::time::sleep(SETTLE).await;
             }
             stop.store(true, Ordering::Relaxed);
         }

@@ -92,6 +92,25 @@ fn builtin_write_error(ns: &str, table: &str) -> EngineError {
     }
 }
 
+/// Runs a query under `limits.statement_timeout_seconds`; dropping it on time-out cancels its
+/// DataFusion tasks. Only reads are bounded this way: a write is never cut off half-way.
+async fn with_timeout<T>(
+    engine: &Engine,
+    query: impl std::future::Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    let seconds = engine.cfg.limits.statement_timeout_seconds;
+    if seconds == 0 {
+        return query.await;
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(seconds), query).await {
+        Ok(result) => result,
+        Err(_) => Err(EngineError::user(
+            ErrorCode::StatementTimeout,
+            format!("canceling statement due to statement timeout ({seconds} s)"),
+        )),
+    }
+}
+
 /// A failed statement inside a batch.
 #[derive(Debug)]
 pub struct BatchError {
@@ -128,6 +147,14 @@ pub async fn execute_request(
         Ok(s) => s,
         Err(error) => return (vec![], Some(BatchError { error, statement_index: None, statement: None })),
     };
+    let limit = engine.cfg.limits.max_statements_per_request;
+    if statements.len() > limit {
+        let error = KalamError::new(
+            ErrorCode::InvalidRequest,
+            format!("Too many statements in one request ({}; the limit is {limit})", statements.len()),
+        );
+        return (vec![], Some(BatchError { error, statement_index: None, statement: None }));
+    }
     if params.is_some() && statements.len() != 1 {
         let error = KalamError::new(ErrorCode::InvalidRequest, "params are only supported with a single statement");
         return (vec![], Some(BatchError { error, statement_index: None, statement: None }));
@@ -180,7 +207,7 @@ async fn execute_statement(
                         .await
                         .map_err(EngineError::internal)??
                 }
-                None => query::run_query(engine, &stmt, identity).await?,
+                None => with_timeout(engine, query::run_query(engine, &stmt, identity)).await?,
             };
             let n = out.rows.len() as u64;
             Ok(StatementResult { columns: out.columns, rows: Some(out.rows), row_count: n, message: None })
@@ -234,7 +261,7 @@ async fn execute_statement(
             // The SELECT of an INSERT … SELECT runs here, on the async side, before the write.
             let selected = match &other {
                 KalamStatement::Insert(stmt) => match dml::select_source(stmt) {
-                    Some(query) => Some(query::collect(engine, &query, identity).await?.1),
+                    Some(query) => Some(with_timeout(engine, query::collect(engine, &query, identity)).await?.1),
                     None => None,
                 },
                 _ => None,

@@ -3,7 +3,11 @@
 //! `FLUSH TABLE`) are recognised by their leading words and parsed with the same parser;
 //! everything else is sqlparser's PostgreSQL-flavoured grammar.
 
-use datafusion::sql::sqlparser::ast::{Expr, Ident, ObjectName, Statement, UnaryOperator, Value as SqlValue};
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    Expr, Ident, ObjectName, Statement, UnaryOperator, Value as SqlValue, Visit, Visitor,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -465,6 +469,9 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
             options.insert("last_rows".into(), n.into());
         }
         expect_end(&mut p)?;
+        if let Some(f) = &filter {
+            check_depth(f.as_ref())?;
+        }
         return Ok(KalamStatement::Subscribe { table, filter, options });
     }
     for (word, retry) in [("KILL", false), ("RETRY", true)] {
@@ -539,12 +546,45 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     }
     let stmt = p.parse_statement().map_err(invalid_sql)?;
     expect_end(&mut p)?;
+    check_depth(&stmt)?;
     match stmt {
         Statement::Insert(_) => Ok(KalamStatement::Insert(Box::new(stmt))),
         Statement::Update(_) => Ok(KalamStatement::Update(Box::new(stmt))),
         Statement::Delete(_) => Ok(KalamStatement::Delete(Box::new(stmt))),
         Statement::Query(_) => Ok(KalamStatement::Query(Box::new(stmt))),
         _ => Err(unsupported(sql)),
+    }
+}
+
+/// Deepest expression nesting a statement may have. The parser limits parentheses, but a chain
+/// like `1 + 1 + … + 1` parses flat into a tree as deep as it is long, and planning a tree that
+/// deep recurses once per level (kalamd and kalam-lived run SQL on 32 MiB stacks; 256 levels
+/// use a fraction of that even in debug builds).
+pub const MAX_EXPRESSION_DEPTH: usize = 256;
+
+/// Refuses statements whose expressions nest deeper than [`MAX_EXPRESSION_DEPTH`]; the walk
+/// stops at the limit, so checking a deeper tree costs no more stack than the limit allows.
+pub fn check_depth<V: Visit>(node: &V) -> Result<(), KalamError> {
+    struct Depth {
+        current: usize,
+    }
+    impl Visitor for Depth {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.current += 1;
+            if self.current > MAX_EXPRESSION_DEPTH { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        }
+        fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.current -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+    match node.visit(&mut Depth { current: 0 }) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(KalamError::new(
+            ErrorCode::InvalidSql,
+            format!("expression nested too deeply (more than {MAX_EXPRESSION_DEPTH} levels)"),
+        )),
     }
 }
 

@@ -201,11 +201,16 @@ impl Default for RateLimitConfig {
 pub struct LimitsConfig {
     /// Largest HTTP body and WebSocket message, in bytes.
     pub max_message_size: usize,
+    /// Most statements in one request.
+    pub max_statements_per_request: usize,
+    /// Longest a query (a SELECT, or the SELECT of an INSERT … SELECT) may run before it is
+    /// cancelled, in seconds (0 = no limit).
+    pub statement_timeout_seconds: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_message_size: 64 * 1024 * 1024 }
+        Self { max_message_size: 64 * 1024 * 1024, max_statements_per_request: 1000, statement_timeout_seconds: 30 }
     }
 }
 
@@ -518,7 +523,10 @@ impl KalamConfig {
         if self.storage.rocksdb.keep_log_file_num == 0 || self.storage.rocksdb.max_log_file_size == 0 {
             return Err(ConfigError::Invalid { key: "storage.rocksdb", reason: "values must be > 0".into() });
         }
-        if self.websocket.max_pending_messages == 0 || self.limits.max_message_size == 0 {
+        if self.websocket.max_pending_messages == 0
+            || self.limits.max_message_size == 0
+            || self.limits.max_statements_per_request == 0
+        {
             return Err(ConfigError::Invalid { key: "limits", reason: "sizes must be > 0".into() });
         }
         Ok(())

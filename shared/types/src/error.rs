@@ -26,6 +26,7 @@ pub enum ErrorCode {
     DependencyExists,
     InvalidOperation,
     ParamCountMismatch,
+    StatementTimeout,
     // auth
     Unauthorized,
     InvalidApiKey,
@@ -75,6 +76,7 @@ impl ErrorCode {
             | DependencyExists
             | InvalidOperation
             | ParamCountMismatch
+            | StatementTimeout
             | InvalidSubscription
             | UnknownMessageType
             | DuplicateSubscriptionId
