@@ -81,7 +81,7 @@ fn presented(cfg: &KalamConfig, peer: SocketAddr, req: &Request) -> Result<Prese
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
     let in_query = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     let bypass = loopback_bypass(cfg.auth.localhost_bypass, peer.ip(), |h| headers.contains_key(h));
-    Ok(Presented::read(|h| headers.get(h).and_then(|v| v.to_str().ok()), in_query, bypass))
+    Ok(Presented::read(|h| headers.get(h).map(|v| kalam_types::auth::header_text(v.as_bytes())), in_query, bypass))
 }
 
 /// Longest a credential check by kalamd may hold up a handshake.

@@ -50,6 +50,19 @@ fn set_state(table: &Table, kind: Kind, f: impl FnOnce(&mut ProcessInfo)) {
     }
 }
 
+/// Records that `kind` has no running instance: `state`, no pid or figures, and one more
+/// restart when one follows.
+fn mark_down(table: &Table, kind: Kind, state: &str, restarting: bool) {
+    set_state(table, kind, |p| {
+        p.pid = None;
+        p.state = state.into();
+        p.restarts += u32::from(restarting);
+        p.started_at_us = None;
+        p.memory_bytes = None;
+        p.cpu_percent = None;
+    });
+}
+
 #[derive(Clone)]
 struct SupervisorService {
     table: Table,
@@ -292,23 +305,12 @@ async fn supervise(
                 if matches!(reason, Watch::Requested) {
                     // An operator's restart: graceful, at once, outside the back-off and limit.
                     stop_child(kind, &mut child).await;
-                    set_state(&ctx.table, kind, |p| {
-                        p.pid = None;
-                        p.state = "starting".into();
-                        p.restarts += 1;
-                        p.started_at_us = None;
-                        p.memory_bytes = None;
-                        p.cpu_percent = None;
-                    });
+                    mark_down(&ctx.table, kind, "starting", true);
                     continue;
                 }
                 if matches!(reason, Watch::Stop) {
                     stop_child(kind, &mut child).await;
-                    set_state(&ctx.table, kind, |p| {
-                        p.pid = None;
-                        p.state = "stopped".into();
-                        p.started_at_us = None;
-                    });
+                    mark_down(&ctx.table, kind, "stopped", false);
                     return Outcome::Stopped;
                 }
                 let _ = child.start_kill();
@@ -323,23 +325,10 @@ async fn supervise(
         tracing::warn!(process = kind.binary(), reason = ?reason, "daemon went down");
         let Some(delay) = policy.on_exit(started.elapsed()) else {
             tracing::error!(process = kind.binary(), "too many restarts; giving up");
-            set_state(&ctx.table, kind, |p| {
-                p.pid = None;
-                p.state = "failed".into();
-                p.started_at_us = None;
-                p.memory_bytes = None;
-                p.cpu_percent = None;
-            });
+            mark_down(&ctx.table, kind, "failed", false);
             return Outcome::GaveUp;
         };
-        set_state(&ctx.table, kind, |p| {
-            p.pid = None;
-            p.state = "backoff".into();
-            p.restarts += 1;
-            p.started_at_us = None;
-            p.memory_bytes = None;
-            p.cpu_percent = None;
-        });
+        mark_down(&ctx.table, kind, "backoff", true);
         tokio::select! {
             _ = stop.cancelled() => return Outcome::Stopped,
             _ = tokio::time::sleep(delay) => {}

@@ -101,7 +101,7 @@ struct SqlRequest {
 /// Who a request runs as (api.md §1), or the 401/403 refusal.
 pub fn identify(engine: &Engine, peer: SocketAddr, headers: &HeaderMap) -> Result<Identity, KalamError> {
     let bypass = loopback_bypass(engine.cfg.auth.localhost_bypass, peer.ip(), |h| headers.contains_key(h));
-    let presented = Presented::read(|h| headers.get(h).and_then(|v| v.to_str().ok()), |_| None, bypass);
+    let presented = Presented::read(|h| headers.get(h).map(kalam_types::auth::header_text), |_| None, bypass);
     crate::auth::authenticate(engine, &presented).map_err(|e| e.to_client())
 }
 

@@ -243,6 +243,15 @@ async fn forged_and_misused_credentials_are_refused_over_http_and_websocket() {
         let ws = over_ws(&cluster, &headers, "").await;
         assert_eq!((ws.status, ws.code.as_str()), (*status, *code), "WebSocket: {name}");
     }
+    // A credential header that is not text is still a credential: refused, never the bypass.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/api/sql", cluster.url()))
+        .header("x-api-key", reqwest::header::HeaderValue::from_bytes(&[0xff, 0xfe]).unwrap())
+        .json(&json!({"sql": "SELECT 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
     // The browser spellings on the WebSocket: query parameters.
     for (name, query, status, code) in [
         ("?api_key= unknown", "?api_key=nope".to_owned(), 401, "INVALID_API_KEY"),

@@ -135,6 +135,33 @@ async fn every_statement_kind_for_every_role_is_allowed_or_denied_as_specified()
     let res = kalam_e2e::rows(&system, "SELECT v FROM app.res ORDER BY v").await;
     let writers: Vec<&str> = res.iter().map(|r| r["v"].as_str().unwrap()).collect();
     assert_eq!(writers, ["dba", "system"]);
+    // A user sees only its own row of system.users, and nothing of the shared tables it may not
+    // read in the tables that describe tables.
+    for (sql, column) in [
+        ("SELECT table_name FROM system.tables WHERE namespace_id = 'app' ORDER BY table_name", "table_name"),
+        (
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'app' ORDER BY table_name",
+            "table_name",
+        ),
+        ("SHOW TABLES IN app", "table_name"),
+    ] {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/api/sql", cluster.url()))
+            .header("x-api-key", &keys["user"])
+            .json(&json!({ "sql": sql }))
+            .send()
+            .await
+            .unwrap();
+        let body: Json = resp.json().await.unwrap();
+        let mut names: Vec<String> = body["results"][0]["rows"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{sql}: {body}"))
+            .iter()
+            .map(|r| r[column].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["pub", "s", "t_dba", "t_system", "u"], "{sql}");
+    }
     // A user sees only its own row of system.users.
     let (_, body) = {
         let resp = reqwest::Client::new()

@@ -32,7 +32,8 @@ pub fn show_namespaces(engine: &Engine) -> StatementResult {
     result(&["name", "table_count", "created_at"], rows, None)
 }
 
-pub fn show_tables(engine: &Engine, namespace: Option<&str>) -> Result<StatementResult, EngineError> {
+/// `SHOW TABLES [IN ns]`; `role_user` hides the shared tables a `user` principal may not read.
+pub fn show_tables(engine: &Engine, namespace: Option<&str>, role_user: bool) -> Result<StatementResult, EngineError> {
     let columns = ["namespace_id", "table_name", "table_type", "created_at"];
     if let Some(ns) = namespace.filter(|ns| system::is_builtin_namespace(ns)) {
         let names: Vec<&str> =
@@ -53,6 +54,7 @@ pub fn show_tables(engine: &Engine, namespace: Option<&str>) -> Result<Statement
         .tables()
         .into_iter()
         .filter(|t| namespace.is_none_or(|ns| t.namespace.as_str() == ns))
+        .filter(|t| !role_user || system::user_may_see_table(engine, t.namespace.as_str(), t.name.as_str()))
         .map(|t| {
             vec![
                 Json::from(t.namespace.as_str()),

@@ -236,7 +236,9 @@ async fn execute_statement(
         }
         KalamStatement::ShowNamespaces => Ok(introspect::show_namespaces(engine)),
         KalamStatement::ShowStorages => introspect::show_storages(engine),
-        KalamStatement::ShowTables { namespace } => introspect::show_tables(engine, namespace.as_deref()),
+        KalamStatement::ShowTables { namespace } => {
+            introspect::show_tables(engine, namespace.as_deref(), identity.role == kalam_types::auth::Role::User)
+        }
         KalamStatement::Describe { namespace, table } => introspect::describe(engine, &namespace, &table),
         KalamStatement::ShowTableStats { namespace, table } => {
             let (engine, user) = (engine.clone(), user.clone());

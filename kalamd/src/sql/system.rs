@@ -70,7 +70,8 @@ fn not_found(ns: &str, name: &str) -> EngineError {
 
 /// Builds one built-in table by namespace and name.
 /// A built-in table as `viewer` may see it: principals of role `user` get only their own rows
-/// of `system.users` and `system.live_queries` (sql.md §17).
+/// of `system.users` and `system.live_queries`, and no row about a shared table they may not
+/// read (private or restricted) in the tables that describe tables (sql.md §17).
 pub async fn table(
     engine: &Arc<Engine>,
     ns: &str,
@@ -93,7 +94,25 @@ pub async fn table(
         let column = table.columns.iter().position(|c| c.0 == "user_id");
         table.rows.retain(|row| column.is_some_and(|i| row[i] == own));
     }
+    if viewer.role == kalam_types::auth::Role::User {
+        let position = |name: &str| table.columns.iter().position(|c| c.0 == name);
+        if let (Some(ns), Some(t)) = (position("namespace_id").or(position("table_schema")), position("table_name")) {
+            table.rows.retain(|row| match (&row[ns], &row[t]) {
+                (Value::Text(ns), Value::Text(t)) => user_may_see_table(engine, ns, t),
+                _ => true,
+            });
+        }
+    }
     table.into_batch()
+}
+
+/// False for a shared table that only `service` and above may read.
+pub fn user_may_see_table(engine: &Engine, ns: &str, table: &str) -> bool {
+    use kalam_types::schema::{AccessLevel, TableType};
+    engine
+        .catalog
+        .table(ns, table)
+        .is_none_or(|def| def.table_type != TableType::Shared || def.options.access == AccessLevel::Public)
 }
 
 fn blocking_table(engine: &Engine, name: &str) -> Result<SystemTable, EngineError> {

@@ -65,6 +65,12 @@ impl Identity {
     }
 }
 
+/// A header's value as [`Presented::read`] takes it. A value that is not text still counts as
+/// present (it must not fall back to the loopback bypass), as a value no check accepts.
+pub fn header_text(value: &(impl AsRef<[u8]> + ?Sized)) -> &str {
+    std::str::from_utf8(value.as_ref()).unwrap_or("\u{fffd}")
+}
+
 /// The credentials and identity headers of one request, as the process that received it read
 /// them: kalamd for HTTP, kalam-lived for the WebSocket upgrade. Only kalamd holds the users and
 /// the JWT secret, so kalam-lived sends this to kalamd to be checked.
