@@ -79,6 +79,9 @@ pub fn by_api_key(store: &Store, key: &str) -> Result<Option<UserRecord>, Engine
     Ok(user.filter(|u| u.apikey_sha256.as_deref() == Some(hash_api_key(key).as_str())))
 }
 
+/// Shortest API key a statement may set (generated keys have 36 characters).
+const MIN_API_KEY_LEN: usize = 8;
+
 /// A new random API key (UUID v4 from the operating system's generator).
 pub fn generate_api_key() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -177,6 +180,12 @@ pub fn create(store: &Store, new: NewUser, now_us: i64) -> Result<(UserRecord, O
     }
     let key = match new.apikey {
         None => Some(generate_api_key()),
+        Some(Some(k)) if k.trim() != k || k.chars().count() < MIN_API_KEY_LEN => {
+            return Err(EngineError::user(
+                ErrorCode::InvalidOperation,
+                format!("An API key must have at least {MIN_API_KEY_LEN} characters and no surrounding spaces"),
+            ));
+        }
         Some(k) => k,
     };
     let apikey_sha256 = key.as_deref().map(hash_api_key);

@@ -330,6 +330,8 @@ async fn users_are_managed_by_dba_and_system_only_and_keys_are_never_shown_again
         ("CREATE USER 'x' OWNER_ID 'y'", "INVALID_SQL", "OWNER_ID is not supported; use CREATE USER <user_id>"),
         ("CREATE USER 'a/b'", "INVALID_REQUEST", ""),
         ("DROP USER 'system'", "INVALID_OPERATION", "The built-in system user cannot be deleted"),
+        ("CREATE USER 'x' APIKEY ''", "INVALID_OPERATION", "at least 8 characters and no surrounding spaces"),
+        ("CREATE USER 'x' APIKEY 'short'", "INVALID_OPERATION", "at least 8 characters and no surrounding spaces"),
     ] {
         let (actual, text) = server_error(&cluster, sql).await;
         assert_eq!(actual, code, "{sql}: {text}");

@@ -86,6 +86,12 @@ async fn daemons_run_as_separate_units_with_socket_activation() {
         .stdout(std::fs::File::create(dir.path().join("kalamd.out")).unwrap())
         .stderr(std::fs::File::create(dir.path().join("kalamd.err")).unwrap());
     let mut daemons = Daemons(vec![("kalamd", activate.spawn().expect("systemd-socket-activate"))]);
+    // systemd-socket-activate binds the port after it starts; until then a connection is refused.
+    // The probing connection itself is what starts kalamd, as it is with kalamd.socket.
+    wait_for(Duration::from_secs(10), "systemd-socket-activate to listen", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+    })
+    .await;
     let client = KalamLinkClient::new(format!("http://127.0.0.1:{port}")).with_user("u1");
     let first = client.query("SELECT 1 AS one").await.expect("the first connection starts kalamd");
     assert_eq!(first.status, "success");
