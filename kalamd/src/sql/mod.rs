@@ -187,7 +187,11 @@ async fn execute_statement(
             KalamStatement::Query(s)
             | KalamStatement::Insert(s)
             | KalamStatement::Update(s)
-            | KalamStatement::Delete(s) => params::bind(s, params)?,
+            | KalamStatement::Delete(s) => {
+                params::check_count(s, params)?;
+                params::check_types(engine, s, params, user)?;
+                params::substitute(s, params);
+            }
             _ if params.is_empty() => {}
             _ => {
                 return Err(EngineError::user(

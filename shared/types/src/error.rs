@@ -26,6 +26,7 @@ pub enum ErrorCode {
     DependencyExists,
     InvalidOperation,
     ParamCountMismatch,
+    ParamTypeMismatch,
     StatementTimeout,
     // auth
     Unauthorized,
@@ -76,6 +77,7 @@ impl ErrorCode {
             | DependencyExists
             | InvalidOperation
             | ParamCountMismatch
+            | ParamTypeMismatch
             | StatementTimeout
             | InvalidSubscription
             | UnknownMessageType
