@@ -4,12 +4,18 @@
 use kalam_e2e::Cluster;
 use serde_json::{Value as Json, json};
 
-/// Posts `sql` with `params` (left out when null) as user `u1`; returns the HTTP status and the body.
+/// Posts `sql` with `params` (left out when null) through the loopback bypass acting as user `u1`;
+/// returns the HTTP status and the body.
 async fn post(cluster: &Cluster, sql: &str, params: Json) -> (u16, Json) {
+    post_with(cluster, ("X-USER-ID", "u1"), sql, params).await
+}
+
+/// Posts with one credential header.
+async fn post_with(cluster: &Cluster, header: (&str, &str), sql: &str, params: Json) -> (u16, Json) {
     let request = if params.is_null() { json!({"sql": sql}) } else { json!({"sql": sql, "params": params}) };
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/api/sql", cluster.url()))
-        .header("X-USER-ID", "u1")
+        .header(header.0, header.1)
         .json(&request)
         .send()
         .await
@@ -29,7 +35,8 @@ async fn parameters_are_typed_by_their_column_and_never_spliced() {
     let cluster = Cluster::start().await;
     let (status, body) = post(
         &cluster,
-        "CREATE NAMESPACE app; CREATE USER TABLE app.t (id BIGINT PRIMARY KEY, n INT, s TEXT, j JSON, b BOOLEAN)",
+        "CREATE NAMESPACE app; CREATE USER TABLE app.t (id BIGINT PRIMARY KEY, n INT, s TEXT, j JSON, b BOOLEAN); \
+         CREATE SHARED TABLE app.priv (id BIGINT PRIMARY KEY, n INT) ACCESS private",
         Json::Null,
     )
     .await;
@@ -81,6 +88,12 @@ async fn parameters_are_typed_by_their_column_and_never_spliced() {
         assert_eq!(body["error"]["code"], "PARAM_TYPE_MISMATCH", "{sql} {params}: {body}");
         assert_eq!(body["error"]["message"], format!("Statement 1 failed: {message}"), "{sql} {params}");
     }
+    // A table the caller may not read is refused before any parameter is compared with it.
+    let (_, body) = post(&cluster, "CREATE USER 'reader' WITH ROLE user", Json::Null).await;
+    let key = body["results"][0]["rows"][0]["apikey"].as_str().expect("api key").to_owned();
+    let (status, body) =
+        post_with(&cluster, ("x-api-key", &key), "SELECT * FROM app.priv WHERE n = $1", json!(["x"])).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("PERMISSION_DENIED")), "{body}");
     // The count is checked before the types.
     let (status, body) = post(&cluster, insert, json!(["a"])).await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("PARAM_COUNT_MISMATCH")), "{body}");

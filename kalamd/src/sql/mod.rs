@@ -187,11 +187,7 @@ async fn execute_statement(
             KalamStatement::Query(s)
             | KalamStatement::Insert(s)
             | KalamStatement::Update(s)
-            | KalamStatement::Delete(s) => {
-                params::check_count(s, params)?;
-                params::check_types(engine, s, params, user)?;
-                params::substitute(s, params);
-            }
+            | KalamStatement::Delete(s) => params::check_count(s, params)?,
             _ if params.is_empty() => {}
             _ => {
                 return Err(EngineError::user(
@@ -202,6 +198,17 @@ async fn execute_statement(
         }
     }
     permissions::check(engine, identity, &stmt)?;
+    // Types are checked only once the statement is allowed: a refusal must not describe a table
+    // the caller may not see.
+    if let Some(params) = params
+        && let KalamStatement::Query(s)
+        | KalamStatement::Insert(s)
+        | KalamStatement::Update(s)
+        | KalamStatement::Delete(s) = &mut stmt
+    {
+        params::check_types(engine, s, params, user)?;
+        params::substitute(s, params);
+    }
     match stmt {
         KalamStatement::Query(stmt) => {
             let out = match fast::plan(engine, &stmt, user) {
