@@ -21,7 +21,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::rowjson::full_row_json;
 use crate::sql::eval::ExprEvaluator;
-use crate::sql::parse::{TableRef, ident_name, literal};
+use crate::sql::parse::{TableRef, literal, target_column_name};
 use crate::store::{counter_key, table_cf_name};
 
 /// The SELECT of an `INSERT … SELECT`, if that is the statement's source.
@@ -117,7 +117,7 @@ fn target_table(engine: &Engine, ins: &Insert, acting: &UserId) -> Result<(Arc<T
     crate::sql::resolve_table(engine, &TableRef::parse(name)?, acting)
 }
 
-fn column_positions(def: &TableDefinition, ins: &Insert) -> Result<Vec<usize>, EngineError> {
+pub(crate) fn column_positions(def: &TableDefinition, ins: &Insert) -> Result<Vec<usize>, EngineError> {
     if ins.columns.is_empty() {
         return Ok((0..def.columns.len()).collect());
     }
@@ -125,7 +125,7 @@ fn column_positions(def: &TableDefinition, ins: &Insert) -> Result<Vec<usize>, E
     ins.columns
         .iter()
         .map(|c| {
-            let name = c.0.last().and_then(|p| p.as_ident()).map(ident_name).unwrap_or_default();
+            let name = target_column_name(c);
             if name.starts_with('_') {
                 return Err(EngineError::user(
                     ErrorCode::InvalidSql,

@@ -24,7 +24,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::read::{MergedRow, read_partition};
 use crate::rowjson::full_row_json;
-use crate::sql::parse::{TableRef, ident_name};
+use crate::sql::parse::{TableRef, target_column_name};
 use crate::store::{counter_key, table_cf_name};
 
 fn unsupported(what: &str) -> EngineError {
@@ -70,7 +70,7 @@ fn parse_update(engine: &Engine, stmt: &Statement, acting: &UserId) -> Result<Pa
     let mut sets = Vec::with_capacity(assignments.len());
     for a in assignments {
         let AssignmentTarget::ColumnName(col) = &a.target else { return Err(unsupported("Tuple assignment")) };
-        let name = col.0.last().and_then(|p| p.as_ident()).map(ident_name).unwrap_or_default();
+        let name = target_column_name(col);
         if name.starts_with('_') {
             return Err(EngineError::user(
                 ErrorCode::InvalidSql,

@@ -21,7 +21,7 @@ use kalam_types::value::{Literal, Value};
 use serde_json::Value as Json;
 
 use crate::engine::Engine;
-use crate::sql::parse::{TableRef, ident_name};
+use crate::sql::parse::{TableRef, ident_name, target_column_name};
 
 /// Replaces the placeholders of `stmt` with `params`.
 #[cfg(test)]
@@ -39,7 +39,7 @@ pub fn check_count(stmt: &Statement, params: &[Json]) -> Result<(), KalamError> 
         if let Expr::Value(v) = e
             && let SqlValue::Placeholder(text) = &v.value
         {
-            match text.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).filter(|n| *n >= 1) {
+            match placeholder_number(text) {
                 Some(n) => {
                     used.insert(n);
                 }
@@ -72,8 +72,7 @@ pub fn substitute(stmt: &mut Statement, params: &[Json]) {
     let _ = visit_expressions_mut(stmt, |e| {
         if let Expr::Value(v) = e
             && let SqlValue::Placeholder(text) = &v.value
-            && let Some(param) =
-                text.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).and_then(|n| params.get(n - 1))
+            && let Some(param) = placeholder_number(text).and_then(|n| params.get(n - 1))
         {
             *e = Expr::Value(literal(param).into());
         }
@@ -81,11 +80,16 @@ pub fn substitute(stmt: &mut Statement, params: &[Json]) {
     });
 }
 
+/// The number `K` of a `$K` placeholder's text; None for any other spelling.
+fn placeholder_number(text: &str) -> Option<usize> {
+    text.strip_prefix('$')?.parse().ok().filter(|n| *n >= 1)
+}
+
 /// The number `K` of a `$K` placeholder expression.
 fn placeholder(expr: &Expr) -> Option<usize> {
     match expr {
         Expr::Value(v) => match &v.value {
-            SqlValue::Placeholder(text) => text.strip_prefix('$')?.parse().ok().filter(|n| *n >= 1),
+            SqlValue::Placeholder(text) => placeholder_number(text),
             _ => None,
         },
         Expr::Nested(inner) => placeholder(inner),
@@ -134,19 +138,17 @@ fn typed_placeholders(stmt: &Statement, def: &TableDefinition) -> Vec<(usize, St
     let mut pairs = Vec::new();
     match stmt {
         Statement::Insert(ins) => {
-            let columns: Vec<String> = if ins.columns.is_empty() {
-                def.columns.iter().map(|c| c.name.clone()).collect()
-            } else {
-                ins.columns
-                    .iter()
-                    .map(|c| c.0.last().and_then(|p| p.as_ident()).map(ident_name).unwrap_or_default())
-                    .collect()
-            };
+            // Positions the INSERT itself would refuse are left to its own error.
+            let positions = crate::sql::dml::column_positions(def, ins).unwrap_or_default();
             if let Some(source) = &ins.source
                 && let SetExpr::Values(values) = source.body.as_ref()
             {
                 for row in &values.rows {
-                    pairs.extend(row.iter().zip(&columns).filter_map(|(e, c)| Some((placeholder(e)?, c.clone()))));
+                    pairs.extend(
+                        row.iter()
+                            .zip(&positions)
+                            .filter_map(|(e, &idx)| Some((placeholder(e)?, def.columns[idx].name.clone()))),
+                    );
                 }
             }
         }
@@ -155,7 +157,7 @@ fn typed_placeholders(stmt: &Statement, def: &TableDefinition) -> Vec<(usize, St
                 if let AssignmentTarget::ColumnName(col) = &a.target
                     && let Some(k) = placeholder(&a.value)
                 {
-                    pairs.push((k, col.0.last().and_then(|p| p.as_ident()).map(ident_name).unwrap_or_default()));
+                    pairs.push((k, target_column_name(col)));
                 }
             }
         }

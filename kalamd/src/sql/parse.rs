@@ -152,6 +152,11 @@ pub fn ident_name(id: &Ident) -> String {
     if id.quote_style.is_some() { id.value.clone() } else { id.value.to_ascii_lowercase() }
 }
 
+/// The column an assignment target or INSERT column list entry names: its last part.
+pub fn target_column_name(name: &ObjectName) -> String {
+    name.0.last().and_then(|p| p.as_ident()).map(ident_name).unwrap_or_default()
+}
+
 /// A table reference of DML and queries: `[ns.]table`, or `ns.<qualifier>.table` addressing a
 /// user's partition of a USER or STREAM table (sql.md §1).
 #[derive(Debug, Clone, PartialEq, Eq)]
