@@ -5,7 +5,7 @@
 //! and the sequence high-water mark in one RocksDB write batch, and then wakes the change-log
 //! waiters. Column-family names are built here and nowhere else.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -124,6 +124,16 @@ pub struct CommitGuard<'a> {
     pub batch: WriteBatch,
     changes: Vec<ChangeRecord>,
     transient: Vec<ChangeRecord>,
+    /// Counter values already set in this batch (a second change of the same counter builds on
+    /// the first, not on the stored value).
+    counters: HashMap<Vec<u8>, u64>,
+    /// Rows written by this batch, by (column family, key), so later statements of a
+    /// transaction read them (`None` outside transactions: single statements never read back
+    /// their own writes).
+    staged: Option<HashMap<(String, Vec<u8>), Vec<u8>>>,
+    /// Run in order after the batch is written, still under the commit lock (in-memory state
+    /// that mirrors the batch: stream buffers).
+    on_commit: Vec<Box<dyn FnOnce() + 'a>>,
 }
 
 impl Store {
@@ -278,7 +288,44 @@ impl Store {
     /// buffer until [`CommitGuard::write`].
     pub fn begin(&self) -> CommitGuard<'_> {
         let last_seq = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        CommitGuard { store: self, last_seq, batch: WriteBatch::default(), changes: Vec::new(), transient: Vec::new() }
+        CommitGuard {
+            store: self,
+            last_seq,
+            batch: WriteBatch::default(),
+            changes: Vec::new(),
+            transient: Vec::new(),
+            counters: HashMap::new(),
+            staged: None,
+            on_commit: Vec::new(),
+        }
+    }
+
+    /// Runs `f` on the open transaction's guard (`txn`), or on a guard of its own that is
+    /// written when `f` succeeds.
+    pub fn commit_in<'a, T, E: From<StoreError>>(
+        &'a self,
+        txn: Option<&mut CommitGuard<'a>>,
+        f: impl FnOnce(&mut CommitGuard<'a>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        match txn {
+            Some(guard) => f(guard),
+            None => {
+                let mut guard = self.begin();
+                let out = f(&mut guard)?;
+                guard.write()?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Starts the commit of a transaction: like [`Store::begin`], but rows written through
+    /// [`CommitGuard::put_row`] are read back by [`CommitGuard::get_row`] and
+    /// [`CommitGuard::staged_rows`] before the batch is written. Dropping the guard without
+    /// writing discards everything (ROLLBACK).
+    pub fn begin_transaction(&self) -> CommitGuard<'_> {
+        let mut guard = self.begin();
+        guard.staged = Some(HashMap::new());
+        guard
     }
 
     /// Newest committed sequence, and a receiver that changes when it moves.
@@ -348,7 +395,7 @@ impl Store {
     }
 }
 
-impl CommitGuard<'_> {
+impl<'a> CommitGuard<'a> {
     /// The newest committed sequence (nothing commits while the guard is held).
     pub fn last_seq(&self) -> u64 {
         *self.last_seq
@@ -379,11 +426,62 @@ impl CommitGuard<'_> {
 
     /// Adds `delta` to a counter, reading its current value under the lock.
     pub fn add_counter(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
-        let current = self.store.read_counter(key)? as i64;
-        let next = (current + delta).max(0) as u64;
+        let current = match self.counters.get(key) {
+            Some(v) => *v,
+            None => self.store.read_counter(key)?,
+        };
+        let next = (current as i64 + delta).max(0) as u64;
         let cf = self.store.cf(cf::COUNTERS)?;
         self.batch.put_cf(&cf, key, next.to_le_bytes());
+        self.counters.insert(key.to_vec(), next);
         Ok(())
+    }
+
+    /// Writes a row of a table's column family into the batch.
+    pub fn put_row(&mut self, cf_name: &str, key: Vec<u8>, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let cf = self.store.cf(cf_name)?;
+        self.batch.put_cf(&cf, &key, &bytes);
+        drop(cf);
+        if let Some(staged) = &mut self.staged {
+            staged.insert((cf_name.to_owned(), key), bytes);
+        }
+        Ok(())
+    }
+
+    /// A row as this batch leaves it: staged by an earlier statement of the transaction, else
+    /// the stored one.
+    pub fn get_row(&self, cf_name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(bytes) = self.staged.as_ref().and_then(|s| s.get(&(cf_name.to_owned(), key.to_vec()))) {
+            return Ok(Some(bytes.clone()));
+        }
+        self.store.get(cf_name, key)
+    }
+
+    /// Rows this transaction has written to `cf_name` under `prefix` (none outside a
+    /// transaction).
+    pub fn staged_rows<'s>(&'s self, cf_name: &'s str, prefix: &'s [u8]) -> impl Iterator<Item = (&'s [u8], &'s [u8])> {
+        self.staged.iter().flatten().filter_map(move |((cf, key), bytes)| {
+            (cf == cf_name && key.starts_with(prefix)).then_some((key.as_slice(), bytes.as_slice()))
+        })
+    }
+
+    /// Whether this guard belongs to a transaction.
+    pub fn is_transaction(&self) -> bool {
+        self.staged.is_some()
+    }
+
+    /// Marks a key as taken by this transaction (STREAM rows, which live outside RocksDB);
+    /// false when it already was.
+    pub fn claim(&mut self, space: &str, key: Vec<u8>) -> bool {
+        match &mut self.staged {
+            Some(staged) => staged.insert((space.to_owned(), key), Vec::new()).is_none(),
+            None => true,
+        }
+    }
+
+    /// Runs `apply` once the batch is written, before the commit lock is released.
+    pub fn on_commit(&mut self, apply: impl FnOnce() + 'a) {
+        self.on_commit.push(Box::new(apply));
     }
 
     /// Writes the batch (data, counters, change log, sequence mark) atomically.
@@ -423,6 +521,9 @@ impl CommitGuard<'_> {
                     self.store.transient_floor.fetch_max(dropped.commit_seq, std::sync::atomic::Ordering::AcqRel);
                 }
             }
+        }
+        for apply in std::mem::take(&mut self.on_commit) {
+            apply();
         }
         if moved {
             self.store.head_tx.send_replace(new_last);

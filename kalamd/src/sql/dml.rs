@@ -22,7 +22,7 @@ use crate::error::EngineError;
 use crate::rowjson::full_row_json;
 use crate::sql::eval::ExprEvaluator;
 use crate::sql::parse::{TableRef, literal, target_column_name};
-use crate::store::{counter_key, table_cf_name};
+use crate::store::{CommitGuard, counter_key, table_cf_name};
 
 /// The SELECT of an `INSERT … SELECT`, if that is the statement's source.
 pub fn select_source(stmt: &Statement) -> Option<Statement> {
@@ -48,8 +48,9 @@ pub fn select_source(stmt: &Statement) -> Option<Statement> {
 
 /// Executes an INSERT as `user`; returns the number of rows written and the table. `selected`
 /// holds the rows of an `INSERT … SELECT` source, already computed.
-pub fn insert(
-    engine: &Engine,
+pub fn insert<'a>(
+    engine: &'a Engine,
+    txn: Option<&mut CommitGuard<'a>>,
     stmt: &Statement,
     user: &UserId,
     selected: Option<Vec<RecordBatch>>,
@@ -84,7 +85,7 @@ pub fn insert(
         }
         built.push(values);
     }
-    Ok((write_inserts(engine, &def, user, built)?, def))
+    Ok((write_inserts(engine, txn, &def, user, built)?, def))
 }
 
 /// Evaluates a column's DEFAULT for one row.
@@ -255,98 +256,99 @@ impl ConstEvaluator {
 }
 
 /// Writes new rows in one batch: duplicate keys (in the statement or among the live buffered
-/// rows of the partition) fail the whole statement before anything is written.
-fn write_inserts(
-    engine: &Engine,
-    def: &TableDefinition,
+/// rows of the partition) fail the whole statement before anything is written. Inside a
+/// transaction the rows join its batch (and earlier statements' rows count as existing).
+fn write_inserts<'a>(
+    engine: &'a Engine,
+    txn: Option<&mut CommitGuard<'a>>,
+    def: &Arc<TableDefinition>,
     user: &UserId,
     rows: Vec<Vec<Value>>,
 ) -> Result<u64, EngineError> {
     if def.table_type == TableType::Stream {
-        return write_stream_inserts(engine, def, user, rows);
+        return write_stream_inserts(engine, txn, def, user, rows);
     }
     let cf_name = table_cf_name(def);
     let pk_idx = def.primary_key_index();
     let decoder = codec::RowDecoder::new(def);
     let partition_user = (def.table_type != TableType::Shared).then_some(user);
-    let mut guard = engine.store.begin();
-    engine.catalog.check_current(def)?;
-    // Keys of flushed rows count too. Only files whose key range covers a new key are read.
-    let new_pks: Vec<Vec<u8>> = rows.iter().filter_map(|v| codec::encode_pk(&v[pk_idx])).collect();
-    let entries = crate::read::manifest_entries(engine, def, partition_user)?;
-    let cold = crate::read::lookup_cold(engine, def, &entries, &new_pks)?;
-    let cf = engine.store.cf(&cf_name)?;
-    let mut keys_in_statement = HashSet::new();
-    let mut new_keys = 0i64;
-    let mut pending = Vec::with_capacity(rows.len());
-    for values in rows {
-        let pk = codec::encode_pk(&values[pk_idx])
-            .ok_or_else(|| EngineError::internal("primary key of a type that cannot be a key"))?;
-        let key = match partition_user {
-            Some(u) => codec::user_row_key(u, &pk),
-            None => pk.clone(),
-        };
-        let duplicate = |v: &Value| {
-            EngineError::User(KalamError::new(
-                ErrorCode::ConstraintViolation,
-                format!("Duplicate primary key value '{}' for table '{}'", v.display_key(), def.qualified_name()),
-            ))
-        };
-        if !keys_in_statement.insert(key.clone()) {
-            return Err(duplicate(&values[pk_idx]));
-        }
-        // The buffered version, when there is one, is newer than any flushed one.
-        let previous = match engine.store.get(&cf_name, &key)? {
-            Some(existing) => {
-                let row = decoder.decode(&existing).map_err(|e| EngineError::corrupt("table", e))?;
-                Some((row.deleted, row.updated_us))
+    engine.store.commit_in(txn, |guard| {
+        engine.catalog.check_current(def)?;
+        // Keys of flushed rows count too. Only files whose key range covers a new key are read.
+        let new_pks: Vec<Vec<u8>> = rows.iter().filter_map(|v| codec::encode_pk(&v[pk_idx])).collect();
+        let entries = crate::read::manifest_entries(engine, def, partition_user)?;
+        let cold = crate::read::lookup_cold(engine, def, &entries, &new_pks)?;
+        let mut keys_in_statement = HashSet::new();
+        let mut new_keys = 0i64;
+        let mut pending = Vec::with_capacity(rows.len());
+        for values in rows {
+            let pk = codec::encode_pk(&values[pk_idx])
+                .ok_or_else(|| EngineError::internal("primary key of a type that cannot be a key"))?;
+            let key = match partition_user {
+                Some(u) => codec::user_row_key(u, &pk),
+                None => pk.clone(),
+            };
+            let duplicate = |v: &Value| {
+                EngineError::User(KalamError::new(
+                    ErrorCode::ConstraintViolation,
+                    format!("Duplicate primary key value '{}' for table '{}'", v.display_key(), def.qualified_name()),
+                ))
+            };
+            if !keys_in_statement.insert(key.clone()) {
+                return Err(duplicate(&values[pk_idx]));
             }
-            None => {
-                new_keys += 1;
-                cold.get(&pk).map(|r| (r.deleted, r.updated_us))
+            // The buffered version, when there is one, is newer than any flushed one.
+            let previous = match guard.get_row(&cf_name, &key)? {
+                Some(existing) => {
+                    let row = decoder.decode(&existing).map_err(|e| EngineError::corrupt("table", e))?;
+                    Some((row.deleted, row.updated_us))
+                }
+                None => {
+                    new_keys += 1;
+                    cold.get(&pk).map(|r| (r.deleted, r.updated_us))
+                }
+            };
+            if previous.is_some_and(|(deleted, _)| !deleted) {
+                return Err(duplicate(&values[pk_idx]));
             }
-        };
-        if previous.is_some_and(|(deleted, _)| !deleted) {
-            return Err(duplicate(&values[pk_idx]));
+            // A new live row over a soft-deleted one must be the newer version.
+            pending.push((key, values, previous.map(|(_, updated)| updated)));
         }
-        // A new live row over a soft-deleted one must be the newer version.
-        pending.push((key, values, previous.map(|(_, updated)| updated)));
-    }
-    let count = pending.len() as u64;
-    for (key, values, previous) in pending {
-        let updated_us = previous.map_or_else(|| engine.clock.next(), |p| engine.clock.next().max(p + 1));
-        let row = StoredRow { schema_version: def.schema_version, values, updated_us, deleted: false };
-        let bytes = codec::encode_row(&row).map_err(EngineError::internal)?;
-        guard.batch.put_cf(&cf, &key, bytes);
-        guard.push_change(ChangeRecord::of(
-            def,
-            partition_user.map(|u| u.to_string()),
-            ChangeKind::Insert,
-            None,
-            Some(full_row_json(def, &row.values, updated_us, false)),
-            updated_us,
-        ))?;
-    }
-    if new_keys > 0 {
-        let ns = def.namespace.as_str();
-        let table = def.name.as_str();
-        if let Some(u) = partition_user {
-            guard.add_counter(&counter_key(ns, table, Some(u.as_str())), new_keys)?;
+        let count = pending.len() as u64;
+        for (key, values, previous) in pending {
+            let updated_us = previous.map_or_else(|| engine.clock.next(), |p| engine.clock.next().max(p + 1));
+            let row = StoredRow { schema_version: def.schema_version, values, updated_us, deleted: false };
+            let bytes = codec::encode_row(&row).map_err(EngineError::internal)?;
+            guard.put_row(&cf_name, key, bytes)?;
+            guard.push_change(ChangeRecord::of(
+                def,
+                partition_user.map(|u| u.to_string()),
+                ChangeKind::Insert,
+                None,
+                Some(full_row_json(def, &row.values, updated_us, false)),
+                updated_us,
+            ))?;
         }
-        guard.add_counter(&counter_key(ns, table, None), new_keys)?;
-    }
-    drop(cf);
-    guard.write()?;
-    Ok(count)
+        if new_keys > 0 {
+            let ns = def.namespace.as_str();
+            let table = def.name.as_str();
+            if let Some(u) = partition_user {
+                guard.add_counter(&counter_key(ns, table, Some(u.as_str())), new_keys)?;
+            }
+            guard.add_counter(&counter_key(ns, table, None), new_keys)?;
+        }
+        Ok(count)
+    })
 }
 
 /// STREAM INSERT (storage.md §10): keys unique among the partition's retained rows; rows go to
-/// the memory buffer and their change records to the in-memory log, under the commit lock so
-/// sequence order matches buffer order. EPHEMERAL tables keep nothing for a user without a
-/// subscription on the table (the statement still reports the rows).
-fn write_stream_inserts(
-    engine: &Engine,
-    def: &TableDefinition,
+/// the memory buffer and their change records to the in-memory log when the batch commits,
+/// under the commit lock, so sequence order matches buffer order. EPHEMERAL tables keep nothing
+/// for a user without a subscription on the table (the statement still reports the rows).
+fn write_stream_inserts<'a>(
+    engine: &'a Engine,
+    txn: Option<&mut CommitGuard<'a>>,
+    def: &Arc<TableDefinition>,
     user: &UserId,
     rows: Vec<Vec<Value>>,
 ) -> Result<u64, EngineError> {
@@ -355,39 +357,40 @@ fn write_stream_inserts(
         return Ok(count);
     }
     let pk_idx = def.primary_key_index();
-    let mut guard = engine.store.begin();
-    engine.catalog.check_current(def)?;
-    let mut keys_in_statement = HashSet::new();
-    let mut pending = Vec::with_capacity(rows.len());
-    for values in rows {
-        let pk = codec::encode_pk(&values[pk_idx])
-            .ok_or_else(|| EngineError::internal("primary key of a type that cannot be a key"))?;
-        if !keys_in_statement.insert(pk.clone()) || engine.streams.contains(def, user, &pk) {
-            return Err(EngineError::user(
-                ErrorCode::ConstraintViolation,
-                format!(
-                    "Duplicate primary key value '{}' for table '{}'",
-                    values[pk_idx].display_key(),
-                    def.qualified_name()
-                ),
-            ));
+    let space = format!("stream:{}", table_cf_name(def));
+    engine.store.commit_in(txn, |guard| {
+        engine.catalog.check_current(def)?;
+        let mut keys_in_statement = HashSet::new();
+        let mut pending = Vec::with_capacity(rows.len());
+        for values in rows {
+            let pk = codec::encode_pk(&values[pk_idx])
+                .ok_or_else(|| EngineError::internal("primary key of a type that cannot be a key"))?;
+            if !keys_in_statement.insert(pk.clone())
+                || engine.streams.contains(def, user, &pk)
+                || !guard.claim(&space, codec::user_row_key(user, &pk))
+            {
+                return Err(EngineError::user(
+                    ErrorCode::ConstraintViolation,
+                    format!(
+                        "Duplicate primary key value '{}' for table '{}'",
+                        values[pk_idx].display_key(),
+                        def.qualified_name()
+                    ),
+                ));
+            }
+            let at = engine.clock.next();
+            guard.push_transient_change(ChangeRecord::of(
+                def,
+                Some(user.to_string()),
+                ChangeKind::Insert,
+                None,
+                Some(full_row_json(def, &values, at, false)),
+                at,
+            ))?;
+            pending.push((pk, values, at));
         }
-        let at = engine.clock.next();
-        guard.push_transient_change(ChangeRecord::of(
-            def,
-            Some(user.to_string()),
-            ChangeKind::Insert,
-            None,
-            Some(full_row_json(def, &values, at, false)),
-            at,
-        ))?;
-        pending.push((pk, values, at));
-    }
-    let keys: Vec<Vec<u8>> = pending.iter().map(|(pk, _, _)| pk.clone()).collect();
-    engine.streams.insert(def, user, pending);
-    if let Err(e) = guard.write() {
-        engine.streams.delete(def, user, &keys);
-        return Err(e.into());
-    }
-    Ok(count)
+        let (def, user) = (def.clone(), user.clone());
+        guard.on_commit(move || engine.streams.insert(&def, &user, pending));
+        Ok(count)
+    })
 }

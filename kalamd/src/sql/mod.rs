@@ -16,6 +16,7 @@ pub mod permissions;
 pub mod query;
 pub mod split;
 pub mod system;
+mod txn;
 pub mod udf;
 
 use std::sync::Arc;
@@ -160,28 +161,47 @@ pub async fn execute_request(
         return (vec![], Some(BatchError { error, statement_index: None, statement: None }));
     }
     let mut results = Vec::with_capacity(statements.len());
-    for (i, text) in statements.iter().enumerate() {
-        match execute_statement(engine, text, params, identity).await {
-            Ok(r) => results.push(r),
-            Err(e) => {
-                let mut error = e.to_client();
-                error.message = format!("Statement {} failed: {}", i + 1, error.message);
-                let statement = (!error.code.is_internal()).then(|| text.clone());
-                return (results, Some(BatchError { error, statement_index: Some(i + 1), statement }));
+    let mut i = 0;
+    while i < statements.len() {
+        let text = &statements[i];
+        let outcome = match parse::parse_statement(text) {
+            Ok(KalamStatement::Begin) => match txn::run(engine, &statements, i, identity, &mut results).await {
+                Ok(next) => {
+                    i = next;
+                    continue;
+                }
+                Err(failure) => return (results, Some(failure)),
+            },
+            Ok(KalamStatement::Commit | KalamStatement::Rollback) => {
+                Ok(StatementResult::message(0, "No transaction in progress".to_owned()))
             }
+            Ok(stmt) => execute_statement(engine, stmt, params, identity).await,
+            Err(e) => Err(e.into()),
+        };
+        match outcome {
+            Ok(r) => results.push(r),
+            Err(e) => return (results, Some(statement_failure(e, i, text, ""))),
         }
+        i += 1;
     }
     (results, None)
 }
 
+/// The error of statement `i` (0-based) of a request: `Statement N failed: <reason><suffix>`.
+fn statement_failure(e: EngineError, i: usize, text: &str, suffix: &str) -> BatchError {
+    let mut error = e.to_client();
+    error.message = format!("Statement {} failed: {}{suffix}", i + 1, error.message);
+    let statement = (!error.code.is_internal()).then(|| text.to_owned());
+    BatchError { error, statement_index: Some(i + 1), statement }
+}
+
 async fn execute_statement(
     engine: &Arc<Engine>,
-    sql: &str,
+    mut stmt: KalamStatement,
     params: Option<&[Json]>,
     identity: &Identity,
 ) -> Result<StatementResult, EngineError> {
     let user = &identity.acting;
-    let mut stmt = parse::parse_statement(sql)?;
     if let Some(params) = params {
         match &mut stmt {
             KalamStatement::Query(s)
@@ -210,19 +230,7 @@ async fn execute_statement(
         params::substitute(s, params);
     }
     match stmt {
-        KalamStatement::Query(stmt) => {
-            let out = match fast::plan(engine, &stmt, user) {
-                Some(point) => {
-                    let engine = engine.clone();
-                    tokio::task::spawn_blocking(move || point.execute(&engine))
-                        .await
-                        .map_err(EngineError::internal)??
-                }
-                None => with_timeout(engine, query::run_query(engine, &stmt, identity)).await?,
-            };
-            let n = out.rows.len() as u64;
-            Ok(StatementResult { columns: out.columns, rows: Some(out.rows), row_count: n, message: None })
-        }
+        KalamStatement::Query(stmt) => run_select(engine, &stmt, identity).await,
         KalamStatement::DropTable { namespace, table, if_exists } => {
             drop_table(engine, &namespace, &table, if_exists).await
         }
@@ -271,14 +279,7 @@ async fn execute_statement(
         // Writes wait for the commit lock and do blocking RocksDB and file I/O: keep them off
         // the async workers so a long commit never stalls health checks or other requests.
         other => {
-            // The SELECT of an INSERT … SELECT runs here, on the async side, before the write.
-            let selected = match &other {
-                KalamStatement::Insert(stmt) => match dml::select_source(stmt) {
-                    Some(query) => Some(with_timeout(engine, query::collect(engine, &query, identity)).await?.1),
-                    None => None,
-                },
-                _ => None,
-            };
+            let selected = insert_source(engine, &other, identity).await?;
             let (engine, user) = (engine.clone(), user.clone());
             tokio::task::spawn_blocking(move || {
                 // A write that resolved its table before a concurrent ALTER TABLE committed runs
@@ -295,6 +296,61 @@ async fn execute_statement(
             .map_err(EngineError::internal)?
         }
     }
+}
+
+/// Runs a SELECT: the point-lookup path when the statement is one, DataFusion otherwise.
+async fn run_select(
+    engine: &Arc<Engine>,
+    stmt: &datafusion::sql::sqlparser::ast::Statement,
+    identity: &Identity,
+) -> Result<StatementResult, EngineError> {
+    let out = match fast::plan(engine, stmt, &identity.acting) {
+        Some(point) => {
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || point.execute(&engine)).await.map_err(EngineError::internal)??
+        }
+        None => with_timeout(engine, query::run_query(engine, stmt, identity)).await?,
+    };
+    let n = out.rows.len() as u64;
+    Ok(StatementResult { columns: out.columns, rows: Some(out.rows), row_count: n, message: None })
+}
+
+/// The rows of an `INSERT … SELECT` source, computed on the async side before the write.
+async fn insert_source(
+    engine: &Arc<Engine>,
+    stmt: &KalamStatement,
+    identity: &Identity,
+) -> Result<Option<Vec<datafusion::arrow::array::RecordBatch>>, EngineError> {
+    let KalamStatement::Insert(stmt) = stmt else { return Ok(None) };
+    match dml::select_source(stmt) {
+        Some(query) => Ok(Some(with_timeout(engine, query::collect(engine, &query, identity)).await?.1)),
+        None => Ok(None),
+    }
+}
+
+/// Runs an INSERT, UPDATE or DELETE, in the open transaction `txn` or on its own.
+fn write_dml<'a>(
+    engine: &'a Arc<Engine>,
+    txn: Option<&mut crate::store::CommitGuard<'a>>,
+    stmt: &KalamStatement,
+    user: &UserId,
+    selected: Option<Vec<datafusion::arrow::array::RecordBatch>>,
+) -> Result<(StatementResult, Arc<kalam_types::schema::TableDefinition>), EngineError> {
+    Ok(match stmt {
+        KalamStatement::Insert(stmt) => {
+            let (n, def) = dml::insert(engine, txn, stmt, user, selected)?;
+            (StatementResult::message(n, format!("Inserted {n} row(s)")), def)
+        }
+        KalamStatement::Update(stmt) => {
+            let (n, def) = mutate::update(engine, txn, stmt, user)?;
+            (StatementResult::message(n, format!("Updated {n} row(s)")), def)
+        }
+        KalamStatement::Delete(stmt) => {
+            let (n, def) = mutate::delete(engine, txn, stmt, user)?;
+            (StatementResult::message(n, format!("Deleted {n} row(s)")), def)
+        }
+        _ => return Err(EngineError::internal("write_dml() called with another statement")),
+    })
 }
 
 /// `selected` is the computed source of an `INSERT … SELECT`.
@@ -370,20 +426,10 @@ fn execute_write(
             Ok(StatementResult::message(0, engine.drop_storage(&id, if_exists)?))
         }
         KalamStatement::RetryJob { job_id } => Ok(StatementResult::message(0, engine.retry_job(&job_id)?)),
-        KalamStatement::Insert(stmt) => {
-            let (n, def) = dml::insert(engine, &stmt, user, selected)?;
+        stmt @ (KalamStatement::Insert(_) | KalamStatement::Update(_) | KalamStatement::Delete(_)) => {
+            let (result, def) = write_dml(engine, None, &stmt, user, selected)?;
             engine.maybe_trigger_flush(&def);
-            Ok(StatementResult::message(n, format!("Inserted {n} row(s)")))
-        }
-        KalamStatement::Update(stmt) => {
-            let (n, def) = mutate::update(engine, &stmt, user)?;
-            engine.maybe_trigger_flush(&def);
-            Ok(StatementResult::message(n, format!("Updated {n} row(s)")))
-        }
-        KalamStatement::Delete(stmt) => {
-            let (n, def) = mutate::delete(engine, &stmt, user)?;
-            engine.maybe_trigger_flush(&def);
-            Ok(StatementResult::message(n, format!("Deleted {n} row(s)")))
+            Ok(result)
         }
         KalamStatement::Query(_)
         | KalamStatement::DropTable { .. }
@@ -398,7 +444,10 @@ fn execute_write(
         | KalamStatement::AlterTable { .. }
         | KalamStatement::CreateUser { .. }
         | KalamStatement::AlterUser { .. }
-        | KalamStatement::DropUser { .. } => Err(EngineError::internal("statement reached the write path")),
+        | KalamStatement::DropUser { .. }
+        | KalamStatement::Begin
+        | KalamStatement::Commit
+        | KalamStatement::Rollback => Err(EngineError::internal("statement reached the write path")),
     }
 }
 

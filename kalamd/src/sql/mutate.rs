@@ -4,6 +4,7 @@
 //! change-log records in one batch. Holding the lock throughout means no concurrent write can
 //! slip between the read and the write (no lost updates).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::sql::eval::ExprEvaluator;
@@ -25,7 +26,7 @@ use crate::error::EngineError;
 use crate::read::{MergedRow, read_partition};
 use crate::rowjson::full_row_json;
 use crate::sql::parse::{TableRef, target_column_name};
-use crate::store::{counter_key, table_cf_name};
+use crate::store::{CommitGuard, counter_key, table_cf_name};
 
 fn unsupported(what: &str) -> EngineError {
     EngineError::user(ErrorCode::UnsupportedStatement, format!("{what} is not supported"))
@@ -43,15 +44,30 @@ fn single_table(t: &TableWithJoins) -> Result<&ObjectName, EngineError> {
 }
 
 /// Executes an UPDATE as `user`; returns the number of rows matched and the table.
-pub fn update(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<(u64, Arc<TableDefinition>), EngineError> {
+pub fn update<'a>(
+    engine: &'a Engine,
+    txn: Option<&mut CommitGuard<'a>>,
+    stmt: &Statement,
+    user: &UserId,
+) -> Result<(u64, Arc<TableDefinition>), EngineError> {
     let (def, user, sets, selection) = parse_update(engine, stmt, user)?;
-    Ok((apply(engine, &def, &user, selection.as_ref(), Change::Update(&sets))?, def))
+    let n = engine
+        .store
+        .commit_in(txn, |guard| apply(engine, guard, &def, &user, selection.as_ref(), Change::Update(&sets)))?;
+    Ok((n, def))
 }
 
 /// Executes a DELETE (soft delete) as `user`; returns the number of rows deleted and the table.
-pub fn delete(engine: &Engine, stmt: &Statement, user: &UserId) -> Result<(u64, Arc<TableDefinition>), EngineError> {
+pub fn delete<'a>(
+    engine: &'a Engine,
+    txn: Option<&mut CommitGuard<'a>>,
+    stmt: &Statement,
+    user: &UserId,
+) -> Result<(u64, Arc<TableDefinition>), EngineError> {
     let (def, user, selection) = parse_delete(engine, stmt, user)?;
-    Ok((apply(engine, &def, &user, selection.as_ref(), Change::Delete)?, def))
+    let n =
+        engine.store.commit_in(txn, |guard| apply(engine, guard, &def, &user, selection.as_ref(), Change::Delete))?;
+    Ok((n, def))
 }
 
 type ParsedUpdate = (Arc<TableDefinition>, UserId, Vec<(usize, Expr)>, Option<Expr>);
@@ -117,24 +133,60 @@ enum Change<'a> {
     Delete,
 }
 
-fn apply(
+/// Reads the rows an UPDATE/DELETE may touch (all versions, in key order), including those
+/// written by earlier statements of the open transaction.
+fn candidate_rows(
     engine: &Engine,
+    guard: &CommitGuard<'_>,
+    def: &TableDefinition,
+    partition_user: Option<&UserId>,
+    selection: Option<&Expr>,
+) -> Result<Vec<MergedRow>, EngineError> {
+    // `WHERE <pk> = <literal>` reads one key, not the partition (the predicate still runs below).
+    let point = selection.and_then(|p| crate::sql::fast::primary_key_equality(def, p));
+    let mut rows: BTreeMap<Vec<u8>, MergedRow> = match &point {
+        Some(pk) if def.table_type != TableType::Stream => {
+            crate::read::lookup_keys(engine, def, partition_user, std::slice::from_ref(pk))?
+        }
+        _ => {
+            let pk_idx = def.primary_key_index();
+            read_partition(engine, def, partition_user)?
+                .into_iter()
+                .filter_map(|r| codec::encode_pk(&r.values[pk_idx]).map(|pk| (pk, r)))
+                .collect()
+        }
+    };
+    if guard.is_transaction() && def.table_type != TableType::Stream {
+        // Rows staged by this transaction are newer than anything stored.
+        let cf_name = table_cf_name(def);
+        let prefix = partition_user.map(codec::user_prefix).unwrap_or_default();
+        let decoder = codec::RowDecoder::new(def);
+        for (key, bytes) in guard.staged_rows(&cf_name, &prefix) {
+            let pk = key[prefix.len()..].to_vec();
+            if point.as_ref().is_some_and(|p| *p != pk) {
+                continue;
+            }
+            let row = decoder.decode(bytes).map_err(|e| EngineError::corrupt("table", e))?;
+            rows.insert(
+                pk,
+                MergedRow { values: row.values, updated_us: row.updated_us, deleted: row.deleted, buffered: true },
+            );
+        }
+    }
+    Ok(rows.into_values().filter(|r| !r.deleted).collect())
+}
+
+fn apply<'a>(
+    engine: &'a Engine,
+    guard: &mut CommitGuard<'a>,
     def: &TableDefinition,
     user: &UserId,
     selection: Option<&Expr>,
     change: Change<'_>,
 ) -> Result<u64, EngineError> {
     let partition_user = (def.table_type != TableType::Shared).then_some(user);
-    let mut guard = engine.store.begin();
     engine.catalog.check_current(def)?;
-    // `WHERE <pk> = <literal>` reads one key, not the partition (the predicate still runs below).
-    let point = selection.and_then(|p| crate::sql::fast::primary_key_equality(def, p));
-    let rows: Vec<MergedRow> = match point {
-        Some(pk) if def.table_type != TableType::Stream => {
-            crate::read::lookup_keys(engine, def, partition_user, &[pk])?.into_values().filter(|r| !r.deleted).collect()
-        }
-        _ => read_partition(engine, def, partition_user)?.into_iter().filter(|r| !r.deleted).collect(),
-    };
+    let rows = candidate_rows(engine, guard, def, partition_user, selection)?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -192,7 +244,6 @@ fn apply(
         return delete_stream_rows(engine, def, user, guard, &rows, &matched);
     }
     let cf_name = table_cf_name(def);
-    let cf = engine.store.cf(&cf_name)?;
     let pk_idx = def.primary_key_index();
     let mut new_keys = 0i64;
     for (values, &row) in new_values.into_iter().zip(&matched) {
@@ -202,7 +253,7 @@ fn apply(
             Some(u) => codec::user_row_key(u, &pk),
             None => pk,
         };
-        if engine.store.get(&cf_name, &key)?.is_none() {
+        if guard.get_row(&cf_name, &key)?.is_none() {
             new_keys += 1;
         }
         // Strictly newer than the version it replaces, whatever the wall clock did.
@@ -220,7 +271,7 @@ fn apply(
                 (ChangeKind::Delete, stored, Some(gone), None)
             }
         };
-        guard.batch.put_cf(&cf, &key, codec::encode_row(&stored).map_err(EngineError::internal)?);
+        guard.put_row(&cf_name, key, codec::encode_row(&stored).map_err(EngineError::internal)?)?;
         guard.push_change(ChangeRecord::of(
             def,
             partition_user.map(|u| u.to_string()),
@@ -237,17 +288,15 @@ fn apply(
         }
         guard.add_counter(&counter_key(ns, table, None), new_keys)?;
     }
-    drop(cf);
-    guard.write()?;
     Ok(matched.len() as u64)
 }
 
 /// STREAM DELETE: a hard delete from the memory buffer, with `delete` change records.
-fn delete_stream_rows(
-    engine: &Engine,
+fn delete_stream_rows<'a>(
+    engine: &'a Engine,
     def: &TableDefinition,
     user: &UserId,
-    mut guard: crate::store::CommitGuard<'_>,
+    guard: &mut CommitGuard<'a>,
     rows: &[MergedRow],
     matched: &[usize],
 ) -> Result<u64, EngineError> {
@@ -266,6 +315,7 @@ fn delete_stream_rows(
             at,
         ))?;
     }
-    guard.write_and(|| engine.streams.delete(def, user, &keys))?;
+    let (def, user) = (def.clone(), user.clone());
+    guard.on_commit(move || engine.streams.delete(&def, &user, &keys));
     Ok(matched.len() as u64)
 }

@@ -129,6 +129,53 @@ pub enum KalamStatement {
         user_id: String,
         if_exists: bool,
     },
+    /// `BEGIN`, `BEGIN TRANSACTION`, `START TRANSACTION` (sql.md §9).
+    Begin,
+    Commit,
+    Rollback,
+}
+
+impl KalamStatement {
+    /// The statement's kind as users write it, for messages such as
+    /// `CREATE TABLE is not allowed inside a transaction`.
+    pub fn kind_name(&self) -> &'static str {
+        use KalamStatement as S;
+        match self {
+            S::CreateNamespace { .. } => "CREATE NAMESPACE",
+            S::AlterNamespace { .. } => "ALTER NAMESPACE",
+            S::CreateTable(_) => "CREATE TABLE",
+            S::AlterTable { .. } => "ALTER TABLE",
+            S::ShowTableStats { .. } => "SHOW STATS",
+            S::FlushTable { .. } => "FLUSH TABLE",
+            S::FlushAll { .. } => "FLUSH ALL TABLES",
+            S::PauseFlush { .. } => "PAUSE FLUSH",
+            S::ResumeFlush { .. } => "RESUME FLUSH",
+            S::AlterFlushSettings { .. } => "ALTER FLUSH SETTINGS",
+            S::KillJob { .. } => "KILL JOB",
+            S::KillLiveQuery { .. } => "KILL LIVE QUERY",
+            S::Subscribe { .. } => "SUBSCRIBE TO",
+            S::RetryJob { .. } => "RETRY JOB",
+            S::CreateStorage { .. } => "CREATE STORAGE",
+            S::AlterStorage { .. } => "ALTER STORAGE",
+            S::DropStorage { .. } => "DROP STORAGE",
+            S::ShowStorages => "SHOW STORAGES",
+            S::DropTable { .. } => "DROP TABLE",
+            S::DropNamespace { .. } => "DROP NAMESPACE",
+            S::ShowNamespaces => "SHOW NAMESPACES",
+            S::ShowTables { .. } => "SHOW TABLES",
+            S::Describe { .. } => "DESCRIBE TABLE",
+            S::Insert(_) => "INSERT",
+            S::Update(_) => "UPDATE",
+            S::Delete(_) => "DELETE",
+            S::Query(_) => "SELECT",
+            S::CreateUser { .. } => "CREATE USER",
+            S::AlterUser { .. } => "ALTER USER",
+            S::DropUser { .. } => "DROP USER",
+            S::Begin => "BEGIN",
+            S::Commit => "COMMIT",
+            S::Rollback => "ROLLBACK",
+        }
+    }
 }
 
 /// sqlparser's error in the PostgreSQL form of the catalogue: `syntax error at or near "<token>"`
@@ -557,6 +604,16 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
         Statement::Update(_) => Ok(KalamStatement::Update(Box::new(stmt))),
         Statement::Delete(_) => Ok(KalamStatement::Delete(Box::new(stmt))),
         Statement::Query(_) => Ok(KalamStatement::Query(Box::new(stmt))),
+        Statement::StartTransaction {
+            modes,
+            modifier: None,
+            statements,
+            exception: None,
+            has_end_keyword: false,
+            ..
+        } if modes.is_empty() && statements.is_empty() => Ok(KalamStatement::Begin),
+        Statement::Commit { chain: false, end: false, modifier: None } => Ok(KalamStatement::Commit),
+        Statement::Rollback { chain: false, savepoint: None } => Ok(KalamStatement::Rollback),
         _ => Err(unsupported(sql)),
     }
 }

@@ -144,6 +144,7 @@ pub fn check(engine: &Engine, identity: &Identity, stmt: &KalamStatement) -> Res
         // A user may end only its own live queries; checked against the live query's owner.
         S::KillLiveQuery { .. } => Ok(()),
         S::ShowNamespaces | S::ShowTables { .. } => Ok(()),
+        S::Begin | S::Commit | S::Rollback => Ok(()),
         S::Describe { namespace, table } | S::ShowTableStats { namespace, table } => {
             check_named_table(engine, identity, namespace, table)
         }

@@ -28,6 +28,7 @@ pub enum ErrorCode {
     ParamCountMismatch,
     ParamTypeMismatch,
     StatementTimeout,
+    TransactionError,
     // auth
     Unauthorized,
     InvalidApiKey,
@@ -79,6 +80,7 @@ impl ErrorCode {
             | ParamCountMismatch
             | ParamTypeMismatch
             | StatementTimeout
+            | TransactionError
             | InvalidSubscription
             | UnknownMessageType
             | DuplicateSubscriptionId
