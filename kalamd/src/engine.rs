@@ -44,6 +44,8 @@ pub struct Engine {
     shutting_down: AtomicBool,
     flusher: Mutex<Option<FlusherClient>>,
     /// Live-query filters already compiled without error, by table version (bounded).
+    /// `rate_limit.max_queries_per_sec` per principal of role `user`.
+    pub(crate) query_limiter: crate::ratelimit::QueryLimiter,
     pub(crate) valid_live_filters: std::sync::Mutex<std::collections::HashSet<(String, String, u32, String)>>,
 }
 
@@ -60,6 +62,7 @@ impl Engine {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
         let ids = Arc::new(IdGenerators::new(cfg.flush.node_id));
+        let query_rate = cfg.rate_limit.max_queries_per_sec;
         let flush_index = std::sync::Mutex::new(FlushIndex::load(&load_jobs(&store)?));
         Ok(Arc::new(Engine {
             cfg,
@@ -77,6 +80,7 @@ impl Engine {
             shutting_down: AtomicBool::new(false),
             flusher: Mutex::new(None),
             valid_live_filters: Default::default(),
+            query_limiter: crate::ratelimit::QueryLimiter::new(query_rate),
         }))
     }
 

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Extension, State};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kalam_types::auth::{Identity, Presented, loopback_bypass};
@@ -30,22 +30,35 @@ pub fn router(engine: Arc<Engine>) -> Router {
     let limit = engine.cfg.limits.max_message_size;
     // Browsers may call the API from any origin; they never get the loopback bypass (an
     // `Origin` header disables it), so they must bring credentials.
-    let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::any())
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            HeaderName::from_static("x-api-key"),
-            HeaderName::from_static("x-user-id"),
-        ]);
-    Router::new()
+    let origins = &engine.cfg.server.cors_allowed_origins;
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        Some(AllowOrigin::any())
+    } else if origins.is_empty() {
+        None
+    } else {
+        // Validated with the configuration.
+        Some(AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok())))
+    };
+    let router = Router::new()
         .route("/v1/api/sql", post(sql))
         .route("/v1/api/healthcheck", get(health))
         .route("/health", get(health))
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(cors)
-        .with_state(engine)
+        .layer(DefaultBodyLimit::max(limit));
+    let router = match allow_origin {
+        Some(origin) => router.layer(
+            CorsLayer::new()
+                .allow_origin(origin)
+                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+                .allow_headers([
+                    header::CONTENT_TYPE,
+                    header::AUTHORIZATION,
+                    HeaderName::from_static("x-api-key"),
+                    HeaderName::from_static("x-user-id"),
+                ]),
+        ),
+        None => router,
+    };
+    router.with_state(engine)
 }
 
 #[derive(Debug, Serialize)]
@@ -98,11 +111,15 @@ struct SqlRequest {
     params: Option<Vec<serde_json::Value>>,
 }
 
-/// Who a request runs as (api.md §1), or the 401/403 refusal.
-pub fn identify(engine: &Engine, peer: SocketAddr, headers: &HeaderMap) -> Result<Identity, KalamError> {
+/// Who a request runs as (api.md §1), and whether it came through the loopback bypass; or the
+/// 401/403 refusal.
+pub fn identify(engine: &Engine, peer: SocketAddr, headers: &HeaderMap) -> Result<(Identity, bool), KalamError> {
     let bypass = loopback_bypass(engine.cfg.auth.localhost_bypass, peer.ip(), |h| headers.contains_key(h));
     let presented = Presented::read(|h| headers.get(h).map(kalam_types::auth::header_text), |_| None, bypass);
-    crate::auth::authenticate(engine, &presented).map_err(|e| e.to_client())
+    let identity = crate::auth::authenticate(engine, &presented).map_err(|e| e.to_client())?;
+    // Credentials win over the bypass when both are present.
+    let bypassed = presented.bypass && presented.api_key.is_none() && presented.bearer.is_none();
+    Ok((identity, bypassed))
 }
 
 async fn sql(
@@ -130,7 +147,11 @@ async fn sql(
         return error_response(&KalamError::new(ErrorCode::ShuttingDown, "Server is shutting down"), took());
     }
     let identity = match identify(&engine, peer, &headers) {
-        Ok(u) => u,
+        Ok((identity, bypass)) if engine.query_limiter.allow(&identity, bypass) => identity,
+        Ok(_) => {
+            let e = KalamError::new(ErrorCode::RateLimitExceeded, "Too many queries per second. Please slow down.");
+            return error_response(&e, took());
+        }
         Err(e) => return error_response(&e, took()),
     };
     let request: SqlRequest = match serde_json::from_slice(&body) {
@@ -195,11 +216,80 @@ mod tests {
     }
 
     fn engine() -> (tempfile::TempDir, Arc<Engine>) {
+        engine_with(|_| {})
+    }
+
+    fn engine_with(change: impl FnOnce(&mut kalam_config::KalamConfig)) -> (tempfile::TempDir, Arc<Engine>) {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = kalam_config::KalamConfig::test_config(dir.path(), 1);
+        change(&mut cfg);
         cfg.resolve_paths().unwrap();
         let engine = Engine::open(cfg).unwrap();
         (dir, engine)
+    }
+
+    async fn preflight(app: &Router, origin: &str) -> Option<String> {
+        let mut req = Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/api/sql")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(Peer("127.0.0.1:1".parse().unwrap()));
+        let resp = app.clone().oneshot(req).await.unwrap();
+        resp.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[tokio::test]
+    async fn cors_origins_come_from_the_configuration() {
+        let (_dir, engine) = engine_with(|c| c.server.cors_allowed_origins = vec!["https://a.example".into()]);
+        let app = router(engine);
+        assert_eq!(preflight(&app, "https://a.example").await.as_deref(), Some("https://a.example"));
+        assert_eq!(preflight(&app, "https://evil.example").await, None);
+        let (_dir, engine) = engine_with(|c| c.server.cors_allowed_origins = vec![]);
+        assert_eq!(preflight(&router(engine), "https://a.example").await, None, "an empty list turns CORS off");
+        let mut cfg = kalam_config::KalamConfig::default();
+        cfg.server.cors_allowed_origins = vec!["https://a.example/path".into()];
+        assert!(cfg.validate().is_err(), "an origin has no path");
+    }
+
+    #[tokio::test]
+    async fn user_principals_over_their_query_rate_get_429() {
+        let (_dir, engine) = engine_with(|c| c.rate_limit.max_queries_per_sec = 3);
+        let app = router(engine.clone());
+        let lo = "127.0.0.1:5000";
+        call(&app, lo, "CREATE USER 'rl' WITH ROLE user APIKEY 'rl-secret-key'", None).await;
+        let mut statuses = Vec::new();
+        let started = std::time::Instant::now();
+        for _ in 0..6 {
+            let mut req = Request::post("/v1/api/sql")
+                .header("content-type", "application/json")
+                .header("x-api-key", "rl-secret-key")
+                .body(Body::from(json!({"sql": "SELECT 1"}).to_string()))
+                .unwrap();
+            req.extensions_mut().insert(Peer("10.0.0.9:1".parse().unwrap()));
+            let resp = app.clone().oneshot(req).await.unwrap();
+            let status = resp.status();
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+                assert_eq!(body["error"]["code"], "RATE_LIMIT_EXCEEDED");
+                assert_eq!(body["error"]["message"], "Too many queries per second. Please slow down.");
+            }
+            statuses.push(status.as_u16());
+        }
+        // The bucket refills 3 tokens a second: a slow machine may earn one back meanwhile.
+        if started.elapsed() < std::time::Duration::from_millis(300) {
+            assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+        } else {
+            assert_eq!(statuses[..3], [200, 200, 200]);
+            assert!(statuses.contains(&429), "{statuses:?}");
+        }
+        // The loopback bypass (role system) is never limited.
+        for _ in 0..10 {
+            assert_eq!(call(&app, lo, "SELECT 1", None).await.0, StatusCode::OK);
+        }
     }
 
     #[tokio::test]

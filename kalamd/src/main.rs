@@ -19,6 +19,7 @@ mod listener;
 mod live;
 mod provider;
 mod prune;
+mod ratelimit;
 mod read;
 mod rowjson;
 mod rpc;

@@ -32,11 +32,14 @@ pub struct ServerConfig {
     pub host: String,
     pub port: u16,
     pub node_id: String,
+    /// Origins browsers may call the API from: `*` for any, or exact origins such as
+    /// `https://app.example.com`; an empty list turns CORS off.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { host: "127.0.0.1".into(), port: 8080, node_id: "node-1".into() }
+        Self { host: "127.0.0.1".into(), port: 8080, node_id: "node-1".into(), cors_allowed_origins: vec!["*".into()] }
     }
 }
 
@@ -355,6 +358,18 @@ const ENV_ALIASES: [(&str, &str); 10] = [
     ("server_host", "server.host"),
 ];
 
+/// `*`, or `<scheme>://<host>[:<port>]` without a path (what browsers send in `Origin`).
+fn valid_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else { return false };
+    !scheme.is_empty()
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !rest.is_empty()
+        && rest.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+}
+
 /// The dotted key that `KALAMDB_<lower>` sets. Section names may contain `_` (`rate_limit`) and
 /// sections nest (`storage.rocksdb`), so the split follows the sections the typed config has.
 fn env_key(lower: &str) -> String {
@@ -472,6 +487,12 @@ impl KalamConfig {
             return Err(ConfigError::Invalid {
                 key: "logging.level",
                 reason: format!("'{}' is not one of error, warn, info, debug, trace", self.logging.level),
+            });
+        }
+        if let Some(bad) = self.server.cors_allowed_origins.iter().find(|o| !valid_origin(o)) {
+            return Err(ConfigError::Invalid {
+                key: "server.cors_allowed_origins",
+                reason: format!("'{bad}' is not `*` or an origin such as https://app.example.com"),
             });
         }
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
