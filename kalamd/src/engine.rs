@@ -46,6 +46,7 @@ pub struct Engine {
     /// Live-query filters already compiled without error, by table version (bounded).
     /// `rate_limit.max_queries_per_sec` per principal of role `user`.
     pub(crate) query_limiter: crate::ratelimit::QueryLimiter,
+    pub(crate) plan_cache: crate::sql::plan_cache::PlanCache,
     pub(crate) valid_live_filters: std::sync::Mutex<std::collections::HashSet<(String, String, u32, String)>>,
 }
 
@@ -63,6 +64,7 @@ impl Engine {
             .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
         let ids = Arc::new(IdGenerators::new(cfg.flush.node_id));
         let query_rate = cfg.rate_limit.max_queries_per_sec;
+        let plan_cache_size = cfg.query.plan_cache_size;
         let flush_index = std::sync::Mutex::new(FlushIndex::load(&load_jobs(&store)?));
         Ok(Arc::new(Engine {
             cfg,
@@ -81,6 +83,7 @@ impl Engine {
             flusher: Mutex::new(None),
             valid_live_filters: Default::default(),
             query_limiter: crate::ratelimit::QueryLimiter::new(query_rate),
+            plan_cache: crate::sql::plan_cache::PlanCache::new(plan_cache_size),
         }))
     }
 

@@ -378,6 +378,7 @@ pub fn subscribe_statement(
         rows: Some(vec![row]),
         row_count: 1,
         message: Some(message),
+        cache_hit: None,
     })
 }
 

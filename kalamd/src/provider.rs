@@ -1,6 +1,7 @@
-//! The DataFusion table provider of USER and SHARED tables, bound to one acting user. A USER
-//! table provider can only ever read that user's partition: the user is part of every key it
-//! scans and every file path it opens.
+//! The DataFusion table provider of USER, SHARED and STREAM tables. A provider reads one
+//! partition: the one its three-part name names, or the acting user's, taken from the session
+//! ([`ActingUser`]) when the scan starts, so one plan serves every user (the plan cache). The
+//! user is part of every key a scan reads and every file path it opens.
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,19 +30,27 @@ pub struct KalamTableProvider {
     scan: Arc<ScanRequest>,
 }
 
+/// The user a session runs as: the partition of every table reference without a user part.
+#[derive(Debug, Clone)]
+pub struct ActingUser(pub UserId);
+
 impl fmt::Debug for KalamTableProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KalamTableProvider({}, user={})", self.scan.def.qualified_name(), self.scan.user)
+        match &self.scan.user {
+            Some(user) => write!(f, "KalamTableProvider({}, user={user})", self.scan.def.qualified_name()),
+            None => write!(f, "KalamTableProvider({}, acting user)", self.scan.def.qualified_name()),
+        }
     }
 }
 
 impl KalamTableProvider {
+    /// `user` is the partition a three-part name names (`None`: the session's acting user).
     /// `with_system_columns` exposes `_updated`/`_deleted` (only when the statement names
     /// them, so `SELECT *` stays user columns); `include_deleted` keeps soft-deleted rows.
     pub fn new(
         engine: Arc<Engine>,
         def: Arc<TableDefinition>,
-        user: UserId,
+        user: Option<UserId>,
         with_system_columns: bool,
         include_deleted: bool,
     ) -> Self {
@@ -56,14 +65,19 @@ impl KalamTableProvider {
 struct ScanRequest {
     engine: Arc<Engine>,
     def: Arc<TableDefinition>,
-    user: UserId,
+    user: Option<UserId>,
     schema: SchemaRef,
     include_deleted: bool,
 }
 
 impl ScanRequest {
     /// The rows of the scan: `projection` of the provider's schema (all of it when `None`).
-    fn batch(&self, bounds: &ScanBounds, projection: Option<&[usize]>) -> Result<RecordBatch, EngineError> {
+    fn batch(
+        &self,
+        user: &UserId,
+        bounds: &ScanBounds,
+        projection: Option<&[usize]>,
+    ) -> Result<RecordBatch, EngineError> {
         let all: Vec<usize> = (0..self.schema.fields().len()).collect();
         let columns = projection.unwrap_or(&all);
         let schema = Arc::new(self.schema.project(columns).map_err(EngineError::internal)?);
@@ -72,14 +86,14 @@ impl ScanRequest {
             // exposed, so its indexes are the scan's.
             let req = PartitionScan {
                 def: &self.def,
-                user: Some(&self.user),
+                user: Some(user),
                 bounds,
                 include_deleted: self.include_deleted,
                 columns,
             };
             return scan_partition(&self.engine, &req, schema);
         }
-        let rows: Vec<_> = read_partition(&self.engine, &self.def, Some(&self.user))?;
+        let rows: Vec<_> = read_partition(&self.engine, &self.def, Some(user))?;
         let arrays = columns
             .iter()
             .map(|&i| build_array(self.def.columns[i].data_type, rows.iter().map(|r| &r.values[i])))
@@ -107,15 +121,23 @@ impl TableProvider for KalamTableProvider {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let user = match &self.scan.user {
+            Some(user) => user.clone(),
+            None => state
+                .config()
+                .get_extension::<ActingUser>()
+                .map(|a| a.0.clone())
+                .ok_or_else(|| DataFusionError::Internal("a session without an acting user".into()))?,
+        };
         let request = self.scan.clone();
         let bounds = ScanBounds::from_filters(&self.scan.def, filters);
         let columns = projection.cloned();
-        let batch = tokio::task::spawn_blocking(move || request.batch(&bounds, columns.as_deref()))
+        let batch = tokio::task::spawn_blocking(move || request.batch(&user, &bounds, columns.as_deref()))
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(e.to_client())))?;

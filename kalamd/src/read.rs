@@ -351,6 +351,16 @@ pub struct ParquetMetadataCache {
     entries: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, ArrowReaderMetadata>>,
 }
 
+impl ParquetMetadataCache {
+    /// Empties the cache; returns how many footers it held.
+    pub fn clear(&self) -> usize {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let n = entries.len();
+        entries.clear();
+        n
+    }
+}
+
 /// Most cached footers.
 const MAX_CACHED_FOOTERS: usize = 4096;
 

@@ -90,9 +90,31 @@ impl KalamLinkClient {
         }
     }
 
+    /// Runs one statement with values for its `$1 … $N` placeholders; an error envelope
+    /// becomes `ServerError`.
+    pub async fn query_with_params(
+        &self,
+        sql: &str,
+        params: &[serde_json::Value],
+    ) -> Result<QueryResponse, KalamLinkError> {
+        let (status, resp) = self.send(serde_json::json!({ "sql": sql, "params": params })).await?;
+        match &resp.error {
+            Some(e) => Err(KalamLinkError::ServerError {
+                status_code: status,
+                code: e.code.clone(),
+                message: e.message.clone(),
+            }),
+            None => Ok(resp),
+        }
+    }
+
     /// Runs SQL and returns the HTTP status and envelope whatever the outcome.
     pub async fn query_raw(&self, sql: &str) -> Result<(u16, QueryResponse), KalamLinkError> {
-        let mut req = self.http.post(format!("{}/v1/api/sql", self.base_url)).json(&serde_json::json!({ "sql": sql }));
+        self.send(serde_json::json!({ "sql": sql })).await
+    }
+
+    async fn send(&self, request: serde_json::Value) -> Result<(u16, QueryResponse), KalamLinkError> {
+        let mut req = self.http.post(format!("{}/v1/api/sql", self.base_url)).json(&request);
         if let Some(u) = &self.user_id {
             req = req.header("X-USER-ID", u);
         }

@@ -21,6 +21,7 @@ fn key_row(user_id: &str, key: Option<String>, message: String) -> StatementResu
         rows: Some(vec![row]),
         row_count: 1,
         message: Some(message),
+        cache_hit: None,
     }
 }
 

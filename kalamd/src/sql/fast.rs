@@ -32,15 +32,53 @@ enum Output {
 
 /// A recognised point query, ready to run.
 pub struct PointQuery {
-    def: Arc<TableDefinition>,
+    shape: Arc<PointShape>,
     user: UserId,
     pk: Vec<u8>,
+}
+
+/// Where the looked-up key comes from.
+enum KeySource {
+    Literal(Vec<u8>),
+    /// `$k` (1-based).
+    Param(usize),
+}
+
+/// A point query with its key and partition still to bind: what the plan cache keeps.
+pub struct PointShape {
+    def: Arc<TableDefinition>,
+    /// The partition a three-part name names (`None`: the acting user's).
+    fixed_user: Option<UserId>,
+    key: KeySource,
     columns: Vec<String>,
     outputs: Vec<Output>,
 }
 
-/// Recognises a point query; `None` sends the statement to the general path.
-pub fn plan(engine: &Engine, stmt: &Statement, acting: &UserId) -> Option<PointQuery> {
+impl PointShape {
+    /// The query for `acting` with `params`; `None` when a parameter is not a key value the
+    /// lookup answers exactly like SQL comparison would (an integer for a BIGINT key, a string
+    /// for a TEXT key): the general path then compares it.
+    pub fn bind(self: &Arc<Self>, params: &[Json], acting: &UserId) -> Option<PointQuery> {
+        let pk = match &self.key {
+            KeySource::Literal(pk) => pk.clone(),
+            KeySource::Param(k) => {
+                let param = params.get(k - 1)?;
+                let key = match (param, self.def.columns[self.def.primary_key_index()].data_type) {
+                    (Json::Number(n), KalamType::BigInt) => Value::BigInt(n.as_i64()?),
+                    (Json::String(s), KalamType::Text) => Value::Text(s.clone()),
+                    _ => return None,
+                };
+                codec::encode_pk(&key)?
+            }
+        };
+        let user = self.fixed_user.clone().unwrap_or_else(|| acting.clone());
+        Some(PointQuery { shape: self.clone(), user, pk })
+    }
+}
+
+/// Recognises a point query, whose key may be a placeholder; `None` sends the statement to the
+/// general path.
+pub fn shape(engine: &Engine, stmt: &Statement) -> Option<PointShape> {
     let Statement::Query(q) = stmt else { return None };
     let Query { with: None, body, order_by: None, limit_clause: None, fetch: None, locks, for_clause: None, .. } =
         q.as_ref()
@@ -82,11 +120,17 @@ pub fn plan(engine: &Engine, stmt: &Statement, acting: &UserId) -> Option<PointQ
     if crate::sql::system::is_builtin_namespace(&table.namespace) {
         return None;
     }
-    let (def, user) = crate::sql::resolve_table(engine, &table, acting).ok()?;
+    // The acting user only matters for the partition, which binding decides.
+    let (def, _) = crate::sql::resolve_table(engine, &table, &UserId::system()).ok()?;
+    let fixed_user = table.fixed_partition().transpose().ok()?;
     if def.table_type == TableType::Stream {
         return None;
     }
-    let pk = primary_key_equality(&def, s.selection.as_ref()?)?;
+    let selection = s.selection.as_ref()?;
+    let key = match primary_key_equality(&def, selection) {
+        Some(pk) => KeySource::Literal(pk),
+        None => KeySource::Param(primary_key_placeholder(&def, selection)?),
+    };
 
     let mut columns = Vec::new();
     let mut outputs = Vec::new();
@@ -124,7 +168,19 @@ pub fn plan(engine: &Engine, stmt: &Statement, acting: &UserId) -> Option<PointQ
     if columns.iter().enumerate().any(|(i, c)| columns[..i].contains(c)) {
         return None;
     }
-    Some(PointQuery { def, user, pk, columns, outputs })
+    Some(PointShape { def, fixed_user, key, columns, outputs })
+}
+
+/// `k` when `predicate` is exactly `<pk> = $k` (either side).
+fn primary_key_placeholder(def: &TableDefinition, predicate: &Expr) -> Option<usize> {
+    let pk_col = &def.columns[def.primary_key_index()];
+    let Expr::BinaryOp { left, op: BinaryOperator::Eq, right } = predicate else { return None };
+    match (left.as_ref(), right.as_ref()) {
+        (Expr::Identifier(id), other) | (other, Expr::Identifier(id)) if ident_name(id) == pk_col.name => {
+            crate::sql::params::placeholder(other)
+        }
+        _ => None,
+    }
 }
 
 /// The key bytes when `predicate` is exactly `<pk> = <literal>` (either side) and SQL
@@ -154,12 +210,13 @@ pub fn primary_key_equality(def: &TableDefinition, predicate: &Expr) -> Option<V
 impl PointQuery {
     /// Looks the key up (blocking I/O: run on the blocking pool).
     pub fn execute(self, engine: &Engine) -> Result<QueryOutput, EngineError> {
-        let found = lookup_keys(engine, &self.def, Some(&self.user), std::slice::from_ref(&self.pk))?;
+        let shape = &self.shape;
+        let found = lookup_keys(engine, &shape.def, Some(&self.user), std::slice::from_ref(&self.pk))?;
         let rows = found
             .into_values()
             .filter(|r| !r.deleted)
             .map(|r| {
-                let cells = self.columns.iter().zip(&self.outputs).map(|(name, out)| {
+                let cells = shape.columns.iter().zip(&shape.outputs).map(|(name, out)| {
                     let v = match out {
                         Output::Column(i) => r.values[*i].to_json(),
                         Output::Updated => Value::Timestamp(r.updated_us).to_json(),
@@ -170,6 +227,6 @@ impl PointQuery {
                 OrderedRow(cells.collect())
             })
             .collect();
-        Ok(QueryOutput { columns: self.columns, rows })
+        Ok(QueryOutput { columns: shape.columns.clone(), rows })
     }
 }

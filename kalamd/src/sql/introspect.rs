@@ -15,7 +15,7 @@ fn result(columns: &[&str], rows: Vec<Vec<Json>>, message: Option<String>) -> St
     let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
     let rows: Vec<OrderedRow> =
         rows.into_iter().map(|r| OrderedRow(columns.iter().cloned().zip(r).collect())).collect();
-    StatementResult { row_count: rows.len() as u64, columns, rows: Some(rows), message }
+    StatementResult { row_count: rows.len() as u64, columns, rows: Some(rows), message, cache_hit: None }
 }
 
 fn ts(us: i64) -> Json {

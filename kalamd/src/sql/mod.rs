@@ -13,6 +13,7 @@ pub mod parse;
 mod parse_table;
 mod parse_user;
 pub mod permissions;
+pub mod plan_cache;
 pub mod query;
 pub mod split;
 pub mod system;
@@ -45,11 +46,14 @@ pub struct StatementResult {
     pub row_count: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Whether the statement's plan came from the plan cache (statements the cache holds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_hit: Option<bool>,
 }
 
 impl StatementResult {
     pub(crate) fn message(row_count: u64, message: String) -> Self {
-        Self { columns: vec![], rows: None, row_count, message: Some(message) }
+        Self { columns: vec![], rows: None, row_count, message: Some(message), cache_hit: None }
     }
 }
 
@@ -164,18 +168,23 @@ pub async fn execute_request(
     let mut i = 0;
     while i < statements.len() {
         let text = &statements[i];
-        let outcome = match parse::parse_statement(text) {
-            Ok(KalamStatement::Begin) => match txn::run(engine, &statements, i, identity, &mut results).await {
-                Ok(next) => {
-                    i = next;
-                    continue;
+        let outcome = match engine.plan_cache.prepare(engine, text) {
+            Ok(lookup) => match &lookup.prepared.stmt {
+                KalamStatement::Begin => match txn::run(engine, &statements, i, identity, &mut results).await {
+                    Ok(next) => {
+                        i = next;
+                        continue;
+                    }
+                    Err(failure) => return (results, Some(failure)),
+                },
+                KalamStatement::Commit | KalamStatement::Rollback => {
+                    Ok(StatementResult::message(0, "No transaction in progress".to_owned()))
                 }
-                Err(failure) => return (results, Some(failure)),
+                _ => execute_statement(engine, &lookup.prepared, params, identity).await.map(|mut r| {
+                    r.cache_hit = lookup.cache_hit;
+                    r
+                }),
             },
-            Ok(KalamStatement::Commit | KalamStatement::Rollback) => {
-                Ok(StatementResult::message(0, "No transaction in progress".to_owned()))
-            }
-            Ok(stmt) => execute_statement(engine, stmt, params, identity).await,
             Err(e) => Err(e.into()),
         };
         match outcome {
@@ -197,19 +206,23 @@ fn statement_failure(e: EngineError, i: usize, text: &str, suffix: &str) -> Batc
 
 async fn execute_statement(
     engine: &Arc<Engine>,
-    mut stmt: KalamStatement,
+    prepared: &plan_cache::Prepared,
     params: Option<&[Json]>,
     identity: &Identity,
 ) -> Result<StatementResult, EngineError> {
     let user = &identity.acting;
+    let template = match &prepared.stmt {
+        KalamStatement::Query(s)
+        | KalamStatement::Insert(s)
+        | KalamStatement::Update(s)
+        | KalamStatement::Delete(s) => Some(s.as_ref()),
+        _ => None,
+    };
     if let Some(params) = params {
-        match &mut stmt {
-            KalamStatement::Query(s)
-            | KalamStatement::Insert(s)
-            | KalamStatement::Update(s)
-            | KalamStatement::Delete(s) => params::check_count(s, params)?,
-            _ if params.is_empty() => {}
-            _ => {
+        match template {
+            Some(s) => params::check_count(s, params)?,
+            None if params.is_empty() => {}
+            None => {
                 return Err(EngineError::user(
                     ErrorCode::ParamCountMismatch,
                     format!("parameter mismatch: expected 0 parameters, got {}", params.len()),
@@ -217,20 +230,23 @@ async fn execute_statement(
             }
         }
     }
-    permissions::check(engine, identity, &stmt)?;
+    permissions::check(engine, identity, &prepared.stmt)?;
     // Types are checked only once the statement is allowed: a refusal must not describe a table
     // the caller may not see.
-    if let Some(params) = params
-        && let KalamStatement::Query(s)
-        | KalamStatement::Insert(s)
-        | KalamStatement::Update(s)
-        | KalamStatement::Delete(s) = &mut stmt
-    {
+    if let (Some(params), Some(s)) = (params, template) {
         params::check_types(engine, s, params, user)?;
+    }
+    if let KalamStatement::Query(template) = &prepared.stmt {
+        return run_select(engine, prepared, template, params.unwrap_or(&[]), identity).await;
+    }
+    let mut stmt = prepared.stmt.clone();
+    if let Some(params) = params
+        && let KalamStatement::Insert(s) | KalamStatement::Update(s) | KalamStatement::Delete(s) = &mut stmt
+    {
         params::substitute(s, params);
     }
     match stmt {
-        KalamStatement::Query(stmt) => run_select(engine, &stmt, identity).await,
+        KalamStatement::ClearCache => Ok(clear_caches(engine)),
         KalamStatement::DropTable { namespace, table, if_exists } => {
             drop_table(engine, &namespace, &table, if_exists).await
         }
@@ -298,21 +314,66 @@ async fn execute_statement(
     }
 }
 
-/// Runs a SELECT: the point-lookup path when the statement is one, DataFusion otherwise.
+/// Runs a SELECT (`template`, with `params` for its placeholders) through its plan-cache entry:
+/// the key-lookup path when it is a point query, else DataFusion with the entry's shared plan
+/// (or a plan of its own when it cannot be shared).
 async fn run_select(
     engine: &Arc<Engine>,
-    stmt: &datafusion::sql::sqlparser::ast::Statement,
+    prepared: &plan_cache::Prepared,
+    template: &datafusion::sql::sqlparser::ast::Statement,
+    params: &[Json],
     identity: &Identity,
 ) -> Result<StatementResult, EngineError> {
-    let out = match fast::plan(engine, stmt, &identity.acting) {
+    let shape = prepared.point.get_or_init(|| fast::shape(engine, template).map(Arc::new));
+    let out = match shape.as_ref().and_then(|s| s.bind(params, &identity.acting)) {
         Some(point) => {
             let engine = engine.clone();
             tokio::task::spawn_blocking(move || point.execute(&engine)).await.map_err(EngineError::internal)??
         }
-        None => with_timeout(engine, query::run_query(engine, stmt, identity)).await?,
+        None => {
+            let bound = if params.is_empty() {
+                std::borrow::Cow::Borrowed(template)
+            } else {
+                let mut bound = template.clone();
+                params::substitute(&mut bound, params);
+                std::borrow::Cow::Owned(bound)
+            };
+            let run = query::run_prepared(engine, &prepared.plan, template, &bound, params, identity);
+            with_timeout(engine, run).await?
+        }
     };
     let n = out.rows.len() as u64;
-    Ok(StatementResult { columns: out.columns, rows: Some(out.rows), row_count: n, message: None })
+    Ok(StatementResult { columns: out.columns, rows: Some(out.rows), row_count: n, message: None, cache_hit: None })
+}
+
+/// CLEAR CACHE (sql.md §15): one row per cache with the entries it held, and for the plan
+/// cache its hits and misses since the server started. Compiled filters of active
+/// subscriptions stay.
+fn clear_caches(engine: &Engine) -> StatementResult {
+    let (hits, misses) = engine.plan_cache.counters();
+    let cleared = [
+        ("plan_cache", engine.plan_cache.clear(), Json::from(hits), Json::from(misses)),
+        ("parquet_metadata_cache", engine.parquet_footers.clear(), Json::Null, Json::Null),
+    ];
+    let total: usize = cleared.iter().map(|c| c.1).sum();
+    let rows: Vec<OrderedRow> = cleared
+        .into_iter()
+        .map(|(name, n, hits, misses)| {
+            OrderedRow(vec![
+                ("cache_type".into(), Json::from(name)),
+                ("entries_cleared".into(), Json::from(n)),
+                ("hits".into(), hits),
+                ("misses".into(), misses),
+            ])
+        })
+        .collect();
+    StatementResult {
+        columns: ["cache_type", "entries_cleared", "hits", "misses"].map(String::from).to_vec(),
+        row_count: rows.len() as u64,
+        rows: Some(rows),
+        message: Some(format!("Cleared {total} cache entries")),
+        cache_hit: None,
+    }
 }
 
 /// The rows of an `INSERT … SELECT` source, computed on the async side before the write.
@@ -392,6 +453,7 @@ fn execute_write(
                 rows: Some(vec![row]),
                 row_count: 1,
                 message: Some(message),
+                cache_hit: None,
             })
         }
         KalamStatement::FlushAll { namespace } => flush_all(engine, namespace.as_deref()),
@@ -445,6 +507,7 @@ fn execute_write(
         | KalamStatement::CreateUser { .. }
         | KalamStatement::AlterUser { .. }
         | KalamStatement::DropUser { .. }
+        | KalamStatement::ClearCache
         | KalamStatement::Begin
         | KalamStatement::Commit
         | KalamStatement::Rollback => Err(EngineError::internal("statement reached the write path")),
@@ -488,7 +551,13 @@ fn flush_all(engine: &Arc<Engine>, namespace: Option<&str>) -> Result<StatementR
     } else {
         format!("Flush started for {} table(s). Job IDs: [{}]", ids.len(), ids.join(", "))
     };
-    Ok(StatementResult { columns, row_count: rows.len() as u64, rows: Some(rows), message: Some(message) })
+    Ok(StatementResult {
+        columns,
+        row_count: rows.len() as u64,
+        rows: Some(rows),
+        message: Some(message),
+        cache_hit: None,
+    })
 }
 
 async fn drop_table(

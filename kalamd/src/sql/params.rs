@@ -86,7 +86,7 @@ fn placeholder_number(text: &str) -> Option<usize> {
 }
 
 /// The number `K` of a `$K` placeholder expression.
-fn placeholder(expr: &Expr) -> Option<usize> {
+pub(crate) fn placeholder(expr: &Expr) -> Option<usize> {
     match expr {
         Expr::Value(v) => match &v.value {
             SqlValue::Placeholder(text) => placeholder_number(text),

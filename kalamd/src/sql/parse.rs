@@ -129,6 +129,8 @@ pub enum KalamStatement {
         user_id: String,
         if_exists: bool,
     },
+    /// `CLEAR CACHE` (sql.md §15).
+    ClearCache,
     /// `BEGIN`, `BEGIN TRANSACTION`, `START TRANSACTION` (sql.md §9).
     Begin,
     Commit,
@@ -171,6 +173,7 @@ impl KalamStatement {
             S::CreateUser { .. } => "CREATE USER",
             S::AlterUser { .. } => "ALTER USER",
             S::DropUser { .. } => "DROP USER",
+            S::ClearCache => "CLEAR CACHE",
             S::Begin => "BEGIN",
             S::Commit => "COMMIT",
             S::Rollback => "ROLLBACK",
@@ -232,6 +235,15 @@ impl TableRef {
     }
 
     /// The user whose partition the reference addresses.
+    /// The user a three-part name fixes; `None` when the partition is the acting user's
+    /// (two-part names and `ns.user.table`).
+    pub fn fixed_partition(&self) -> Option<Result<UserId, KalamError>> {
+        match self.qualifier.as_deref() {
+            None | Some("user") => None,
+            Some(other) => Some(UserId::parse(other)),
+        }
+    }
+
     pub fn partition_user(&self, acting: &UserId) -> Result<UserId, KalamError> {
         match self.qualifier.as_deref() {
             None | Some("user") => Ok(acting.clone()),
@@ -315,6 +327,14 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     let dialect = PostgreSqlDialect {};
     let tokens = tokenize(&dialect, sql)?;
     let mut p = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    if next_is_word(&p, "CLEAR") {
+        p.next_token();
+        if parse_word(&mut p, "CACHE") {
+            expect_end(&mut p)?;
+            return Ok(KalamStatement::ClearCache);
+        }
+        return Err(unsupported(sql));
+    }
     if next_is_word(&p, "CREATE") {
         let start = p.index();
         p.next_token();

@@ -145,6 +145,7 @@ pub fn check(engine: &Engine, identity: &Identity, stmt: &KalamStatement) -> Res
         S::KillLiveQuery { .. } => Ok(()),
         S::ShowNamespaces | S::ShowTables { .. } => Ok(()),
         S::Begin | S::Commit | S::Rollback => Ok(()),
+        S::ClearCache => require(identity, Role::Dba, "CLEAR CACHE"),
         S::Describe { namespace, table } | S::ShowTableStats { namespace, table } => {
             check_named_table(engine, identity, namespace, table)
         }

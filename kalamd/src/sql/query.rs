@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
@@ -12,8 +12,10 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::{MemoryCatalogProvider, MemorySchemaProvider};
+use datafusion::common::ScalarValue;
 use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{
     Expr, Ident, Query, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, Visit, VisitMut,
@@ -21,6 +23,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 
 use kalam_types::auth::Identity;
+use kalam_types::ids::UserId;
 use kalam_types::schema::{DELETED_COLUMN, UPDATED_COLUMN};
 use kalam_types::value::{double_to_json, encode_hex};
 use kalam_types::{KalamType, Value, arrow::value_at};
@@ -28,7 +31,7 @@ use serde_json::Value as Json;
 
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::provider::KalamTableProvider;
+use crate::provider::{ActingUser, KalamTableProvider};
 use crate::rowjson::OrderedRow;
 use crate::sql::parse::{DEFAULT_NAMESPACE, TableRef, ident_name};
 use crate::sql::system;
@@ -45,12 +48,115 @@ pub async fn run_query(engine: &Arc<Engine>, stmt: &Statement, viewer: &Identity
     encode_batches(names, &batches)
 }
 
+/// Runs a query through a plan-cache entry: its shared plan when there is one (built now if
+/// the statement allows sharing), with `params` bound to the placeholders; otherwise planned
+/// for this request from `bound` (the statement with its parameters as literals).
+pub async fn run_prepared(
+    engine: &Arc<Engine>,
+    slot: &OnceLock<Option<Arc<LogicalPlan>>>,
+    template: &Statement,
+    bound: &Statement,
+    params: &[Json],
+    viewer: &Identity,
+) -> Result<QueryOutput, EngineError> {
+    let shared = match slot.get() {
+        Some(plan) => plan.clone(),
+        None if shareable(template) => {
+            // A placeholder whose type only its value tells (`SELECT $1`) cannot be planned
+            // unbound: such statements are planned per request.
+            let plan = plan_statement(engine, template, viewer).await.ok().map(|(_, plan)| Arc::new(plan));
+            slot.get_or_init(|| plan).clone()
+        }
+        None => {
+            let _ = slot.set(None);
+            None
+        }
+    };
+    let Some(plan) = shared else { return run_query(engine, bound, viewer).await };
+    let plan = if params.is_empty() {
+        plan.as_ref().clone()
+    } else {
+        let values: Vec<ScalarValue> = params.iter().map(param_scalar).collect();
+        plan.as_ref().clone().with_param_values(values)?
+    };
+    let (names, batches) = execute(&session(engine, &viewer.acting), plan).await?;
+    encode_batches(names, &batches)
+}
+
+/// A parameter as the literal it stands for (the same types as the SQL literal would have).
+fn param_scalar(param: &Json) -> ScalarValue {
+    match param {
+        Json::Null => ScalarValue::Null,
+        Json::Bool(b) => ScalarValue::Boolean(Some(*b)),
+        Json::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => ScalarValue::Int64(Some(i)),
+            (None, Some(u)) => ScalarValue::UInt64(Some(u)),
+            _ => ScalarValue::Float64(n.as_f64()),
+        },
+        Json::String(s) => ScalarValue::Utf8(Some(s.clone())),
+        other => ScalarValue::Utf8(Some(other.to_string())),
+    }
+}
+
+/// Whether one plan of `stmt` serves every user: it reads no built-in table (their rows are
+/// taken when planning) and does not call `CURRENT_USER()`.
+pub fn shareable(stmt: &Statement) -> bool {
+    let mut builtin = false;
+    let _ = visit_relations(stmt, |name| {
+        builtin |=
+            TableRef::parse(name).is_ok_and(|t| system::is_builtin_namespace(&t.namespace) && t.qualifier.is_none());
+        ControlFlow::<()>::Continue(())
+    });
+    let mut current_user = false;
+    let _ = visit_expressions(stmt, |e| {
+        if let Expr::Function(f) = e {
+            current_user |= f
+                .name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("current_user"));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    !builtin && !current_user
+}
+
+/// A session for `user`: KalamDB's functions, the default schema, and the acting user whose
+/// partitions the table providers read.
+fn session(engine: &Engine, user: &UserId) -> SessionContext {
+    let config = SessionConfig::new()
+        .with_default_catalog_and_schema("datafusion", DEFAULT_NAMESPACE)
+        .with_extension(Arc::new(ActingUser(user.clone())));
+    let ctx = SessionContext::new_with_config(config);
+    for f in crate::sql::udf::functions(&engine.ids, user.as_str()) {
+        ctx.register_udf(f);
+    }
+    ctx
+}
+
+async fn execute(ctx: &SessionContext, plan: LogicalPlan) -> Result<(Vec<String>, Vec<RecordBatch>), EngineError> {
+    let frame = ctx.execute_logical_plan(plan).await?;
+    let names: Vec<String> = frame.schema().fields().iter().map(|f| f.name().clone()).collect();
+    Ok((names, frame.collect().await?))
+}
+
 /// Plans and runs a query; returns its column names and result batches.
 pub async fn collect(
     engine: &Arc<Engine>,
     stmt: &Statement,
     viewer: &Identity,
 ) -> Result<(Vec<String>, Vec<RecordBatch>), EngineError> {
+    let (ctx, plan) = plan_statement(engine, stmt, viewer).await?;
+    execute(&ctx, plan).await
+}
+
+/// Plans a query in a new session holding exactly the tables it names.
+async fn plan_statement(
+    engine: &Arc<Engine>,
+    stmt: &Statement,
+    viewer: &Identity,
+) -> Result<(SessionContext, LogicalPlan), EngineError> {
     let user = &viewer.acting;
     let mut relations = BTreeSet::new();
     let _ = visit_relations(stmt, |name| {
@@ -66,11 +172,7 @@ pub async fn collect(
     let stmt = &stmt;
     let ctes = cte_names(stmt);
 
-    let config = SessionConfig::new().with_default_catalog_and_schema("datafusion", DEFAULT_NAMESPACE);
-    let ctx = SessionContext::new_with_config(config);
-    for f in crate::sql::udf::functions(&engine.ids, user.as_str()) {
-        ctx.register_udf(f);
-    }
+    let ctx = session(engine, user);
     register_schema(&ctx, "datafusion", DEFAULT_NAMESPACE)?;
     for name in &relations {
         let qualified = name.0.len() > 1;
@@ -86,14 +188,12 @@ pub async fn collect(
         if !qualified && ctes.contains(&table) {
             continue;
         }
-        let (def, partition_user) = crate::sql::resolve_table(engine, &table_ref, user)?;
-        let provider = KalamTableProvider::new(
-            engine.clone(),
-            def,
-            partition_user,
-            names_system_columns,
-            where_names_deleted(stmt),
-        );
+        let (def, _) = crate::sql::resolve_table(engine, &table_ref, user)?;
+        // Only a three-part name naming a user fixes the partition; otherwise the scan reads
+        // the acting user's, whoever runs the plan.
+        let fixed = table_ref.fixed_partition().transpose()?;
+        let provider =
+            KalamTableProvider::new(engine.clone(), def, fixed, names_system_columns, where_names_deleted(stmt));
         let reference = match &table_ref.qualifier {
             // `ns.<user>.table`: catalog `ns`, schema `<user>` (DataFusion's three-part form).
             Some(q) => {
@@ -109,9 +209,7 @@ pub async fn collect(
     }
     let plan =
         ctx.state().statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone()))).await?;
-    let frame = ctx.execute_logical_plan(plan).await?;
-    let names: Vec<String> = frame.schema().fields().iter().map(|f| f.name().clone()).collect();
-    Ok((names, frame.collect().await?))
+    Ok((ctx, plan))
 }
 
 /// Names of the common table expressions anywhere in the statement (unqualified references to

@@ -16,7 +16,7 @@ use kalam_types::auth::Identity;
 use kalam_types::error::ErrorCode;
 use kalam_types::schema::TableDefinition;
 
-use super::parse::{self, KalamStatement};
+use super::parse::KalamStatement;
 use super::{BatchError, MAX_DEFINITION_RETRIES, StatementResult, permissions, statement_failure};
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -33,6 +33,7 @@ struct Staged {
     index: usize,
     stmt: KalamStatement,
     selected: Option<Vec<RecordBatch>>,
+    cache_hit: Option<bool>,
 }
 
 /// Runs the block that starts with the `BEGIN` at `begin` (0-based). On success, appends one
@@ -59,9 +60,9 @@ pub(super) async fn run(
                 break;
             }
             Ok(Step::Done(result)) => slots.push(Some(result)),
-            Ok(Step::Write(stmt, selected)) => {
+            Ok(Step::Write(stmt, selected, cache_hit)) => {
                 slots.push(None);
-                staged.push(Staged { index, stmt, selected });
+                staged.push(Staged { index, stmt, selected, cache_hit });
             }
             Err(e) => {
                 failure = Some((index, e));
@@ -118,11 +119,12 @@ enum Step {
     /// A SELECT, already run.
     Done(StatementResult),
     /// A write for the second pass, with the rows of its SELECT source.
-    Write(KalamStatement, Option<Vec<RecordBatch>>),
+    Write(KalamStatement, Option<Vec<RecordBatch>>, Option<bool>),
 }
 
 async fn first_pass(engine: &Arc<Engine>, text: &str, identity: &Identity) -> Result<Step, EngineError> {
-    let stmt = parse::parse_statement(text)?;
+    let lookup = engine.plan_cache.prepare(engine, text)?;
+    let stmt = &lookup.prepared.stmt;
     match stmt {
         KalamStatement::Commit => return Ok(Step::End(End::Commit)),
         KalamStatement::Rollback => return Ok(Step::End(End::Rollback)),
@@ -137,12 +139,16 @@ async fn first_pass(engine: &Arc<Engine>, text: &str, identity: &Identity) -> Re
             ));
         }
     }
-    permissions::check(engine, identity, &stmt)?;
+    permissions::check(engine, identity, stmt)?;
     match stmt {
-        KalamStatement::Query(query) => Ok(Step::Done(super::run_select(engine, &query, identity).await?)),
+        KalamStatement::Query(query) => {
+            let mut result = super::run_select(engine, &lookup.prepared, query, &[], identity).await?;
+            result.cache_hit = lookup.cache_hit;
+            Ok(Step::Done(result))
+        }
         write => {
-            let selected = super::insert_source(engine, &write, identity).await?;
-            Ok(Step::Write(write, selected))
+            let selected = super::insert_source(engine, write, identity).await?;
+            Ok(Step::Write(write.clone(), selected, lookup.cache_hit))
         }
     }
 }
@@ -167,7 +173,10 @@ async fn second_pass(
             let mut outcome = Ok(());
             for s in &staged {
                 match super::write_dml(&engine, Some(&mut guard), &s.stmt, &user, s.selected.clone()) {
-                    Ok((result, def)) => written.push((s.index, result, def)),
+                    Ok((mut result, def)) => {
+                        result.cache_hit = s.cache_hit;
+                        written.push((s.index, result, def));
+                    }
                     Err(e) => {
                         outcome = Err((s.index, e));
                         break;

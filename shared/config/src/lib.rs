@@ -201,6 +201,19 @@ impl Default for RateLimitConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+pub struct QueryConfig {
+    /// Entries of the global plan cache (0 turns it off).
+    pub plan_cache_size: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self { plan_cache_size: 1000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LimitsConfig {
     /// Largest HTTP body and WebSocket message, in bytes.
     pub max_message_size: usize,
@@ -338,6 +351,7 @@ pub struct KalamConfig {
     pub websocket: WebSocketConfig,
     pub rate_limit: RateLimitConfig,
     pub limits: LimitsConfig,
+    pub query: QueryConfig,
     pub logging: LoggingConfig,
     pub retention: RetentionConfig,
     pub stream: StreamConfig,

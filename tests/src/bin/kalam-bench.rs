@@ -104,6 +104,31 @@ async fn main() -> anyhow::Result<()> {
     }
     report_latency("point SELECT by primary key", &mut latencies);
 
+    // The plan cache: the same shapes with a new key each time, as text (a miss every time)
+    // and parametrized (a hit after the first), interleaved so load drift hits both alike.
+    let (mut text, mut param) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    let (mut agg_text, mut agg_param) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    for i in 0..samples {
+        let (client, id) = (&clients[i % args.users], (i * 7 % total) as i64);
+        let started = Instant::now();
+        client.query(&format!("SELECT payload FROM bench.t WHERE id = {id}")).await?;
+        text.push(started.elapsed());
+        let started = Instant::now();
+        client.query_with_params("SELECT payload FROM bench.t WHERE id = $1", &[id.into()]).await?;
+        param.push(started.elapsed());
+        let started = Instant::now();
+        client.query(&format!("SELECT COUNT(*) AS c FROM bench.t WHERE id > {id} AND payload LIKE '%row%'")).await?;
+        agg_text.push(started.elapsed());
+        let started = Instant::now();
+        let sql = "SELECT COUNT(*) AS c FROM bench.t WHERE id > $1 AND payload LIKE '%row%'";
+        client.query_with_params(sql, &[id.into()]).await?;
+        agg_param.push(started.elapsed());
+    }
+    report_latency("point SELECT as text (cache miss)", &mut text);
+    report_latency("point SELECT with $1 (cache hit)", &mut param);
+    report_latency("filtered COUNT as text (cache miss)", &mut agg_text);
+    report_latency("filtered COUNT with $1 (cache hit)", &mut agg_param);
+
     let mut latencies = Vec::with_capacity(samples);
     for i in 0..samples {
         let started = Instant::now();
