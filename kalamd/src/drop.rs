@@ -102,6 +102,15 @@ impl Engine {
                 tracing::warn!(table = %def.qualified_name(), error = %e, "could not drop the column family");
             }
         })?;
+        let dropped = self.delete_files(entries);
+        tracing::info!(table = %def.qualified_name(), files = dropped.files, bytes = dropped.bytes, "table dropped");
+        Ok(dropped)
+    }
+
+    /// Deletes the files of manifest entries that are already gone from the manifest (a
+    /// dropped table, a purged user), with the directories they leave empty. Failures are
+    /// logged: the files are unreferenced, and the orphan sweep of later flushes finds them.
+    pub fn delete_files(&self, entries: Vec<ManifestEntry>) -> Dropped {
         let mut dropped = Dropped::default();
         for entry in entries {
             if let Some(base) = entry.base.as_deref().filter(|b| b.starts_with("s3://")) {
@@ -113,7 +122,7 @@ impl Engine {
                         dropped.files += 1;
                         dropped.bytes += entry.size_bytes;
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not delete a dropped table's S3 object"),
+                    Err(e) => tracing::warn!(error = %e, "could not delete a removed S3 object"),
                 }
                 continue;
             }
@@ -126,11 +135,10 @@ impl Engine {
                     remove_empty_parents(&path, &base);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not delete a dropped table's file"),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not delete a removed file"),
             }
         }
-        tracing::info!(table = %def.qualified_name(), files = dropped.files, bytes = dropped.bytes, "table dropped");
-        Ok(dropped)
+        dropped
     }
 
     pub fn drop_namespace(&self, ns: &str) -> Result<(), EngineError> {

@@ -60,6 +60,9 @@ pub struct JobRecord {
     /// after this one.
     #[serde(default)]
     pub after_user: Option<String>,
+    /// The user a per-user job is about (`user_cleanup`).
+    #[serde(default)]
+    pub user_id: Option<String>,
 }
 
 /// A flushed file as recorded in the `table_files` manifest.
@@ -291,6 +294,7 @@ impl Engine {
             storage_base: None,
             schema_version: None,
             after_user,
+            user_id: None,
         };
         self.put_job(&mut guard.batch, &job)?;
         // The index changes before the lock is released: a concurrent FLUSH TABLE sees this job.

@@ -30,6 +30,7 @@ mod stats;
 mod storages;
 mod store;
 mod stream;
+mod user_cleanup;
 mod users;
 
 /// Table definitions for unit tests.
@@ -141,6 +142,7 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
 
     let eviction_task = tokio::spawn(stream::eviction_loop(engine.clone(), shutdown.clone()));
     let retention_task = tokio::spawn(live::retention_loop(engine.clone(), shutdown.clone()));
+    let user_cleanup_task = tokio::spawn(user_cleanup::cleanup_loop(engine.clone(), shutdown.clone()));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -156,6 +158,7 @@ async fn run(cfg: KalamConfig, inherited: Option<std::net::TcpListener>) -> anyh
     rpc_task.abort();
     eviction_task.abort();
     retention_task.abort();
+    user_cleanup_task.abort();
     drop(engine);
     tracing::info!("kalamd stopped");
     Ok(())

@@ -151,6 +151,13 @@ impl StreamBuffers {
         evicted
     }
 
+    /// Forgets one user's rows of a table (user cleanup).
+    pub fn drop_user(&self, def: &TableDefinition, user: &UserId) {
+        if let Some(table) = self.lock().get_mut(&key(def)) {
+            table.remove(user.as_str());
+        }
+    }
+
     /// Forgets a dropped table's rows.
     pub fn drop_table(&self, ns: &str, table: &str) {
         self.lock().remove(&(ns.to_owned(), table.to_owned()));
@@ -207,6 +214,7 @@ impl Engine {
                 storage_base: None,
                 schema_version: None,
                 after_user: None,
+                user_id: None,
             };
             let mut guard = self.store.begin();
             self.put_job(&mut guard.batch, &job)?;

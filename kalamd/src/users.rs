@@ -123,6 +123,9 @@ pub struct NewUser {
     /// `None` = generate one; `Some(None)` = no key (key authentication disabled).
     pub apikey: Option<Option<String>>,
     pub metadata: Option<String>,
+    /// `table` (the default) or `region`.
+    pub storage_mode: Option<String>,
+    pub storage_id: Option<String>,
 }
 
 // The clear key never reaches a log line.
@@ -162,6 +165,114 @@ fn checked_metadata(json: &str) -> Result<String, EngineError> {
     Ok(json.to_owned())
 }
 
+/// A key a statement sets: at least `MIN_API_KEY_LEN` characters, no surrounding spaces.
+fn checked_key(key: String) -> Result<String, EngineError> {
+    if key.trim() != key || key.chars().count() < MIN_API_KEY_LEN {
+        return Err(EngineError::user(
+            ErrorCode::InvalidOperation,
+            format!("An API key must have at least {MIN_API_KEY_LEN} characters and no surrounding spaces"),
+        ));
+    }
+    Ok(key)
+}
+
+fn checked_storage_mode(mode: &str) -> Result<String, EngineError> {
+    match mode {
+        "table" | "region" => Ok(mode.to_owned()),
+        other => Err(EngineError::user(
+            ErrorCode::InvalidOperation,
+            format!("Invalid storage_mode '{other}'. Allowed: table, region"),
+        )),
+    }
+}
+
+/// Checks a set of users to insert together, so that either all or none are created: valid
+/// fields, ids new and distinct, explicit keys distinct and unused.
+pub fn check_new(store: &Store, new_users: &[NewUser]) -> Result<(), EngineError> {
+    let mut ids = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
+    for new in new_users {
+        let user_id = kalam_types::ids::UserId::parse(&new.user_id)?.as_str().to_owned();
+        if !ids.insert(user_id.clone()) || get(store, &user_id)?.is_some() {
+            return Err(EngineError::user(
+                ErrorCode::UserExists,
+                format!("User with user_id '{user_id}' already exists"),
+            ));
+        }
+        checked_username(new.username.as_deref().unwrap_or(&user_id))?;
+        checked_role(new.role.as_deref().unwrap_or("user"))?;
+        new.metadata.as_deref().map(checked_metadata).transpose()?;
+        checked_storage_mode(new.storage_mode.as_deref().unwrap_or("table"))?;
+        if let Some(Some(key)) = &new.apikey {
+            let hash = hash_api_key(&checked_key(key.clone())?);
+            ensure_key_free(store, &hash, &user_id)?;
+            if !keys.insert(hash) {
+                return Err(EngineError::user(
+                    ErrorCode::ConstraintViolation,
+                    "API key is already in use by another user",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The columns an `UPDATE system.users` sets (`None`: unchanged).
+#[derive(Default)]
+pub struct UserPatch {
+    pub username: Option<String>,
+    pub email: Option<Option<String>>,
+    pub role: Option<String>,
+    pub metadata: Option<Option<String>>,
+    /// `Some(None)` disables key authentication.
+    pub apikey: Option<Option<String>>,
+    pub storage_mode: Option<String>,
+    pub storage_id: Option<Option<String>>,
+    /// `deleted_at = NULL`: undo a soft delete (within the grace period, while the row exists).
+    pub restore: bool,
+}
+
+/// Applies an UPDATE to one user.
+pub fn patch(store: &Store, user_id: &str, patch: &UserPatch, now_us: i64) -> Result<(), EngineError> {
+    let mut rec = get(store, user_id)?.ok_or_else(|| user_not_found(user_id))?;
+    if rec.role == "system" {
+        return Err(EngineError::user(ErrorCode::InvalidOperation, "The built-in system user cannot be altered"));
+    }
+    let old_hash = rec.apikey_sha256.clone();
+    if let Some(name) = &patch.username {
+        rec.username = checked_username(name)?;
+    }
+    if let Some(email) = &patch.email {
+        rec.email = email.clone();
+    }
+    if let Some(role) = &patch.role {
+        rec.role = checked_role(role)?;
+    }
+    if let Some(metadata) = &patch.metadata {
+        rec.metadata = metadata.as_deref().map(checked_metadata).transpose()?;
+    }
+    if let Some(mode) = &patch.storage_mode {
+        rec.storage_mode = checked_storage_mode(mode)?;
+    }
+    if let Some(id) = &patch.storage_id {
+        rec.storage_id = id.clone();
+    }
+    match &patch.apikey {
+        Some(Some(key)) => {
+            let hash = hash_api_key(&checked_key(key.clone())?);
+            ensure_key_free(store, &hash, user_id)?;
+            rec.apikey_sha256 = Some(hash);
+        }
+        Some(None) => rec.apikey_sha256 = None,
+        None => {}
+    }
+    if patch.restore {
+        rec.deleted_at_us = None;
+    }
+    rec.updated_at_us = now_us;
+    write(store, &rec, old_hash.as_deref())
+}
+
 /// Checks that no other user holds `hash`.
 fn ensure_key_free(store: &Store, hash: &str, user_id: &str) -> Result<(), EngineError> {
     match store.get(cf::USER_APIKEYS, hash.as_bytes())? {
@@ -180,13 +291,8 @@ pub fn create(store: &Store, new: NewUser, now_us: i64) -> Result<(UserRecord, O
     }
     let key = match new.apikey {
         None => Some(generate_api_key()),
-        Some(Some(k)) if k.trim() != k || k.chars().count() < MIN_API_KEY_LEN => {
-            return Err(EngineError::user(
-                ErrorCode::InvalidOperation,
-                format!("An API key must have at least {MIN_API_KEY_LEN} characters and no surrounding spaces"),
-            ));
-        }
-        Some(k) => k,
+        Some(Some(k)) => Some(checked_key(k)?),
+        Some(None) => None,
     };
     let apikey_sha256 = key.as_deref().map(hash_api_key);
     if let Some(hash) = &apikey_sha256 {
@@ -198,8 +304,8 @@ pub fn create(store: &Store, new: NewUser, now_us: i64) -> Result<(UserRecord, O
         role: checked_role(new.role.as_deref().unwrap_or("user"))?,
         apikey_sha256,
         metadata: new.metadata.as_deref().map(checked_metadata).transpose()?,
-        storage_mode: "table".into(),
-        storage_id: None,
+        storage_mode: checked_storage_mode(new.storage_mode.as_deref().unwrap_or("table"))?,
+        storage_id: new.storage_id,
         created_at_us: now_us,
         updated_at_us: now_us,
         deleted_at_us: None,

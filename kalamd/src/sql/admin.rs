@@ -53,6 +53,10 @@ pub fn drop_user(engine: &Engine, user_id: &str, if_exists: bool) -> Result<Stat
     match users::soft_delete(&engine.store, user_id, wall_clock_us()) {
         Ok(()) => {
             tracing::info!(user_id, "user deleted (soft)");
+            // Without a grace period the cleanup is due at once.
+            if engine.cfg.auth.user_deletion_grace_period_days == 0 {
+                engine.purge_deleted_users()?;
+            }
             Ok(StatementResult::message(1, format!("User '{user_id}' deleted")))
         }
         Err(EngineError::User(e)) if e.code == ErrorCode::UserNotFound && if_exists => {

@@ -19,6 +19,7 @@ pub mod split;
 pub mod system;
 mod txn;
 pub mod udf;
+mod users_dml;
 
 use std::sync::Arc;
 
@@ -88,8 +89,8 @@ fn builtin_write_error(ns: &str, table: &str) -> EngineError {
     match (exists, table) {
         (false, _) => crate::catalog::table_not_found(ns, table).into(),
         (true, "users") if ns == system::NAMESPACE => EngineError::user(
-            ErrorCode::UnsupportedStatement,
-            "Changing users through system.users is not available in this version",
+            ErrorCode::TransactionError,
+            "Changes to system.users are not allowed inside a transaction",
         ),
         (true, _) => {
             EngineError::user(ErrorCode::PermissionDenied, format!("permission denied: {ns}.{table} is read-only"))
@@ -244,6 +245,14 @@ async fn execute_statement(
         && let KalamStatement::Insert(s) | KalamStatement::Update(s) | KalamStatement::Delete(s) = &mut stmt
     {
         params::substitute(s, params);
+    }
+    if let KalamStatement::Insert(s) | KalamStatement::Update(s) | KalamStatement::Delete(s) = &stmt
+        && users_dml::targets_users(s)
+    {
+        let (engine, s) = (engine.clone(), s.clone());
+        return tokio::task::spawn_blocking(move || users_dml::execute(&engine, &s))
+            .await
+            .map_err(EngineError::internal)?;
     }
     match stmt {
         KalamStatement::ClearCache => Ok(clear_caches(engine)),

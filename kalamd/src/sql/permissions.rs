@@ -40,7 +40,10 @@ const USER_READABLE_SYSTEM_TABLES: [&str; 8] =
 fn check_relation(engine: &Engine, identity: &Identity, name: &ObjectName, write: bool) -> Result<(), EngineError> {
     let Ok(table) = TableRef::parse(name) else { return Ok(()) };
     if system::is_builtin_namespace(&table.namespace) && table.qualifier.is_none() {
-        // Writes to built-in tables are refused by name resolution, with their own message.
+        if write && table.namespace == system::NAMESPACE && table.table == "users" {
+            return require(identity, Role::Dba, "user management");
+        }
+        // Writes to other built-in tables are refused by name resolution, with their own message.
         let readable = table.namespace == system::INFORMATION_SCHEMA
             || USER_READABLE_SYSTEM_TABLES.contains(&table.table.as_str());
         if identity.role == Role::User && !readable && !write {

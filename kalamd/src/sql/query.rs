@@ -180,7 +180,9 @@ async fn plan_statement(
         let (ns, table) = (table_ref.namespace.clone(), table_ref.table.clone());
         if system::is_builtin_namespace(&ns) && table_ref.qualifier.is_none() {
             register_schema(&ctx, "datafusion", &ns)?;
-            let (schema, batch) = system::table(engine, &ns, &table, viewer).await?;
+            // Soft-deleted users show only to a WHERE clause that names `deleted_at`.
+            let deleted_users = where_mentions(stmt, "deleted_at");
+            let (schema, batch) = system::table(engine, &ns, &table, viewer, deleted_users).await?;
             let reference = TableReference::partial(ns, table);
             ctx.register_table(reference, Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))?;
             continue;
@@ -320,30 +322,33 @@ fn mentions_column<V: Visit>(node: &V, columns: &[&str]) -> bool {
 /// True when a WHERE clause of the statement mentions `_deleted`: only then are soft-deleted
 /// rows visible (sql.md §3).
 fn where_names_deleted(stmt: &Statement) -> bool {
-    fn in_query(q: &Query) -> bool {
-        in_set_expr(&q.body)
+    where_mentions(stmt, DELETED_COLUMN)
+}
+
+/// True when a WHERE clause of the statement (or of a derived table in its FROM) names
+/// `column`.
+fn where_mentions(stmt: &Statement, column: &str) -> bool {
+    fn in_query(q: &Query, column: &str) -> bool {
+        in_set_expr(&q.body, column)
     }
-    fn in_set_expr(body: &SetExpr) -> bool {
+    fn in_set_expr(body: &SetExpr, column: &str) -> bool {
         match body {
             SetExpr::Select(select) => {
-                select.selection.as_ref().is_some_and(mentions_deleted)
+                select.selection.as_ref().is_some_and(|e| mentions_column(e, &[column]))
                     || select.from.iter().any(|t| {
                         std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)).any(|r| match r {
-                            TableFactor::Derived { subquery, .. } => in_query(subquery),
+                            TableFactor::Derived { subquery, .. } => in_query(subquery, column),
                             _ => false,
                         })
                     })
             }
-            SetExpr::Query(q) => in_query(q),
-            SetExpr::SetOperation { left, right, .. } => in_set_expr(left) || in_set_expr(right),
+            SetExpr::Query(q) => in_query(q, column),
+            SetExpr::SetOperation { left, right, .. } => in_set_expr(left, column) || in_set_expr(right, column),
             _ => false,
         }
     }
-    fn mentions_deleted(expr: &Expr) -> bool {
-        mentions_column(expr, &[DELETED_COLUMN])
-    }
     match stmt {
-        Statement::Query(q) => in_query(q),
+        Statement::Query(q) => in_query(q, column),
         _ => false,
     }
 }

@@ -72,11 +72,13 @@ fn not_found(ns: &str, name: &str) -> EngineError {
 /// A built-in table as `viewer` may see it: principals of role `user` get only their own rows
 /// of `system.users` and `system.live_queries`, and no row about a shared table they may not
 /// read (private or restricted) in the tables that describe tables (sql.md §17).
+/// Soft-deleted users are left out of `system.users` unless `deleted_users`.
 pub async fn table(
     engine: &Arc<Engine>,
     ns: &str,
     name: &str,
     viewer: &kalam_types::auth::Identity,
+    deleted_users: bool,
 ) -> Result<(SchemaRef, RecordBatch), EngineError> {
     let mut table = match (ns, name) {
         (NAMESPACE, "live_queries") => live_queries(engine).await,
@@ -89,6 +91,10 @@ pub async fn table(
         (INFORMATION_SCHEMA, "columns") => information_schema_columns(engine),
         _ => return Err(not_found(ns, name)),
     };
+    if ns == NAMESPACE && name == "users" && !deleted_users {
+        let deleted_at = table.columns.iter().position(|c| c.0 == "deleted_at");
+        table.rows.retain(|row| deleted_at.is_some_and(|i| row[i].is_null()));
+    }
     if viewer.role == kalam_types::auth::Role::User && ns == NAMESPACE && matches!(name, "users" | "live_queries") {
         let own = Value::Text(viewer.principal.as_str().to_owned());
         let column = table.columns.iter().position(|c| c.0 == "user_id");
@@ -175,8 +181,7 @@ fn jobs(engine: &Engine) -> Result<SystemTable, EngineError> {
                 text(&j.status),
                 if table_job { text(&j.namespace_id) } else { Value::Null },
                 if table_job { text(format!("{}.{}", j.namespace_id, j.table_name)) } else { Value::Null },
-                // No per-user jobs yet.
-                Value::Null,
+                opt_text(&j.user_id),
                 opt_json(&parameters),
                 opt_json(&j.result),
                 // Execution context and resource use are not recorded yet.
@@ -358,6 +363,11 @@ fn storages(engine: &Engine) -> Result<SystemTable, EngineError> {
         })
         .collect();
     Ok(SystemTable { columns: STORAGES_COLUMNS.to_vec(), rows })
+}
+
+/// Every row of `system.users`, soft-deleted ones included (what UPDATE and DELETE select from).
+pub fn users_batch(engine: &Engine) -> Result<(SchemaRef, RecordBatch), EngineError> {
+    users(engine)?.into_batch()
 }
 
 fn users(engine: &Engine) -> Result<SystemTable, EngineError> {
