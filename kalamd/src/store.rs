@@ -117,6 +117,9 @@ pub struct Store {
     transient_floor: std::sync::atomic::AtomicU64,
 }
 
+/// Rows a transaction has written, by (column family, key).
+type StagedRows = HashMap<(String, Vec<u8>), Vec<u8>>;
+
 /// A batch being prepared under the commit lock.
 pub struct CommitGuard<'a> {
     store: &'a Store,
@@ -130,7 +133,7 @@ pub struct CommitGuard<'a> {
     /// Rows written by this batch, by (column family, key), so later statements of a
     /// transaction read them (`None` outside transactions: single statements never read back
     /// their own writes).
-    staged: Option<HashMap<(String, Vec<u8>), Vec<u8>>>,
+    staged: Option<StagedRows>,
     /// Run in order after the batch is written, still under the commit lock (in-memory state
     /// that mirrors the batch: stream buffers).
     on_commit: Vec<Box<dyn FnOnce() + 'a>>,
