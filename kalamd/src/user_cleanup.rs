@@ -4,6 +4,8 @@
 //! then their `system.users` row and API-key index entry. Each cleanup is recorded in
 //! `system.jobs` as a `user_cleanup` job. Restoring the user (`deleted_at = NULL`) before then
 //! cancels it: the pass only takes users still deleted at that moment, under the commit lock.
+//! A user is not purged while a flush is running (its checkpoint may hold their rows); the next
+//! pass does it.
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use kalam_types::schema::TableType;
 use crate::clock::wall_clock_us;
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::flush::{JobRecord, ManifestEntry};
+use crate::flush::{JobRecord, ManifestEntry, status};
 use crate::store::{cf, counter_key, manifest_prefix, table_cf_name};
 use crate::users::{self, UserRecord};
 
@@ -60,6 +62,13 @@ impl Engine {
         else {
             return Ok(false);
         };
+        // A running flush read its checkpoint before this point and would bring the user's
+        // rows back as files when it commits: wait for the next pass. (A flush that starts
+        // later checkpoints after this batch, without them.)
+        if self.jobs()?.iter().any(|j| j.job_type == "flush" && j.status == status::RUNNING) {
+            tracing::debug!(user_id, "user cleanup waits for a running flush");
+            return Ok(false);
+        }
         let mut files: Vec<ManifestEntry> = Vec::new();
         let mut streams = Vec::new();
         let mut tables = 0u64;
