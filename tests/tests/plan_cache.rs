@@ -100,6 +100,14 @@ async fn the_least_recently_used_shape_is_evicted() {
     }
     assert_eq!(hits(&post(&cluster, "u1", &shape(14), Json::Null).await), [json!(true)]);
     assert_eq!(hits(&post(&cluster, "u1", &shape(0), Json::Null).await), [json!(false)], "evicted");
+    // Statements over 16 KiB (bulk INSERTs) are never cached, so they cannot crowd it.
+    let values: Vec<String> = (1..=1000).map(|i| format!("({i}, 'c', 'a longer body for row {i}', {i})")).collect();
+    let bulk = format!("INSERT INTO app.m (id, conv, body, n) VALUES {}", values.join(", "));
+    assert!(bulk.len() > 16 * 1024);
+    assert_eq!(hits(&post(&cluster, "u1", &bulk, Json::Null).await), [json!(false)]);
+    post(&cluster, "u1", "DELETE FROM app.m", Json::Null).await;
+    assert_eq!(hits(&post(&cluster, "u1", &bulk, Json::Null).await), [json!(false)]);
+    assert_eq!(hits(&post(&cluster, "u1", &shape(14), Json::Null).await), [json!(true)]);
 }
 
 /// Runs `param` and `text` alternately `runs` times each (so load drift hits both alike) and

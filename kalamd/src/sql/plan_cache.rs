@@ -43,6 +43,10 @@ pub struct Lookup {
     pub cache_hit: Option<bool>,
 }
 
+/// Longer statements are parsed every time and never cached (bulk INSERTs with literal rows):
+/// the cache's memory stays bounded by `plan_cache_size` × this.
+pub const MAX_CACHED_SQL_LEN: usize = 16 * 1024;
+
 pub struct PlanCache {
     /// `None` when `query.plan_cache_size` is 0.
     entries: Option<Mutex<LruCache<String, Arc<Prepared>>>>,
@@ -66,7 +70,7 @@ impl PlanCache {
     /// The statement `sql`, from the cache when an entry is still valid, else parsed (and
     /// cached when it is a SELECT/INSERT/UPDATE/DELETE over known tables).
     pub fn prepare(&self, engine: &Engine, sql: &str) -> Result<Lookup, KalamError> {
-        let key = normalize(sql);
+        let key = if sql.len() <= MAX_CACHED_SQL_LEN { normalize(sql) } else { None };
         if let Some(key) = &key
             && let Some(mut entries) = self.lock()
             && let Some(entry) = entries.get(key)
