@@ -126,13 +126,15 @@ impl Prepared {
 }
 
 /// The user tables a statement references (built-in tables are read fresh every time and need
-/// no check). `None` when one is unknown: the statement fails, and is not cached.
+/// no check; nor do CTE names). `None` when one is unknown: the statement fails, and is not
+/// cached.
 fn referenced_tables(engine: &Engine, stmt: &KalamStatement) -> Option<Vec<Arc<TableDefinition>>> {
     let (KalamStatement::Query(s) | KalamStatement::Insert(s) | KalamStatement::Update(s) | KalamStatement::Delete(s)) =
         stmt
     else {
         return None;
     };
+    let ctes = crate::sql::query::cte_names(s);
     let mut tables: Vec<Arc<TableDefinition>> = Vec::new();
     let mut known = true;
     let _ = visit_relations(s.as_ref(), |name| {
@@ -143,16 +145,23 @@ fn referenced_tables(engine: &Engine, stmt: &KalamStatement) -> Option<Vec<Arc<T
         if system::is_builtin_namespace(&table.namespace) && table.qualifier.is_none() {
             return ControlFlow::Continue(());
         }
-        // Unqualified names that match no table may be CTEs; they reference nothing.
-        if let Some(def) = engine.catalog.table(&table.namespace, &table.table) {
-            if !tables.iter().any(|t| Arc::ptr_eq(t, &def)) {
-                tables.push(def);
-            }
-        } else if name.0.len() > 1 {
-            known = false;
-            return ControlFlow::Break(());
+        // An unqualified CTE name references no table.
+        if name.0.len() == 1 && ctes.contains(&table.table) {
+            return ControlFlow::Continue(());
         }
-        ControlFlow::Continue(())
+        match engine.catalog.table(&table.namespace, &table.table) {
+            Some(def) => {
+                if !tables.iter().any(|t| Arc::ptr_eq(t, &def)) {
+                    tables.push(def);
+                }
+                ControlFlow::Continue(())
+            }
+            // The table may be created later: an entry must not outlive that unchecked.
+            None => {
+                known = false;
+                ControlFlow::Break(())
+            }
+        }
     });
     known.then_some(tables)
 }

@@ -216,7 +216,7 @@ async fn plan_statement(
 
 /// Names of the common table expressions anywhere in the statement (unqualified references to
 /// them are not tables).
-fn cte_names(stmt: &Statement) -> BTreeSet<String> {
+pub(crate) fn cte_names(stmt: &Statement) -> BTreeSet<String> {
     struct Ctes(BTreeSet<String>);
     impl Visitor for Ctes {
         type Break = ();
