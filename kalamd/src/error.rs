@@ -72,6 +72,9 @@ fn datafusion_to_client(e: &datafusion::error::DataFusionError) -> KalamError {
         D::Plan(msg) => KalamError::new(ErrorCode::InvalidSql, msg.clone()),
         D::SQL(err, _) => KalamError::new(ErrorCode::InvalidSql, err.to_string()),
         D::NotImplemented(msg) => KalamError::new(ErrorCode::UnsupportedStatement, msg.clone()),
+        // Raised while evaluating the statement over its rows (a scalar subquery returning
+        // several rows, a function refusing its arguments): the statement's own doing.
+        D::Execution(msg) => KalamError::new(ErrorCode::InvalidOperation, msg.clone()),
         // Evaluation failures caused by the statement's own values.
         D::ArrowError(inner, _) => {
             use datafusion::arrow::error::ArrowError as A;

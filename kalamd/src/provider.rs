@@ -56,7 +56,16 @@ impl KalamTableProvider {
     ) -> Self {
         // STREAM tables have no system columns.
         let with_system_columns = with_system_columns && def.table_type != TableType::Stream;
-        let schema = Arc::new(table_schema(&def, with_system_columns));
+        // Without the per-field column ids the storage layer keeps (DataFusion compares field
+        // metadata across the inputs of a UNION and would refuse two different columns), and
+        // nullable: a scalar subquery over no rows yields NULL from a NOT NULL column.
+        let full = table_schema(&def, with_system_columns);
+        let fields: Vec<_> = full
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_metadata(Default::default()).with_nullable(true))
+            .collect();
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
         Self { scan: Arc::new(ScanRequest { engine, def, user, schema, include_deleted }) }
     }
 }

@@ -45,6 +45,8 @@ async fn abusive_requests_get_clear_errors_quickly_and_the_server_stays_healthy(
     let long_chain = format!("SELECT 1{}", " + 1".repeat(10_000));
     let deep_not = format!("SELECT {}true", "NOT ".repeat(10_000));
     let many: String = (0..101).map(|i| format!("SELECT {i};")).collect();
+    let long_union = vec!["SELECT 1"; 3_000].join(" UNION ALL ");
+    let deep_derived = format!("SELECT * FROM {}app.t{}", "(SELECT * FROM ".repeat(3_000), ") x".repeat(3_000));
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         (
             "2 MiB body",
@@ -55,6 +57,13 @@ async fn abusive_requests_get_clear_errors_quickly_and_the_server_stays_healthy(
         ("10,000 nested parentheses", serde_json::to_vec(&json!({ "sql": deep_parens })).unwrap(), 400, "INVALID_SQL"),
         ("10,000 chained additions", serde_json::to_vec(&json!({ "sql": long_chain })).unwrap(), 400, "INVALID_SQL"),
         ("10,000 nested NOTs", serde_json::to_vec(&json!({ "sql": deep_not })).unwrap(), 400, "INVALID_SQL"),
+        ("3,000 chained UNION ALL", serde_json::to_vec(&json!({ "sql": long_union })).unwrap(), 400, "INVALID_SQL"),
+        (
+            "3,000 nested derived tables",
+            serde_json::to_vec(&json!({ "sql": deep_derived })).unwrap(),
+            400,
+            "INVALID_SQL",
+        ),
         ("101 statements", serde_json::to_vec(&json!({ "sql": many })).unwrap(), 400, "INVALID_REQUEST"),
         (
             "a cartesian join of 8e9 rows",

@@ -104,14 +104,16 @@ pub fn describe(engine: &Engine, ns: &str, table: &str) -> Result<StatementResul
 
 /// `SHOW TABLE STATS` (sql.md §13). Every caller is privileged until roles exist, so the whole
 /// table is counted.
+/// `scope`: the partition a `user`-role caller may count (its own); `None` counts the whole
+/// table (sql.md §13).
 pub fn show_table_stats(
     engine: &Engine,
     ns: &str,
     table: &str,
-    _user: &UserId,
+    scope: Option<&UserId>,
 ) -> Result<StatementResult, EngineError> {
     let def = engine.catalog.require_table(ns, table)?;
-    let st = crate::stats::table_stats(engine, &def, None)?;
+    let st = crate::stats::table_stats(engine, &def, scope)?;
     let opt = |v: Option<u64>| v.map(Json::from).unwrap_or(Json::Null);
     let row = vec![
         Json::from(ns),

@@ -219,16 +219,16 @@ async fn execute_statement(
         | KalamStatement::Delete(s) => Some(s.as_ref()),
         _ => None,
     };
-    if let Some(params) = params {
-        match template {
-            Some(s) => params::check_count(s, params)?,
-            None if params.is_empty() => {}
-            None => {
-                return Err(EngineError::user(
-                    ErrorCode::ParamCountMismatch,
-                    format!("parameter mismatch: expected 0 parameters, got {}", params.len()),
-                ));
-            }
+    // Placeholders without `params` are a count mismatch too.
+    let given = params.unwrap_or(&[]);
+    match template {
+        Some(s) => params::check_count(s, given)?,
+        None if given.is_empty() => {}
+        None => {
+            return Err(EngineError::user(
+                ErrorCode::ParamCountMismatch,
+                format!("parameter mismatch: expected 0 parameters, got {}", given.len()),
+            ));
         }
     }
     permissions::check(engine, identity, &prepared.stmt)?;
@@ -285,10 +285,13 @@ async fn execute_statement(
         }
         KalamStatement::Describe { namespace, table } => introspect::describe(engine, &namespace, &table),
         KalamStatement::ShowTableStats { namespace, table } => {
-            let (engine, user) = (engine.clone(), user.clone());
-            tokio::task::spawn_blocking(move || introspect::show_table_stats(&engine, &namespace, &table, &user))
-                .await
-                .map_err(EngineError::internal)?
+            let engine = engine.clone();
+            let scope = (identity.role == kalam_types::auth::Role::User).then(|| user.clone());
+            tokio::task::spawn_blocking(move || {
+                introspect::show_table_stats(&engine, &namespace, &table, scope.as_ref())
+            })
+            .await
+            .map_err(EngineError::internal)?
         }
         KalamStatement::AlterTable { namespace, table, op } => {
             let live = engine.live_queries_sql(&namespace, &table).await;

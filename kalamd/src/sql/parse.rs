@@ -326,6 +326,7 @@ fn tokenize(dialect: &PostgreSqlDialect, sql: &str) -> Result<Vec<TokenWithSpan>
 pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
     let dialect = PostgreSqlDialect {};
     let tokens = tokenize(&dialect, sql)?;
+    check_structure(&tokens)?;
     let mut p = Parser::new(&dialect).with_tokens_with_locations(tokens);
     if next_is_word(&p, "CLEAR") {
         p.next_token();
@@ -643,6 +644,60 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
 /// deep recurses once per level (kalamd and kalam-lived run SQL on 32 MiB stacks; 256 levels
 /// use a fraction of that even in debug builds).
 pub const MAX_EXPRESSION_DEPTH: usize = 256;
+
+/// Most UNION / INTERSECT / EXCEPT in one statement: each is a level of the planner's recursion.
+pub const MAX_SET_OPERATIONS: usize = 256;
+
+/// Most common table expressions (`name AS (…)`) in one statement: a chain of CTEs, each
+/// reading the previous one, nests the planner's recursion one level per link.
+pub const MAX_CTES: usize = 256;
+
+/// Refuses, from the tokens alone, shapes that would nest the parser's, the checker's or the
+/// planner's recursion too deeply: parentheses deeper than [`MAX_EXPRESSION_DEPTH`] (nested
+/// expressions, subqueries and derived tables), chains of more than [`MAX_SET_OPERATIONS`]
+/// set operations (which the parser builds without recursing, one level per operation) and
+/// more than [`MAX_CTES`] `AS (` (common table expressions).
+fn check_structure(tokens: &[TokenWithSpan]) -> Result<(), KalamError> {
+    let (mut depth, mut set_operations, mut ctes) = (0usize, 0usize, 0usize);
+    let significant: Vec<&Token> =
+        tokens.iter().map(|t| &t.token).filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+    for pair in significant.windows(2) {
+        if matches!(pair, [Token::Word(w), Token::LParen] if w.keyword == Keyword::AS) {
+            ctes += 1;
+            if ctes > MAX_CTES {
+                return Err(KalamError::new(
+                    ErrorCode::InvalidSql,
+                    format!("too many common table expressions (more than {MAX_CTES})"),
+                ));
+            }
+        }
+    }
+    for t in tokens {
+        match &t.token {
+            Token::LParen => {
+                depth += 1;
+                if depth > MAX_EXPRESSION_DEPTH {
+                    return Err(KalamError::new(
+                        ErrorCode::InvalidSql,
+                        format!("expression nested too deeply (more than {MAX_EXPRESSION_DEPTH} levels)"),
+                    ));
+                }
+            }
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::Word(w) if matches!(w.keyword, Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT) => {
+                set_operations += 1;
+                if set_operations > MAX_SET_OPERATIONS {
+                    return Err(KalamError::new(
+                        ErrorCode::InvalidSql,
+                        format!("too many set operations (more than {MAX_SET_OPERATIONS} UNION, INTERSECT or EXCEPT)"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 /// Refuses statements whose expressions nest deeper than [`MAX_EXPRESSION_DEPTH`]; the walk
 /// stops at the limit, so checking a deeper tree costs no more stack than the limit allows.

@@ -136,9 +136,26 @@ fn session(engine: &Engine, user: &UserId) -> SessionContext {
 }
 
 async fn execute(ctx: &SessionContext, plan: LogicalPlan) -> Result<(Vec<String>, Vec<RecordBatch>), EngineError> {
-    let frame = ctx.execute_logical_plan(plan).await?;
-    let names: Vec<String> = frame.schema().fields().iter().map(|f| f.name().clone()).collect();
-    Ok((names, frame.collect().await?))
+    let names: Vec<String> = plan.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let physical = ctx.state().create_physical_plan(&plan).await.map_err(planning_error)?;
+    let batches = datafusion::physical_plan::collect(physical, ctx.task_ctx()).await?;
+    Ok((names, batches))
+}
+
+/// A failure of DataFusion's optimizer or physical planner on a statement is the statement's
+/// problem to report (400), not a server failure: the planner refuses shapes it cannot handle
+/// with internal errors. Other failures (reads during planning) keep their own mapping.
+fn planning_error(e: datafusion::error::DataFusionError) -> EngineError {
+    match e.find_root() {
+        datafusion::error::DataFusionError::Internal(msg) => {
+            tracing::warn!(error = %e, "the planner refused a statement");
+            EngineError::user(
+                kalam_types::error::ErrorCode::InvalidSql,
+                format!("statement could not be planned: {msg}"),
+            )
+        }
+        _ => e.into(),
+    }
 }
 
 /// Plans and runs a query; returns its column names and result batches.
@@ -174,9 +191,15 @@ async fn plan_statement(
 
     let ctx = session(engine, user);
     register_schema(&ctx, "datafusion", DEFAULT_NAMESPACE)?;
+    // One registration per table however it is spelled (`app.t` and `"app"."t"`).
+    let mut registered = BTreeSet::new();
     for name in &relations {
         let qualified = name.0.len() > 1;
         let table_ref = TableRef::parse(name)?;
+        let spelled = (qualified, table_ref.namespace.clone(), table_ref.table.clone(), table_ref.qualifier.clone());
+        if !registered.insert(spelled) {
+            continue;
+        }
         let (ns, table) = (table_ref.namespace.clone(), table_ref.table.clone());
         if system::is_builtin_namespace(&ns) && table_ref.qualifier.is_none() {
             register_schema(&ctx, "datafusion", &ns)?;

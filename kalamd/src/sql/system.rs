@@ -95,10 +95,18 @@ pub async fn table(
         let deleted_at = table.columns.iter().position(|c| c.0 == "deleted_at");
         table.rows.retain(|row| deleted_at.is_some_and(|i| row[i].is_null()));
     }
-    if viewer.role == kalam_types::auth::Role::User && ns == NAMESPACE && matches!(name, "users" | "live_queries") {
+    // Own rows only (sql.md §17): rows about a user are theirs; `flush_status` rows describe
+    // whole tables (every user's buffered rows), so none is.
+    if viewer.role == kalam_types::auth::Role::User
+        && ns == NAMESPACE
+        && matches!(name, "users" | "live_queries" | "jobs")
+    {
         let own = Value::Text(viewer.principal.as_str().to_owned());
         let column = table.columns.iter().position(|c| c.0 == "user_id");
         table.rows.retain(|row| column.is_some_and(|i| row[i] == own));
+    }
+    if viewer.role == kalam_types::auth::Role::User && ns == NAMESPACE && name == "flush_status" {
+        table.rows.clear();
     }
     if viewer.role == kalam_types::auth::Role::User {
         let position = |name: &str| table.columns.iter().position(|c| c.0 == name);

@@ -139,6 +139,14 @@ async fn first_pass(engine: &Arc<Engine>, text: &str, identity: &Identity) -> Re
             ));
         }
     }
+    if let KalamStatement::Query(s)
+    | KalamStatement::Insert(s)
+    | KalamStatement::Update(s)
+    | KalamStatement::Delete(s) = stmt
+    {
+        // A block has no parameters.
+        super::params::check_count(s, &[])?;
+    }
     permissions::check(engine, identity, stmt)?;
     match stmt {
         KalamStatement::Query(query) => {
