@@ -33,13 +33,14 @@ impl ExprEvaluator {
 
     /// Evaluates `expr` over every row of `batch`, whose columns are described by `schema`.
     pub fn evaluate(&self, schema: &DFSchema, batch: &RecordBatch, expr: &Expr) -> Result<ArrayRef, EngineError> {
-        let logical = self.ctx.parse_sql_expr(&expr.to_string(), schema)?;
+        use crate::sql::query::planning_error;
+        let logical = self.ctx.parse_sql_expr(&expr.to_string(), schema).map_err(planning_error)?;
         let info = SimplifyContext::builder()
             .with_schema(Arc::new(schema.clone()))
             .with_query_execution_start_time(Some(self.start))
             .build();
-        let logical = ExprSimplifier::new(info).simplify(logical)?;
-        let physical = self.ctx.create_physical_expr(logical, schema)?;
+        let logical = ExprSimplifier::new(info).simplify(logical).map_err(planning_error)?;
+        let physical = self.ctx.create_physical_expr(logical, schema).map_err(planning_error)?;
         Ok(physical.evaluate(batch)?.into_array(batch.num_rows())?)
     }
 }

@@ -145,7 +145,7 @@ async fn execute(ctx: &SessionContext, plan: LogicalPlan) -> Result<(Vec<String>
 /// A failure of DataFusion's optimizer or physical planner on a statement is the statement's
 /// problem to report (400), not a server failure: the planner refuses shapes it cannot handle
 /// with internal errors. Other failures (reads during planning) keep their own mapping.
-fn planning_error(e: datafusion::error::DataFusionError) -> EngineError {
+pub(crate) fn planning_error(e: datafusion::error::DataFusionError) -> EngineError {
     match e.find_root() {
         datafusion::error::DataFusionError::Internal(msg) => {
             tracing::warn!(error = %e, "the planner refused a statement");

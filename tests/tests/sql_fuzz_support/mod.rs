@@ -668,6 +668,10 @@ pub fn known_cases() -> Vec<Case> {
         sql(Who::System, "SELECT k FROM fz.s UNION SELECT name FROM fz.u", None),
         // SUM over a NULL literal.
         sql(Who::User, "SELECT sum(NULL)", None),
+        // Aggregates and window functions where UPDATE/DELETE evaluate row by row.
+        sql(Who::User, "DELETE FROM fz.u WHERE sum(DISTINCT '{\"w\": 5}')", None),
+        sql(Who::User, "UPDATE fz.u SET n = max(n)", None),
+        sql(Who::User, "DELETE FROM fz.u WHERE row_number() OVER () = 1", None),
         // A field of a scalar column, in ORDER BY and in the SELECT list.
         sql(Who::User, "SELECT id FROM fz.u ORDER BY id.x", None),
         sql(Who::User, "SELECT n['a'] FROM fz.u", None),
