@@ -66,7 +66,7 @@ impl ScalarUDFImpl for KalamUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let n = args.number_rows.max(1);
+        let n = args.number_rows;
         let array: ArrayRef = match self.kind {
             Kind::CurrentUser => return Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(self.user.clone())))),
             Kind::SnowflakeId => Arc::new((0..n).map(|_| self.ids.snowflake()).collect::<Int64Array>()),

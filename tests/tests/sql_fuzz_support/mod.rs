@@ -668,6 +668,13 @@ pub fn known_cases() -> Vec<Case> {
         sql(Who::System, "SELECT k FROM fz.s UNION SELECT name FROM fz.u", None),
         // SUM over a NULL literal.
         sql(Who::User, "SELECT sum(NULL)", None),
+        // Row-generating functions over no rows (a join with an empty partition).
+        sql(
+            Who::System,
+            "SELECT array_agg(uuid_v7()) AS e FROM system.namespaces a CROSS JOIN fz.user.u b WHERE b.id < 0",
+            None,
+        ),
+        sql(Who::User, "SELECT snowflake_id() AS e FROM fz.u WHERE id < 0", None),
         // Aggregates and window functions where UPDATE/DELETE evaluate row by row.
         sql(Who::User, "DELETE FROM fz.u WHERE sum(DISTINCT '{\"w\": 5}')", None),
         sql(Who::User, "UPDATE fz.u SET n = max(n)", None),
