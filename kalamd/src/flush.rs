@@ -65,6 +65,33 @@ pub struct JobRecord {
     pub user_id: Option<String>,
 }
 
+impl JobRecord {
+    /// A job kalamd ran itself from `started` until now, recorded as completed with `result`
+    /// (stream eviction, user cleanup).
+    pub fn completed(job_type: &str, started: i64, result: serde_json::Value) -> Self {
+        let now = wall_clock_us();
+        JobRecord {
+            job_id: kalam_types::ids::JobId::untargeted(job_type, now / 1000, random_suffix()).to_string(),
+            job_type: job_type.into(),
+            namespace_id: String::new(),
+            table_name: String::new(),
+            status: status::COMPLETED.into(),
+            attempts: 1,
+            created_at_us: started,
+            started_at_us: Some(started),
+            completed_at_us: Some(now),
+            error_message: None,
+            result: Some(result.to_string()),
+            dead_letter: false,
+            next_retry_at_us: None,
+            storage_base: None,
+            schema_version: None,
+            after_user: None,
+            user_id: None,
+        }
+    }
+}
+
 /// A flushed file as recorded in the `table_files` manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestEntry {

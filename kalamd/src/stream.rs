@@ -191,31 +191,7 @@ impl Engine {
             None => self.catalog.table(&r.namespace, &r.table).is_none(),
         });
         if evicted > 0 {
-            let now = crate::clock::wall_clock_us();
-            let job = JobRecord {
-                job_id: kalam_types::ids::JobId::untargeted(
-                    "stream_eviction",
-                    now / 1000,
-                    crate::flush::random_suffix(),
-                )
-                .to_string(),
-                job_type: "stream_eviction".into(),
-                namespace_id: String::new(),
-                table_name: String::new(),
-                status: "completed".into(),
-                attempts: 1,
-                created_at_us: started,
-                started_at_us: Some(started),
-                completed_at_us: Some(now),
-                error_message: None,
-                result: Some(serde_json::json!({ "rows_evicted": evicted }).to_string()),
-                dead_letter: false,
-                next_retry_at_us: None,
-                storage_base: None,
-                schema_version: None,
-                after_user: None,
-                user_id: None,
-            };
+            let job = JobRecord::completed("stream_eviction", started, serde_json::json!({ "rows_evicted": evicted }));
             let mut guard = self.store.begin();
             self.put_job(&mut guard.batch, &job)?;
             guard.write()?;

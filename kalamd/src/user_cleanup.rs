@@ -121,25 +121,6 @@ impl Engine {
 }
 
 fn cleanup_job(user: &UserRecord, started: i64, tables: u64, files: usize) -> JobRecord {
-    let now = wall_clock_us();
-    JobRecord {
-        job_id: kalam_types::ids::JobId::untargeted("user_cleanup", now / 1000, crate::flush::random_suffix())
-            .to_string(),
-        job_type: "user_cleanup".into(),
-        namespace_id: String::new(),
-        table_name: String::new(),
-        status: "completed".into(),
-        attempts: 1,
-        created_at_us: started,
-        started_at_us: Some(started),
-        completed_at_us: Some(now),
-        error_message: None,
-        result: Some(serde_json::json!({ "tables": tables, "parquet_files": files }).to_string()),
-        dead_letter: false,
-        next_retry_at_us: None,
-        storage_base: None,
-        schema_version: None,
-        after_user: None,
-        user_id: Some(user.user_id.clone()),
-    }
+    let result = serde_json::json!({ "tables": tables, "parquet_files": files });
+    JobRecord { user_id: Some(user.user_id.clone()), ..JobRecord::completed("user_cleanup", started, result) }
 }

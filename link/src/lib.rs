@@ -61,6 +61,16 @@ pub struct KalamLinkClient {
     http: reqwest::Client,
 }
 
+/// An envelope as a result: an error envelope becomes `ServerError`.
+fn envelope_result((status, resp): (u16, QueryResponse)) -> Result<QueryResponse, KalamLinkError> {
+    match &resp.error {
+        Some(e) => {
+            Err(KalamLinkError::ServerError { status_code: status, code: e.code.clone(), message: e.message.clone() })
+        }
+        None => Ok(resp),
+    }
+}
+
 impl KalamLinkClient {
     /// `base_url` like `http://127.0.0.1:8080`.
     pub fn new(base_url: impl Into<String>) -> Self {
@@ -79,15 +89,7 @@ impl KalamLinkClient {
 
     /// Runs SQL and returns the envelope; an error envelope becomes `ServerError`.
     pub async fn query(&self, sql: &str) -> Result<QueryResponse, KalamLinkError> {
-        let (status, resp) = self.query_raw(sql).await?;
-        match &resp.error {
-            Some(e) => Err(KalamLinkError::ServerError {
-                status_code: status,
-                code: e.code.clone(),
-                message: e.message.clone(),
-            }),
-            None => Ok(resp),
-        }
+        envelope_result(self.query_raw(sql).await?)
     }
 
     /// Runs one statement with values for its `$1 … $N` placeholders; an error envelope
@@ -97,15 +99,7 @@ impl KalamLinkClient {
         sql: &str,
         params: &[serde_json::Value],
     ) -> Result<QueryResponse, KalamLinkError> {
-        let (status, resp) = self.send(serde_json::json!({ "sql": sql, "params": params })).await?;
-        match &resp.error {
-            Some(e) => Err(KalamLinkError::ServerError {
-                status_code: status,
-                code: e.code.clone(),
-                message: e.message.clone(),
-            }),
-            None => Ok(resp),
-        }
+        envelope_result(self.send(serde_json::json!({ "sql": sql, "params": params })).await?)
     }
 
     /// Runs SQL and returns the HTTP status and envelope whatever the outcome.
