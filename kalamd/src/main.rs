@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
     let _log = kalam_config::logging::init(&cfg.logging, "kalamd");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // SQL planning recurses once per expression level (see sql::parse::MAX_EXPRESSION_DEPTH).
+        // SQL planning recurses once per expression level (see sql::nesting::MAX_EXPRESSION_DEPTH).
         .thread_stack_size(SQL_THREAD_STACK)
         .build()?
         .block_on(run(cfg, inherited))

@@ -61,15 +61,7 @@ impl PointShape {
     pub fn bind(self: &Arc<Self>, params: &[Json], acting: &UserId) -> Option<PointQuery> {
         let pk = match &self.key {
             KeySource::Literal(pk) => pk.clone(),
-            KeySource::Param(k) => {
-                let param = params.get(k - 1)?;
-                let key = match (param, self.def.columns[self.def.primary_key_index()].data_type) {
-                    (Json::Number(n), KalamType::BigInt) => Value::BigInt(n.as_i64()?),
-                    (Json::String(s), KalamType::Text) => Value::Text(s.clone()),
-                    _ => return None,
-                };
-                codec::encode_pk(&key)?
-            }
+            KeySource::Param(k) => key_of(&self.def, &Literal::from_json(params.get(k - 1)?))?,
         };
         let user = self.fixed_user.clone().unwrap_or_else(|| acting.clone());
         Some(PointQuery { shape: self.clone(), user, pk })
@@ -173,29 +165,31 @@ pub fn shape(engine: &Engine, stmt: &Statement) -> Option<PointShape> {
 
 /// `k` when `predicate` is exactly `<pk> = $k` (either side).
 fn primary_key_placeholder(def: &TableDefinition, predicate: &Expr) -> Option<usize> {
+    crate::sql::params::placeholder(key_operand(def, predicate)?)
+}
+
+/// The key bytes when `predicate` is exactly `<pk> = <literal>` (either side) and SQL
+/// comparison could only match that one key (see [`key_of`]). Anything else (`id = 5.0`,
+/// `id = ' 5'`, `k = 1`) compares with DataFusion's casting rules, so it takes the general path.
+pub fn primary_key_equality(def: &TableDefinition, predicate: &Expr) -> Option<Vec<u8>> {
+    key_of(def, &literal(key_operand(def, predicate)?).ok()?)
+}
+
+/// The other side of `<pk> = <operand>` (either side).
+fn key_operand<'e>(def: &TableDefinition, predicate: &'e Expr) -> Option<&'e Expr> {
     let pk_col = &def.columns[def.primary_key_index()];
     let Expr::BinaryOp { left, op: BinaryOperator::Eq, right } = predicate else { return None };
     match (left.as_ref(), right.as_ref()) {
-        (Expr::Identifier(id), other) | (other, Expr::Identifier(id)) if ident_name(id) == pk_col.name => {
-            crate::sql::params::placeholder(other)
-        }
+        (Expr::Identifier(id), other) | (other, Expr::Identifier(id)) if ident_name(id) == pk_col.name => Some(other),
         _ => None,
     }
 }
 
-/// The key bytes when `predicate` is exactly `<pk> = <literal>` (either side) and SQL
-/// comparison could only match that one key: an integer literal for a BIGINT key, a string
-/// literal for a TEXT key. Anything else (`id = 5.0`, `id = ' 5'`, `k = 1`) compares with
-/// DataFusion's casting rules, so it takes the general path.
-pub fn primary_key_equality(def: &TableDefinition, predicate: &Expr) -> Option<Vec<u8>> {
+/// The key bytes of `lit` when comparing it with the key column could only match that one key:
+/// an integer for a BIGINT key, a string for a TEXT key.
+fn key_of(def: &TableDefinition, lit: &Literal) -> Option<Vec<u8>> {
     let pk_col = &def.columns[def.primary_key_index()];
-    let Expr::BinaryOp { left, op: BinaryOperator::Eq, right } = predicate else { return None };
-    let key_literal = match (left.as_ref(), right.as_ref()) {
-        (Expr::Identifier(id), other) | (other, Expr::Identifier(id)) if ident_name(id) == pk_col.name => other,
-        _ => return None,
-    };
-    let lit = literal(key_literal).ok()?;
-    let same_kind = match (&lit, pk_col.data_type) {
+    let same_kind = match (lit, pk_col.data_type) {
         (Literal::Number(n), KalamType::BigInt) => n.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()),
         (Literal::String(_), KalamType::Text) => true,
         _ => false,
@@ -203,8 +197,7 @@ pub fn primary_key_equality(def: &TableDefinition, predicate: &Expr) -> Option<V
     if !same_kind {
         return None;
     }
-    let key = Value::coerce(&lit, pk_col.data_type, &pk_col.name).ok()?;
-    codec::encode_pk(&key)
+    codec::encode_pk(&Value::coerce(lit, pk_col.data_type, &pk_col.name).ok()?)
 }
 
 impl PointQuery {

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod fast;
 pub mod introspect;
 pub mod mutate;
+mod nesting;
 pub mod params;
 pub mod parse;
 mod parse_table;

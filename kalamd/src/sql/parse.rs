@@ -3,11 +3,7 @@
 //! `FLUSH TABLE`) are recognised by their leading words and parsed with the same parser;
 //! everything else is sqlparser's PostgreSQL-flavoured grammar.
 
-use std::ops::ControlFlow;
-
-use datafusion::sql::sqlparser::ast::{
-    Expr, Ident, ObjectName, Statement, UnaryOperator, Value as SqlValue, Visit, Visitor,
-};
+use datafusion::sql::sqlparser::ast::{Expr, Ident, ObjectName, Statement, UnaryOperator, Value as SqlValue};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -17,6 +13,7 @@ use kalam_types::ids::{NamespaceId, RESERVED_NAMESPACES, TableName, UserId};
 use kalam_types::schema::TableType;
 use kalam_types::value::Literal;
 
+use super::nesting::{check_depth, check_structure};
 pub use super::parse_table::{AlterTableOp, ColumnSpec, CreateTableSpec, FlushSettingsChange};
 use super::parse_table::{parse_alter_table, parse_create_table, parse_flush_settings, parse_option_list};
 use crate::storages::StorageSpec;
@@ -296,10 +293,10 @@ pub(super) fn syntax_error(token: &Token) -> KalamError {
     KalamError::new(ErrorCode::InvalidSql, text)
 }
 
-/// Tokenizes `sql`, accepting KalamDB's `CURRENT_USER()` spelling (the PostgreSQL grammar
-/// knows only the bare `CURRENT_USER`).
-fn tokenize(dialect: &PostgreSqlDialect, sql: &str) -> Result<Vec<TokenWithSpan>, KalamError> {
-    let mut tokens = Tokenizer::new(dialect, sql)
+/// Tokenizes `sql` in the dialect, accepting KalamDB's `CURRENT_USER()` spelling (the
+/// PostgreSQL grammar knows only the bare `CURRENT_USER`).
+pub fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, KalamError> {
+    let mut tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize_with_location()
         .map_err(|e| KalamError::new(ErrorCode::InvalidSql, e.to_string()))?;
     let significant = |tokens: &[TokenWithSpan], from: usize| {
@@ -324,8 +321,12 @@ fn tokenize(dialect: &PostgreSqlDialect, sql: &str) -> Result<Vec<TokenWithSpan>
 
 /// Parses one statement of the dialect.
 pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
+    parse_tokens(sql, tokenize(sql)?)
+}
+
+/// Parses one statement from its [`tokenize`]d form (`sql` is its text, for messages).
+pub fn parse_tokens(sql: &str, tokens: Vec<TokenWithSpan>) -> Result<KalamStatement, KalamError> {
     let dialect = PostgreSqlDialect {};
-    let tokens = tokenize(&dialect, sql)?;
     check_structure(&tokens)?;
     let mut p = Parser::new(&dialect).with_tokens_with_locations(tokens);
     if next_is_word(&p, "CLEAR") {
@@ -636,92 +637,6 @@ pub fn parse_statement(sql: &str) -> Result<KalamStatement, KalamError> {
         Statement::Commit { chain: false, end: false, modifier: None } => Ok(KalamStatement::Commit),
         Statement::Rollback { chain: false, savepoint: None } => Ok(KalamStatement::Rollback),
         _ => Err(unsupported(sql)),
-    }
-}
-
-/// Deepest expression nesting a statement may have. The parser limits parentheses, but a chain
-/// like `1 + 1 + … + 1` parses flat into a tree as deep as it is long, and planning a tree that
-/// deep recurses once per level (kalamd and kalam-lived run SQL on 32 MiB stacks; 256 levels
-/// use a fraction of that even in debug builds).
-pub const MAX_EXPRESSION_DEPTH: usize = 256;
-
-/// Most UNION / INTERSECT / EXCEPT in one statement: each is a level of the planner's recursion.
-pub const MAX_SET_OPERATIONS: usize = 256;
-
-/// Most common table expressions (`name AS (…)`) in one statement: a chain of CTEs, each
-/// reading the previous one, nests the planner's recursion one level per link.
-pub const MAX_CTES: usize = 256;
-
-/// Refuses, from the tokens alone, shapes that would nest the parser's, the checker's or the
-/// planner's recursion too deeply: parentheses deeper than [`MAX_EXPRESSION_DEPTH`] (nested
-/// expressions, subqueries and derived tables), chains of more than [`MAX_SET_OPERATIONS`]
-/// set operations (which the parser builds without recursing, one level per operation) and
-/// more than [`MAX_CTES`] `AS (` (common table expressions).
-fn check_structure(tokens: &[TokenWithSpan]) -> Result<(), KalamError> {
-    let (mut depth, mut set_operations, mut ctes) = (0usize, 0usize, 0usize);
-    let significant: Vec<&Token> =
-        tokens.iter().map(|t| &t.token).filter(|t| !matches!(t, Token::Whitespace(_))).collect();
-    for pair in significant.windows(2) {
-        if matches!(pair, [Token::Word(w), Token::LParen] if w.keyword == Keyword::AS) {
-            ctes += 1;
-            if ctes > MAX_CTES {
-                return Err(KalamError::new(
-                    ErrorCode::InvalidSql,
-                    format!("too many common table expressions (more than {MAX_CTES})"),
-                ));
-            }
-        }
-    }
-    for t in tokens {
-        match &t.token {
-            Token::LParen => {
-                depth += 1;
-                if depth > MAX_EXPRESSION_DEPTH {
-                    return Err(KalamError::new(
-                        ErrorCode::InvalidSql,
-                        format!("expression nested too deeply (more than {MAX_EXPRESSION_DEPTH} levels)"),
-                    ));
-                }
-            }
-            Token::RParen => depth = depth.saturating_sub(1),
-            Token::Word(w) if matches!(w.keyword, Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT) => {
-                set_operations += 1;
-                if set_operations > MAX_SET_OPERATIONS {
-                    return Err(KalamError::new(
-                        ErrorCode::InvalidSql,
-                        format!("too many set operations (more than {MAX_SET_OPERATIONS} UNION, INTERSECT or EXCEPT)"),
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Refuses statements whose expressions nest deeper than [`MAX_EXPRESSION_DEPTH`]; the walk
-/// stops at the limit, so checking a deeper tree costs no more stack than the limit allows.
-pub fn check_depth<V: Visit>(node: &V) -> Result<(), KalamError> {
-    struct Depth {
-        current: usize,
-    }
-    impl Visitor for Depth {
-        type Break = ();
-        fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
-            self.current += 1;
-            if self.current > MAX_EXPRESSION_DEPTH { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-        }
-        fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
-            self.current -= 1;
-            ControlFlow::Continue(())
-        }
-    }
-    match node.visit(&mut Depth { current: 0 }) {
-        ControlFlow::Continue(()) => Ok(()),
-        ControlFlow::Break(()) => Err(KalamError::new(
-            ErrorCode::InvalidSql,
-            format!("expression nested too deeply (more than {MAX_EXPRESSION_DEPTH} levels)"),
-        )),
     }
 }
 

@@ -13,9 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::sqlparser::ast::visit_relations;
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 use kalam_types::error::KalamError;
 use kalam_types::schema::TableDefinition;
 use lru::LruCache;
@@ -70,7 +69,9 @@ impl PlanCache {
     /// The statement `sql`, from the cache when an entry is still valid, else parsed (and
     /// cached when it is a SELECT/INSERT/UPDATE/DELETE over known tables).
     pub fn prepare(&self, engine: &Engine, sql: &str) -> Result<Lookup, KalamError> {
-        let key = if sql.len() <= MAX_CACHED_SQL_LEN { normalize(sql) } else { None };
+        // The statement is tokenized once: for its key and, on a miss, for the parser.
+        let tokens = parse::tokenize(sql)?;
+        let key = (sql.len() <= MAX_CACHED_SQL_LEN).then(|| normalize(&tokens));
         if let Some(key) = &key
             && let Some(mut entries) = self.lock()
             && let Some(entry) = entries.get(key)
@@ -81,7 +82,7 @@ impl PlanCache {
             }
             entries.pop(key);
         }
-        let stmt = parse::parse_statement(sql)?;
+        let stmt = parse::parse_tokens(sql, tokens)?;
         let cacheable = matches!(
             stmt,
             KalamStatement::Query(_)
@@ -166,13 +167,11 @@ fn referenced_tables(engine: &Engine, stmt: &KalamStatement) -> Option<Vec<Arc<T
     known.then_some(tables)
 }
 
-/// The cache key of a statement: tokens with whitespace and comments collapsed to one space and
-/// unquoted keywords upper-cased; literals, identifiers and placeholders as written. `None`
-/// when it does not tokenize (the parser reports the error).
-pub fn normalize(sql: &str) -> Option<String> {
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
-    let mut key = String::with_capacity(sql.len());
-    for token in tokens {
+/// The cache key of a statement: its tokens with whitespace and comments collapsed to one
+/// space and unquoted keywords upper-cased; literals, identifiers and placeholders as written.
+fn normalize(tokens: &[TokenWithSpan]) -> String {
+    let mut key = String::new();
+    for token in tokens.iter().map(|t| &t.token) {
         match token {
             Token::Whitespace(_) => {
                 if !key.is_empty() && !key.ends_with(' ') {
@@ -185,12 +184,16 @@ pub fn normalize(sql: &str) -> Option<String> {
             other => key.push_str(&other.to_string()),
         }
     }
-    Some(key.trim_end().to_owned())
+    key.trim_end().to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn normalize(sql: &str) -> Option<String> {
+        Some(super::normalize(&parse::tokenize(sql).ok()?))
+    }
 
     #[test]
     fn normalization_collapses_layout_and_keyword_case_but_keeps_values() {
