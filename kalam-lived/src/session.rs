@@ -600,6 +600,10 @@ impl Connection {
             };
         }
         let Some(snapshot_options) = start.snapshot else {
+            // Without a snapshot the changes after `cursor` follow: the client's resume point
+            // until its first change arrives.
+            let mut ack = ack;
+            ack["commit_seq"] = json!(cursor);
             self.reply(sink, ack.to_string()).await?;
             return Ok(Ok(cursor));
         };

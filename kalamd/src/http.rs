@@ -88,7 +88,18 @@ pub fn error_response(error: &KalamError, took_ms: u64) -> Response {
 /// The error envelope: the results of the statements that succeeded, then the failure; the
 /// HTTP status comes from the error code.
 fn failure_response(results: Vec<StatementResult>, failure: BatchError, took_ms: u64) -> Response {
-    let status = StatusCode::from_u16(failure.error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let (status, body) = envelope(results, Some(failure), took_ms);
+    (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response()
+}
+
+/// The response envelope of api.md §2 and its HTTP status: the results of the statements that
+/// succeeded, then the failure if one stopped the request.
+pub fn envelope(results: Vec<StatementResult>, failure: Option<BatchError>, took_ms: u64) -> (u16, serde_json::Value) {
+    let Some(failure) = failure else {
+        let body = Envelope { status: "success", results, took_ms, error: None };
+        return (200, serde_json::to_value(body).unwrap_or_default());
+    };
+    let status = failure.error.code.http_status();
     let body = Envelope {
         status: "error",
         results,
@@ -100,7 +111,7 @@ fn failure_response(results: Vec<StatementResult>, failure: BatchError, took_ms:
             statement_index: failure.statement_index,
         }),
     };
-    (status, axum::Json(body)).into_response()
+    (status, serde_json::to_value(body).unwrap_or_default())
 }
 
 #[derive(Debug, Deserialize)]

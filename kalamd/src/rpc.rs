@@ -151,4 +151,13 @@ impl kalam_rpc::Engine for EngineService {
     async fn dead_letters(self, _: Context) -> Result<Vec<DeadLetter>, RpcError> {
         blocking(&self.0, move |engine| engine.dead_letters()).await
     }
+
+    async fn admin_sql(self, _: Context, sql: String) -> String {
+        let started = std::time::Instant::now();
+        let identity = kalam_types::auth::Identity::system(UserId::system());
+        let (results, failure) = crate::sql::execute_request(&self.0, &sql, None, &identity).await;
+        let (_, body) = crate::http::envelope(results, failure, started.elapsed().as_millis() as u64);
+        tracing::info!(sql_bytes = sql.len(), "admin SQL over the engine socket");
+        body.to_string()
+    }
 }

@@ -15,6 +15,7 @@ mod client;
 mod error;
 pub mod protocol;
 pub mod resume;
+mod row;
 mod rt;
 mod wire;
 
@@ -26,6 +27,7 @@ pub use error::KalamLinkError;
 #[cfg(not(target_arch = "wasm32"))]
 pub use live::{Frame, LiveConnection, SubscriptionManager};
 pub use resume::{ChangeEvent, ReconnectPolicy};
+pub use row::Row;
 pub use wire::{
     ErrorDetail, ErrorInfo, HealthCheckResponse, QueryRequest, QueryResponse, QueryResult, SubscriptionConfig,
     SubscriptionOptions,

@@ -2,12 +2,11 @@
 //! text, server messages are parsed into [`ServerMessage`]. No I/O, so the native and WASM
 //! builds share it.
 
-use serde_json::{Map, Value as Json, json};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
 
+pub use crate::row::Row;
 use crate::wire::SubscriptionOptions;
-
-/// A row of a live result, keyed by column name.
-pub type Row = Map<String, Json>;
 
 /// One server message, typed. Unknown message types (the protocol may grow) stay as `Unknown`.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,66 +50,71 @@ impl ChangeKind {
     }
 }
 
-fn text(v: &Json, key: &str) -> String {
-    v.get(key).and_then(Json::as_str).unwrap_or_default().to_owned()
-}
-
-fn rows(v: &Json, key: &str) -> Vec<Row> {
-    v.get(key)
-        .and_then(Json::as_array)
-        .map(|a| a.iter().filter_map(|r| r.as_object().cloned()).collect())
-        .unwrap_or_default()
+/// Every field any server message has; absent ones are left at their defaults. Rows are read
+/// as [`Row`]s straight from the text, so they keep the server's column order.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawMessage {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    subscription_id: String,
+    live_id: String,
+    commit_seq: Option<u64>,
+    rows: Vec<Row>,
+    old_values: Vec<Row>,
+    has_more: bool,
+    change_type: Option<String>,
+    seq: u64,
+    timestamp: Option<String>,
+    code: String,
+    message: String,
+    reason: String,
 }
 
 impl ServerMessage {
-    /// Parses one text frame; `Err` when it is not JSON or lacks what its type requires.
+    /// Parses one text frame; `Err` when it is not JSON. A message of a known type with a
+    /// malformed body, or of a type this library does not know, is `Unknown`.
     pub fn parse(frame: &str) -> Result<ServerMessage, String> {
-        let v: Json = serde_json::from_str(frame).map_err(|e| format!("not JSON ({e})"))?;
-        Ok(Self::from_json(v))
-    }
-
-    /// A message of a known type with a malformed body is `Unknown` (the caller sees it raw).
-    pub fn from_json(v: Json) -> ServerMessage {
-        let id = text(&v, "subscription_id");
-        match v.get("type").and_then(Json::as_str) {
-            Some("subscription_ack") => ServerMessage::Ack {
-                subscription_id: id,
-                live_id: text(&v, "live_id"),
-                commit_seq: v.get("commit_seq").and_then(Json::as_u64),
-            },
+        let value: Json = serde_json::from_str(frame).map_err(|e| format!("not JSON ({e})"))?;
+        let Ok(m) = serde_json::from_str::<RawMessage>(frame) else {
+            return Ok(ServerMessage::Unknown(value));
+        };
+        let id = m.subscription_id;
+        Ok(match m.kind.as_deref() {
+            Some("subscription_ack") => {
+                ServerMessage::Ack { subscription_id: id, live_id: m.live_id, commit_seq: m.commit_seq }
+            }
             Some("initial_data") => ServerMessage::InitialData {
                 subscription_id: id,
-                rows: rows(&v, "rows"),
-                has_more: v.get("has_more").and_then(Json::as_bool).unwrap_or(false),
-                commit_seq: v.get("commit_seq").and_then(Json::as_u64),
+                rows: m.rows,
+                has_more: m.has_more,
+                commit_seq: m.commit_seq,
             },
             Some("change") => {
-                let kind = match v.get("change_type").and_then(Json::as_str) {
+                let kind = match m.change_type.as_deref() {
                     Some("insert") => ChangeKind::Insert,
                     Some("update") => ChangeKind::Update,
                     Some("delete") => ChangeKind::Delete,
-                    _ => return ServerMessage::Unknown(v),
+                    _ => return Ok(ServerMessage::Unknown(value)),
                 };
-                let Some(commit_seq) = v.get("commit_seq").and_then(Json::as_u64) else {
-                    return ServerMessage::Unknown(v);
+                let Some(commit_seq) = m.commit_seq else {
+                    return Ok(ServerMessage::Unknown(value));
                 };
                 let change = Change {
                     kind,
-                    rows: rows(&v, "rows"),
-                    old_rows: rows(&v, "old_values"),
-                    seq: v.get("seq").and_then(Json::as_u64).unwrap_or(0),
+                    rows: m.rows,
+                    old_rows: m.old_values,
+                    seq: m.seq,
                     commit_seq,
-                    timestamp: v.get("timestamp").and_then(Json::as_str).map(str::to_owned),
+                    timestamp: m.timestamp,
                 };
                 ServerMessage::Change { subscription_id: id, change }
             }
-            Some("error") => {
-                ServerMessage::Error { subscription_id: id, code: text(&v, "code"), message: text(&v, "message") }
-            }
-            Some("unsubscribed") => ServerMessage::Unsubscribed { subscription_id: id, reason: text(&v, "reason") },
+            Some("error") => ServerMessage::Error { subscription_id: id, code: m.code, message: m.message },
+            Some("unsubscribed") => ServerMessage::Unsubscribed { subscription_id: id, reason: m.reason },
             Some("pong") => ServerMessage::Pong,
-            _ => ServerMessage::Unknown(v),
-        }
+            _ => ServerMessage::Unknown(value),
+        })
     }
 }
 

@@ -58,6 +58,10 @@ pub trait Engine {
     async fn committed_files(job_id: String, user_id: Option<String>) -> Result<Vec<String>, RpcError>;
     /// Every dead-lettered flush job.
     async fn dead_letters() -> Result<Vec<DeadLetter>, RpcError>;
+    /// Runs SQL as the built-in `system` user for a local operator (`kalam admin`; the socket
+    /// is reachable only by the server's OS user) and returns the response envelope of
+    /// api.md §2 as JSON text, errors included.
+    async fn admin_sql(sql: String) -> String;
 }
 
 /// The flush runner. Served by kalam-flushd.
