@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use kalam_link::QueryResponse;
 use tarpc::context;
 
-use crate::format::{self, Format, Style};
+use crate::format::{self, Style};
 use crate::session::quote;
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -110,7 +110,7 @@ async fn sql(run_dir: &Path, statement: &str, style: Style) -> anyhow::Result<i3
     let text = engine.admin_sql(context::current(), statement.to_owned()).await.map_err(|e| rpc_failed("kalamd", e))?;
     let resp: QueryResponse = serde_json::from_str(&text)?;
     if !resp.results.is_empty() {
-        println!("{}", format::response(&resp, style));
+        println!("{}", format::response(&resp, style, true));
     }
     match &resp.error {
         Some(e) => {
@@ -125,12 +125,6 @@ fn print_rows(columns: &[&str], rows: Vec<serde_json::Value>, style: Style) {
     let result = serde_json::json!({"columns": columns, "rows": rows, "row_count": rows.len()});
     let resp = serde_json::json!({"status": "success", "results": [result], "took_ms": 0});
     if let Ok(resp) = serde_json::from_value::<QueryResponse>(resp) {
-        let mut text = format::response(&resp, style);
-        if style.format == Format::Table {
-            if let Some(i) = text.rfind("\nTook: ") {
-                text.truncate(i);
-            }
-        }
-        println!("{text}");
+        println!("{}", format::response(&resp, style, false));
     }
 }

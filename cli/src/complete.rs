@@ -190,6 +190,20 @@ pub fn complete(line: &str, pos: usize, catalog: &Catalog) -> (usize, Vec<String
         META_COMMANDS.iter().filter(|m| starts_with_ci(m, word)).for_each(|m| add((*m).to_owned()));
         return (start, out);
     }
+    let command = before.strip_prefix('\\').map(|m| m.split_whitespace().next().unwrap_or_default());
+    if let Some(command) = command.filter(|c| !matches!(*c, "subscribe" | "watch")) {
+        // Arguments of meta-commands: tables for those that take one, nothing otherwise
+        // (`\subscribe` takes SQL and completes as SQL).
+        if matches!(command, "d" | "describe" | "flush") && !before.contains(char::is_whitespace) {
+            for (n, t) in &catalog.tables {
+                let q = format!("{n}.{t}");
+                if starts_with_ci(&q, word) {
+                    add(q);
+                }
+            }
+        }
+        return (start, out);
+    }
     if let Some((ns, rest)) = word.split_once('.') {
         // `ns.` + table, or `table.` + column.
         for (n, t) in &catalog.tables {
@@ -300,5 +314,8 @@ mod tests {
         assert_eq!(hint("\\subsc", 6, &catalog()).as_deref(), Some("ribe"));
         assert_eq!(hint("SELECT * FROM app.to", 20, &catalog()).as_deref(), Some("dos"));
         assert_eq!(hint("SELECT * FROM app.", 18, &catalog()), None);
+        // Meta-command arguments: tables where a table is expected, never SQL keywords.
+        assert_eq!(complete("\\d app.t", 8, &catalog()).1, vec!["app.todos"]);
+        assert!(complete("\\timing o", 9, &catalog()).1.is_empty());
     }
 }

@@ -175,8 +175,8 @@ pub fn csv(result: &QueryResult) -> String {
     lines.join("\n")
 }
 
-/// Every result of a response in `style`, then (tables only) `Took: X.XXX ms`.
-pub fn response(resp: &QueryResponse, style: Style) -> String {
+/// Every result of a response in `style`, then (tables only, with `timing`) `Took: X.XXX ms`.
+pub fn response(resp: &QueryResponse, style: Style, timing: bool) -> String {
     let mut parts = Vec::new();
     for r in &resp.results {
         let text = match style.format {
@@ -189,7 +189,7 @@ pub fn response(resp: &QueryResponse, style: Style) -> String {
             parts.push(text);
         }
     }
-    if style.format == Format::Table {
+    if timing && style.format == Format::Table {
         parts.push(format!("Took: {:.3} ms", resp.took_ms as f64));
     }
     parts.join("\n")
@@ -275,7 +275,8 @@ mod tests {
             r#"{"status":"success","took_ms":12,"results":[{"columns":[],"row_count":1,"message":"Inserted 1 row(s)"}]}"#,
         )
         .unwrap();
-        assert_eq!(response(&resp, plain()), "Inserted 1 row(s)\nTook: 12.000 ms");
+        assert_eq!(response(&resp, plain(), true), "Inserted 1 row(s)\nTook: 12.000 ms");
+        assert_eq!(response(&resp, plain(), false), "Inserted 1 row(s)");
         assert_eq!(error_lines("X", "bad", Some("SELECT"), false), "ERROR X: bad\nDetails: SELECT");
     }
 }

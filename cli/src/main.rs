@@ -132,11 +132,15 @@ fn init_logging(verbose: bool) {
     let dir = config::kalam_dir();
     let _ = std::fs::create_dir_all(&dir);
     let file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("kalam.log"));
-    let filter = tracing_subscriber::EnvFilter::new("kalam=debug,kalam_link=debug");
+    let filter = tracing_subscriber::EnvFilter::new("warn,kalam=debug,kalam_cli=debug,kalam_link=debug");
     match file {
         Ok(f) => {
             let f = Arc::new(f);
-            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr.and(f)).init();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::io::stderr.and(f))
+                .init();
         }
         Err(_) => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
     }

@@ -57,9 +57,10 @@ impl ShellHelper {
             let columns = self
                 .rt
                 .block_on(async { tokio::time::timeout(COLUMN_FETCH_TIMEOUT, fetch_columns(&client, &table)).await })
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
+                .map_err(|_| "timed out".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            tracing::debug!(table, ?columns, "columns for completion");
+            let columns = columns.unwrap_or_default();
             self.catalog().catalog.columns.insert(table.to_ascii_lowercase(), columns);
         }
     }
@@ -78,6 +79,8 @@ impl Hinter for ShellHelper {
     type Hint = String;
 
     fn hint(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> Option<String> {
+        // The same candidates as TAB, so a hint never offers what TAB would not.
+        self.load_columns(line);
         complete::hint(line, pos, &self.catalog().catalog)
     }
 }

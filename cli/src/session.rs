@@ -268,12 +268,8 @@ impl Session {
             return;
         }
         let shown = QueryResponse { results, ..resp.clone() };
-        let mut text = format::response(&shown, Style { ..self.style });
-        if !self.timing && self.style.format == Format::Table {
-            if let Some(i) = text.rfind("\nTook: ") {
-                text.truncate(i);
-            }
-        } else if self.timing && self.style.format != Format::Table {
+        let text = format::response(&shown, self.style, self.timing);
+        if self.timing && self.style.format != Format::Table {
             eprintln!("Took: {:.3} ms", resp.took_ms as f64);
         }
         self.page(&text);

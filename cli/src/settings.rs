@@ -47,9 +47,30 @@ pub fn server_url(host: &str, port: u16) -> String {
     }
 }
 
+/// `url` with its port replaced by `port`.
+fn with_port(url: &str, port: u16) -> String {
+    let url = server_url(url, port);
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", &url));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    // A bracketed IPv6 address keeps its colons.
+    let host = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => &authority[..i],
+        _ => authority,
+    };
+    format!("{scheme}://{host}:{port}{path}")
+}
+
 impl Settings {
     pub fn resolve(flags: &Flags, file: &FileValues, config_path: PathBuf, stdout_is_terminal: bool) -> Settings {
-        let host = flags.host.clone().or_else(|| file.host.clone()).unwrap_or_else(|| "localhost".into());
+        let url = match (&flags.host, flags.port) {
+            (Some(h), port) => server_url(h, port.unwrap_or(8080)),
+            // `--port` alone changes the port of the configured host.
+            (None, Some(port)) => with_port(file.host.as_deref().unwrap_or("localhost"), port),
+            (None, None) => server_url(file.host.as_deref().unwrap_or("localhost"), 8080),
+        };
         let credentials = match (&flags.token, &flags.apikey) {
             (Some(t), _) => Credentials::Jwt(t.clone()),
             (None, Some(k)) => Credentials::ApiKey(k.clone()),
@@ -62,7 +83,7 @@ impl Settings {
         // Color only on a terminal unless asked for explicitly.
         let color = flags.color.unwrap_or(stdout_is_terminal && file.color.unwrap_or(true));
         Settings {
-            url: server_url(&host, flags.port.unwrap_or(8080)),
+            url,
             user: flags.user.clone().or_else(|| file.user.clone()).filter(|u| !u.is_empty()),
             credentials,
             timeout: Duration::from_secs(file.timeout_seconds),
@@ -127,6 +148,16 @@ mod tests {
         assert_eq!(server_url("http://db:9000/", 8080), "http://db:9000");
         assert_eq!(server_url("db", 9000), "http://db:9000");
         assert_eq!(server_url("db:7000", 9000), "http://db:7000");
+    }
+
+    #[test]
+    fn a_port_alone_changes_the_configured_hosts_port() {
+        assert_eq!(with_port("http://localhost:8080", 9000), "http://localhost:9000");
+        assert_eq!(with_port("https://db.example/", 443), "https://db.example:443");
+        assert_eq!(with_port("http://[::1]:8080", 1), "http://[::1]:1");
+        let f = file("[connection]\nhost = \"http://db:8080\"\n");
+        let s = Settings::resolve(&Flags { port: Some(18080), ..Default::default() }, &f, "c".into(), false);
+        assert_eq!(s.url, "http://db:18080");
     }
 
     #[test]

@@ -316,11 +316,9 @@ impl LiveConnection {
 
     /// The next server message (pings are answered and skipped). `Ok(None)` when closed.
     pub async fn next_message(&mut self) -> Result<Option<Json>, KalamLinkError> {
-        loop {
-            match self.next_frame().await? {
-                Some(Frame::Text(json)) => return Ok(Some(json)),
-                Some(Frame::Close(_)) | None => return Ok(None),
-            }
+        match self.next_frame().await? {
+            Some(Frame::Text(json)) => Ok(Some(json)),
+            Some(Frame::Close(_)) | None => Ok(None),
         }
     }
 

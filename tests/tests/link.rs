@@ -1,0 +1,241 @@
+//! kalam-link against a real server: queries, parameters, batches, credentials, typed
+//! subscription events, and reconnect-and-resume through restarts of kalam-lived and kalamd
+//! with no change lost or delivered twice.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use kalam_e2e::{Cluster, insert_through_faults, wait_for};
+use kalam_link::{
+    ChangeEvent, Credentials, KalamLinkClient, KalamLinkError, ReconnectPolicy, SubscriptionConfig, SubscriptionManager,
+};
+use serde_json::json;
+
+const SETUP: &str = "CREATE NAMESPACE app; CREATE USER TABLE app.notes (id BIGINT PRIMARY KEY, body TEXT, n INT)";
+
+/// Reconnects quickly, and long enough to outlast a daemon restart.
+const FAST: ReconnectPolicy =
+    ReconnectPolicy { initial_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1), max_attempts: 120 };
+
+async fn next(sub: &mut SubscriptionManager, what: &str) -> ChangeEvent {
+    match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
+        Ok(Some(Ok(e))) => e,
+        Ok(Some(Err(e))) => panic!("{what}: subscription error {e}"),
+        Ok(None) => panic!("{what}: subscription ended"),
+        Err(_) => panic!("{what}: no event within 30 s"),
+    }
+}
+
+async fn start() -> Cluster {
+    let cluster = Cluster::start().await;
+    cluster.client("system").execute_query(SETUP).await.expect("setup");
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_parameters_batches_and_errors() {
+    let cluster = start().await;
+    let alice = cluster.client("alice");
+
+    let health = alice.health_check().await.expect("health");
+    assert!(health.is_healthy(), "{health:?}");
+    assert_eq!(health.api_version.as_deref(), Some("v1"));
+    assert!(health.version.is_some() && health.uptime_seconds.is_some(), "{health:?}");
+
+    let resp =
+        alice.execute_query("INSERT INTO app.notes VALUES (1, 'one', 10), (2, 'two', 20)").await.expect("insert");
+    assert_eq!(resp.results[0].row_count, 2);
+    let resp = alice
+        .execute_query_with_params("SELECT body, id FROM app.notes WHERE id = $1", vec![json!(2)])
+        .await
+        .expect("params");
+    let r = &resp.results[0];
+    assert_eq!(r.columns, vec!["body", "id"]);
+    assert_eq!(r.ordered_row(0).unwrap(), vec![&json!("two"), &json!(2)]);
+
+    // A batch runs in order; its first failure stops it and is reported with its index.
+    let resp = alice
+        .execute_batch(&["INSERT INTO app.notes VALUES (3, 'three', 30);", "SELECT count(*) AS c FROM app.notes"])
+        .await
+        .expect("batch");
+    assert_eq!(resp.results.len(), 2);
+    assert_eq!(resp.results[1].rows.as_ref().unwrap()[0]["c"], 3);
+    let err = alice
+        .execute_batch(&[
+            "INSERT INTO app.notes VALUES (4, 'four', 40)",
+            "SELECT * FROM app.nope",
+            "DELETE FROM app.notes",
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, KalamLinkError::ServerError { code, .. } if code == "TABLE_NOT_FOUND"), "{err:?}");
+    let (_, envelope) = alice.query_raw("SELECT count(*) AS c FROM app.notes").await.expect("count");
+    assert_eq!(envelope.results[0].rows.as_ref().unwrap()[0]["c"], 4, "the statement before the failure committed");
+
+    let err =
+        alice.execute_query_with_params("SELECT * FROM app.notes WHERE id = $1", vec![json!("x")]).await.unwrap_err();
+    assert_eq!(err.code(), Some("PARAM_TYPE_MISMATCH"), "{err}");
+
+    // Credentials: a key the server issued works without the loopback bypass's help; a wrong
+    // one is an authentication error, on HTTP and on the WebSocket.
+    let created =
+        cluster.client("system").execute_query("CREATE USER 'carol' WITH ROLE user").await.expect("create user");
+    let key = created.results[0].rows.as_ref().unwrap()[0]["apikey"].as_str().expect("api key").to_owned();
+    let carol = KalamLinkClient::builder().base_url(cluster.url()).api_key(&key).build().unwrap();
+    carol.execute_query("INSERT INTO app.notes VALUES (1, 'carol''s', 1)").await.expect("carol writes her partition");
+    let resp = carol.execute_query("SELECT body FROM app.notes").await.unwrap();
+    assert_eq!(resp.results[0].rows.as_ref().unwrap()[0]["body"], "carol's");
+    let wrong = carol.clone().with_credentials(Credentials::ApiKey("not-a-key-of-anyone".into()));
+    let err = wrong.execute_query("SELECT 1").await.unwrap_err();
+    assert!(matches!(&err, KalamLinkError::AuthenticationError { status_code: 401, .. }), "{err:?}");
+    let err = wrong.subscribe("SELECT * FROM app.notes").await.unwrap_err();
+    assert!(matches!(&err, KalamLinkError::AuthenticationError { status_code: 401, .. }), "{err:?}");
+
+    // An unreachable server is a network error after the configured retries.
+    let port = kalam_e2e::free_port();
+    let nobody =
+        KalamLinkClient::builder().base_url(format!("http://127.0.0.1:{port}")).max_retries(1).build().unwrap();
+    assert!(matches!(nobody.health_check().await, Err(KalamLinkError::NetworkError(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_deliver_typed_events_in_column_order() {
+    let cluster = start().await;
+    let alice = cluster.client("alice");
+    alice.execute_query("INSERT INTO app.notes VALUES (1, 'old', 1)").await.unwrap();
+
+    let config =
+        SubscriptionConfig::new("SELECT n, id, body FROM app.notes WHERE n < 100").with_id("notes").with_last_rows(10);
+    let mut sub = alice.subscribe_with_config(config).await.expect("subscribe");
+    assert_eq!(sub.subscription_id(), "notes");
+    assert!(
+        matches!(next(&mut sub, "ack").await, ChangeEvent::Ack { subscription_id, .. } if subscription_id == "notes")
+    );
+    let ChangeEvent::InitialData { rows, has_more: false, commit_seq: Some(_), .. } = next(&mut sub, "snapshot").await
+    else {
+        panic!("expected initial data")
+    };
+    assert_eq!(rows.len(), 1);
+    let keys: Vec<&str> = rows[0].iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec!["n", "id", "body", "_updated", "_deleted"], "the projection's order is kept");
+
+    alice.execute_query("INSERT INTO app.notes VALUES (2, 'new', 2)").await.unwrap();
+    let ChangeEvent::Insert { rows, commit_seq: c1, .. } = next(&mut sub, "insert").await else { panic!("insert") };
+    assert_eq!((rows[0]["id"].clone(), rows[0]["body"].clone()), (json!(2), json!("new")));
+    alice.execute_query("UPDATE app.notes SET body = 'newer' WHERE id = 2").await.unwrap();
+    let ChangeEvent::Update { rows, old_rows, commit_seq: c2, .. } = next(&mut sub, "update").await else {
+        panic!("update")
+    };
+    assert_eq!((old_rows[0]["body"].clone(), rows[0]["body"].clone()), (json!("new"), json!("newer")));
+    // Leaving the filter is a delete carrying the row as it was.
+    alice.execute_query("UPDATE app.notes SET n = 500 WHERE id = 1").await.unwrap();
+    let ChangeEvent::Delete { old_rows, commit_seq: c3, .. } = next(&mut sub, "delete").await else { panic!("delete") };
+    assert_eq!(old_rows[0]["id"], 1);
+    assert!(c1 < c2 && c2 < c3);
+
+    sub.close().await.expect("close");
+    let system = cluster.client("system");
+    wait_for(Duration::from_secs(10), "live query removed", || async {
+        let r = system.execute_query("SELECT count(*) AS c FROM system.live_queries").await.ok()?;
+        (r.results[0].rows.as_ref()?[0]["c"] == 0).then_some(())
+    })
+    .await;
+
+    // A refused subscription ends after its error.
+    let mut bad = alice.subscribe("SELECT * FROM app.missing").await.expect("socket opens");
+    assert!(matches!(next(&mut bad, "error").await, ChangeEvent::Error { code, .. } if code == "TABLE_NOT_FOUND"));
+    assert!(bad.next().await.is_none());
+}
+
+/// Every change of a writer that runs through restarts of kalam-lived (the socket drops) and
+/// of kalamd (the socket stays, kalam-lived reconnects to it) arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_and_resume_lose_and_duplicate_nothing_across_restarts() {
+    let cluster = start().await;
+    cluster
+        .client("system")
+        .execute_query("CREATE USER TABLE app.log (id BIGINT PRIMARY KEY, body TEXT)")
+        .await
+        .unwrap();
+    let alice = cluster.client("alice");
+    let mut sub =
+        alice.subscribe_with_policy(SubscriptionConfig::new("SELECT * FROM app.log"), FAST).await.expect("subscribe");
+    assert!(matches!(next(&mut sub, "ack").await, ChangeEvent::Ack { .. }));
+
+    const ROWS: i64 = 300;
+    let writer = tokio::spawn(insert_through_faults(alice.clone(), "app.log", 0, ROWS));
+    let mut received: Vec<i64> = Vec::new();
+    let mut commit_seqs: Vec<u64> = Vec::new();
+    let (mut reconnects, mut resumes) = (0, 0);
+    let mut restarted = Vec::new();
+    while received.len() < ROWS as usize {
+        // Restart a daemon at one third and two thirds of the stream.
+        if received.len() >= 100 && restarted.is_empty() {
+            cluster.kill_and_wait_restart("kalam-lived").await;
+            restarted.push("kalam-lived");
+        }
+        if received.len() >= 200 && restarted.len() == 1 {
+            cluster.kill_and_wait_restart("kalamd").await;
+            restarted.push("kalamd");
+        }
+        let what = format!("change {} of {ROWS} (restarted: {restarted:?})", received.len() + 1);
+        match next(&mut sub, &what).await {
+            ChangeEvent::Insert { rows, commit_seq, .. } => {
+                received.push(rows[0]["id"].as_i64().expect("id"));
+                commit_seqs.push(commit_seq);
+            }
+            ChangeEvent::Reconnecting { reason, .. } => {
+                eprintln!("reconnecting after {} changes: {reason}", received.len());
+                reconnects += 1;
+            }
+            ChangeEvent::Resumed { from_seq, .. } => {
+                eprintln!("resumed after commit_seq {from_seq}");
+                resumes += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let acked = writer.await.expect("writer");
+    let unique: BTreeSet<i64> = received.iter().copied().collect();
+    assert_eq!(unique.len(), received.len(), "a change was delivered twice: {received:?}");
+    assert_eq!(received, (0..ROWS).collect::<Vec<_>>(), "changes arrive once, in commit order");
+    assert!(acked.iter().all(|id| unique.contains(id)), "every acknowledged insert arrived");
+    assert!(commit_seqs.windows(2).all(|w| w[0] < w[1]));
+    assert!(
+        reconnects >= 1 && resumes >= 1,
+        "the lived restart dropped the socket ({reconnects} reconnects, {resumes} resumes)"
+    );
+    // Nothing more is pending.
+    assert!(tokio::time::timeout(Duration::from_millis(500), sub.next()).await.is_err());
+    sub.close().await.unwrap();
+}
+
+/// When the change log no longer reaches back to the last change seen, the application is
+/// told to re-snapshot and the subscription starts over with its original options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_resume_is_reported_and_the_snapshot_taken_again() {
+    let cluster = Cluster::start_with_config("[storage]\nchange_log_retention_seconds = 1\n").await;
+    cluster.client("system").execute_query(SETUP).await.expect("setup");
+    let alice = cluster.client("alice");
+    // Slow reconnects, so the log is purged while the socket is down.
+    let policy =
+        ReconnectPolicy { initial_delay: Duration::from_secs(6), max_delay: Duration::from_secs(6), max_attempts: 10 };
+    let config = SubscriptionConfig::new("SELECT * FROM app.notes").with_last_rows(100);
+    let mut sub = alice.subscribe_with_policy(config, policy).await.expect("subscribe");
+    assert!(matches!(next(&mut sub, "ack").await, ChangeEvent::Ack { .. }));
+    assert!(matches!(next(&mut sub, "snapshot").await, ChangeEvent::InitialData { .. }));
+    alice.execute_query("INSERT INTO app.notes VALUES (1, 'seen', 1)").await.unwrap();
+    assert!(matches!(next(&mut sub, "insert").await, ChangeEvent::Insert { .. }));
+
+    cluster.kill_and_wait_restart("kalam-lived").await;
+    // Missed while disconnected, and purged before the client is back.
+    alice.execute_query("INSERT INTO app.notes VALUES (2, 'missed', 2)").await.unwrap();
+    assert!(matches!(next(&mut sub, "reconnecting").await, ChangeEvent::Reconnecting { .. }));
+    let expired = next(&mut sub, "resume refused").await;
+    assert!(matches!(&expired, ChangeEvent::ResumeExpired { .. }), "{expired:?}");
+    assert!(matches!(next(&mut sub, "fresh ack").await, ChangeEvent::Ack { .. }));
+    let ChangeEvent::InitialData { rows, .. } = next(&mut sub, "fresh snapshot").await else { panic!("snapshot") };
+    let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![1, 2], "the new snapshot holds the missed row");
+    sub.close().await.unwrap();
+}
