@@ -27,9 +27,15 @@ if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
 fi
 export KALAMDB_MOTO_SERVER="$MOTO_VENV/bin/moto_server"
 
+# kalam-link must also build for browsers and Node (wasm32-unknown-unknown).
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  rustup target add wasm32-unknown-unknown
+fi
+
 started=$(date +%s)
 cargo fmt --all -- --check
 cargo build --workspace --locked --bins
+cargo check -p kalam-link --locked --target wasm32-unknown-unknown
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
