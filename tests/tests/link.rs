@@ -218,8 +218,11 @@ async fn an_expired_resume_is_reported_and_the_snapshot_taken_again() {
     cluster.client("system").execute_query(SETUP).await.expect("setup");
     let alice = cluster.client("alice");
     // Slow reconnects, so the log is purged while the socket is down.
-    let policy =
-        ReconnectPolicy { initial_delay: Duration::from_secs(6), max_delay: Duration::from_secs(6), max_attempts: 10 };
+    let policy = ReconnectPolicy {
+        initial_delay: Duration::from_secs(10),
+        max_delay: Duration::from_secs(10),
+        max_attempts: 10,
+    };
     let config = SubscriptionConfig::new("SELECT * FROM app.notes").with_last_rows(100);
     let mut sub = alice.subscribe_with_policy(config, policy).await.expect("subscribe");
     assert!(matches!(next(&mut sub, "ack").await, ChangeEvent::Ack { .. }));
