@@ -242,3 +242,30 @@ async fn an_expired_resume_is_reported_and_the_snapshot_taken_again() {
     assert_eq!(ids, vec![1, 2], "the new snapshot holds the missed row");
     sub.close().await.unwrap();
 }
+
+/// A JWT credential works for queries and for the WebSocket (sent as `Authorization: Bearer`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_credentials_reach_http_and_the_websocket() {
+    const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+    let cluster = Cluster::start_with_config(&format!("[auth]\njwt_secret = \"{SECRET}\"\n")).await;
+    let system = cluster.client("system");
+    system.execute_query(SETUP).await.expect("setup");
+    system.execute_query("CREATE USER 'erin' WITH ROLE user").await.expect("create user");
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "erin", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let erin = KalamLinkClient::builder().base_url(cluster.url()).jwt_token(&token).build().unwrap();
+    let mut sub = erin.subscribe("SELECT * FROM app.notes").await.expect("subscribe with a JWT");
+    assert!(matches!(next(&mut sub, "ack").await, ChangeEvent::Ack { .. }));
+    erin.execute_query("INSERT INTO app.notes VALUES (7, 'by jwt', 7)").await.expect("insert with a JWT");
+    let ChangeEvent::Insert { rows, .. } = next(&mut sub, "insert").await else { panic!("insert") };
+    assert_eq!(rows[0]["body"], "by jwt");
+    let forged = erin.clone().with_credentials(Credentials::Jwt(format!("{token}x")));
+    let err = forged.execute_query("SELECT 1").await.unwrap_err();
+    assert!(matches!(&err, KalamLinkError::AuthenticationError { status_code: 401, .. }), "{err:?}");
+    sub.close().await.unwrap();
+}
