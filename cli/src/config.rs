@@ -9,7 +9,8 @@ use crate::format::Format;
 
 /// The file as written; every key optional so that absent keys fall back (and legacy sections
 /// are read only when the new key is absent).
-#[derive(Debug, Default, Deserialize)]
+// No `Debug` on the types holding credentials, so none can reach a log line.
+#[derive(Default, Deserialize)]
 #[serde(default)]
 pub struct FileConfig {
     pub connection: ConnectionSection,
@@ -20,7 +21,7 @@ pub struct FileConfig {
     ui: LegacyUi,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(default)]
 pub struct ConnectionSection {
     pub host: Option<String>,
@@ -52,7 +53,7 @@ struct LegacyServer {
     url: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(default)]
 struct LegacyAuth {
     jwt_token: Option<String>,
@@ -96,7 +97,7 @@ pub struct ConfigError {
 }
 
 /// The values the file gives, after the legacy fallbacks and checks.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct FileValues {
     pub host: Option<String>,
     pub user: Option<String>,
@@ -155,12 +156,30 @@ pub fn kalam_dir() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".kalam")
 }
 
+/// Creates `dir` with mode 0700 when it does not exist.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Opens `path` for appending, created with mode 0600 (its directory 0700) when missing.
+pub fn open_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path)
+}
+
 /// Creates `path` with mode 0600 (its directory 0700 when it is ours to create).
 pub fn create_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
     }
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     f.write_all(contents.as_bytes())
@@ -189,6 +208,13 @@ mod tests {
         FileConfig::parse(text, Path::new("c.toml"))
     }
 
+    fn parse_err(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("{text:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
     fn defaults_and_empty_strings_mean_unset() {
         let v = parse(DEFAULT_FILE).unwrap();
@@ -210,11 +236,11 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let e = parse("[output]\nformat = \"xml\"\n").unwrap_err().to_string();
+        let e = parse_err("[output]\nformat = \"xml\"\n");
         assert!(e.contains("output.format") && e.contains("xml"), "{e}");
-        let e = parse("[connection]\ntimeout_seconds = \"soon\"\n").unwrap_err().to_string();
+        let e = parse_err("[connection]\ntimeout_seconds = \"soon\"\n");
         assert!(e.contains("timeout_seconds"), "{e}");
-        let e = parse("[connection\n").unwrap_err().to_string();
+        let e = parse_err("[connection\n");
         assert!(e.starts_with("c.toml: "), "{e}");
     }
 

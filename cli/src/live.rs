@@ -1,12 +1,13 @@
 //! Printing a live subscription (cli.md §1.8), in the foreground (`kalam subscribe`, one-shot
-//! modes) or behind the interactive prompt (`\subscribe`, with `\pause` / `\continue`).
+//! modes) or behind the interactive prompt (`\subscribe`, with `\pause` / `\continue`); both
+//! run the same task.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kalam_link::{ChangeEvent, Row, SubscriptionManager};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify, oneshot};
 
 /// Events kept while printing is paused (cli.md §1.5).
 pub const MAX_PAUSED_EVENTS: usize = 10_000;
@@ -70,127 +71,66 @@ pub fn event_lines(event: &ChangeEvent, table: &str) -> Option<String> {
     })
 }
 
-/// How a foreground subscription ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Ended {
-    /// Ctrl+C: unsubscribed.
-    Interrupted,
-    /// The server ended it (or refused it).
-    ByServer { failed: bool },
-}
-
-/// Prints `sub`'s events to stdout until Ctrl+C or the end of the subscription.
-pub async fn run_foreground(mut sub: SubscriptionManager, table: &str) -> Ended {
-    use std::io::Write;
-    let mut stdout = std::io::stdout();
-    let mut failed = false;
-    loop {
-        let event = tokio::select! {
-            e = sub.next() => e,
-            _ = tokio::signal::ctrl_c() => {
-                println!("Unsubscribing...");
-                let _ = sub.close().await;
-                println!("✓ Unsubscribed");
-                return Ended::Interrupted;
-            }
-        };
-        match event {
-            Some(Ok(e)) => {
-                failed |= matches!(&e, ChangeEvent::Error { .. })
-                    && !matches!(&e, ChangeEvent::Error { code, .. } if code == "SLOW_CONSUMER");
-                if let Some(text) = event_lines(&e, table) {
-                    let _ = writeln!(stdout, "{text}");
-                    let _ = stdout.flush();
-                }
-            }
-            Some(Err(e)) => {
-                eprintln!("ERROR: {e}");
-                failed = true;
-            }
-            None => {
-                println!("Subscription ended by server");
-                return Ended::ByServer { failed };
-            }
-        }
-    }
-}
-
-/// Where background lines go (rustyline's external printer in the shell).
+/// Where a subscription's lines go: stdout, or rustyline's external printer in the shell.
 pub type Printer = Box<dyn FnMut(String) + Send>;
 
-/// A subscription printing behind the prompt.
-pub struct Background {
-    paused: Arc<AtomicBool>,
-    buffer: Arc<Mutex<Paused>>,
-    finished: Arc<AtomicBool>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
+/// Lines held while printing is paused.
 #[derive(Default)]
-struct Paused {
+struct Held {
+    paused: bool,
     lines: VecDeque<String>,
-    dropped: u64,
 }
 
-impl Background {
-    pub fn start(sub: SubscriptionManager, table: String, mut print: Printer) -> Background {
-        let paused = Arc::new(AtomicBool::new(false));
-        let buffer = Arc::new(Mutex::new(Paused::default()));
+/// A subscription being printed by its own task.
+pub struct Live {
+    held: Arc<Mutex<Held>>,
+    resumed: Arc<Notify>,
+    finished: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
+    /// True when the subscription failed (refused, or the reconnects ran out).
+    task: tokio::task::JoinHandle<bool>,
+}
+
+impl Live {
+    /// Starts printing `sub`'s events (must run inside the runtime).
+    pub fn start(sub: SubscriptionManager, table: String, print: Printer) -> Live {
+        let held = Arc::new(Mutex::new(Held::default()));
+        let resumed = Arc::new(Notify::new());
         let finished = Arc::new(AtomicBool::new(false));
-        let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (p, b, f) = (paused.clone(), buffer.clone(), finished.clone());
+        let (stop, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(print_events(sub, table, print, held.clone(), resumed.clone(), stop_rx));
+        let done = finished.clone();
         let task = tokio::spawn(async move {
-            let mut sub = sub;
-            loop {
-                let event = tokio::select! {
-                    e = sub.next() => e,
-                    _ = &mut stop_rx => {
-                        print("Unsubscribing...".into());
-                        let _ = sub.close().await;
-                        print("✓ Unsubscribed".into());
-                        break;
-                    }
-                };
-                let line = match event {
-                    Some(Ok(e)) => event_lines(&e, &table),
-                    Some(Err(e)) => Some(format!("ERROR: {e}")),
-                    None => {
-                        print("Subscription ended by server".into());
-                        break;
-                    }
-                };
-                let Some(line) = line else { continue };
-                if p.load(Ordering::SeqCst) {
-                    let mut held = b.lock().await;
-                    if held.lines.len() < MAX_PAUSED_EVENTS {
-                        held.lines.push_back(line);
-                    } else {
-                        held.dropped += 1;
-                    }
-                } else {
-                    print(line);
-                }
-            }
-            f.store(true, Ordering::SeqCst);
+            let failed = task.await.unwrap_or(true);
+            done.store(true, Ordering::SeqCst);
+            failed
         });
-        Background { paused, buffer, finished, stop: Some(stop), task }
+        Live { held, resumed, finished, stop: Some(stop), task }
     }
 
     pub fn is_finished(&self) -> bool {
         self.finished.load(Ordering::SeqCst)
     }
 
-    pub fn pause(&self) {
-        self.paused.store(true, Ordering::SeqCst);
+    /// Holds further lines; returns how many are held already.
+    pub async fn pause(&self) -> usize {
+        let mut held = self.held.lock().await;
+        held.paused = true;
+        held.lines.len()
     }
 
-    /// Resumes printing; returns what was held while paused.
-    pub async fn resume(&self) -> (Vec<String>, u64) {
-        let mut held = self.buffer.lock().await;
-        self.paused.store(false, Ordering::SeqCst);
-        let dropped = std::mem::take(&mut held.dropped);
-        (held.lines.drain(..).collect(), dropped)
+    /// Prints what was held (with `print`, under the lock, so no newer line comes first) and
+    /// resumes printing; returns how many lines were held.
+    pub async fn resume(&self, mut print: impl FnMut(&str)) -> usize {
+        let mut held = self.held.lock().await;
+        let n = held.lines.len();
+        for line in held.lines.drain(..) {
+            print(&line);
+        }
+        held.paused = false;
+        drop(held);
+        self.resumed.notify_one();
+        n
     }
 
     /// Unsubscribes and waits for the task.
@@ -200,6 +140,94 @@ impl Background {
         }
         let _ = (&mut self.task).await;
     }
+
+    /// Waits for Ctrl+C (then unsubscribes) or the end of the subscription; true when it failed.
+    pub async fn run_until_interrupted(mut self) -> bool {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Registered once, before waiting, so no Ctrl+C is lost between events.
+        let mut sigint = signal(SignalKind::interrupt()).ok();
+        let interrupted = async {
+            match &mut sigint {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            failed = &mut self.task => return failed.unwrap_or(true),
+            _ = interrupted => {}
+        }
+        self.stop().await;
+        false
+    }
+}
+
+/// The task behind [`Live`]: prints each event, holds lines while paused, and when the held
+/// lines reach [`MAX_PAUSED_EVENTS`] stops taking events (the subscription's own buffer and the
+/// server's back-pressure then apply; nothing is dropped here).
+async fn print_events(
+    mut sub: SubscriptionManager,
+    table: String,
+    mut print: Printer,
+    held: Arc<Mutex<Held>>,
+    resumed: Arc<Notify>,
+    mut stop: oneshot::Receiver<()>,
+) -> bool {
+    let mut failed = false;
+    let mut ended_by_server = false;
+    loop {
+        let event = tokio::select! {
+            e = sub.next() => e,
+            _ = &mut stop => break,
+        };
+        let line = match event {
+            Some(Ok(e)) => {
+                match &e {
+                    ChangeEvent::Error { code, .. } => failed |= code != "SLOW_CONSUMER",
+                    ChangeEvent::Unsubscribed { reason, .. } => ended_by_server = reason != "client_request",
+                    _ => {}
+                }
+                event_lines(&e, &table)
+            }
+            Some(Err(e)) => {
+                failed = true;
+                Some(format!("ERROR: {e}"))
+            }
+            None => {
+                if !ended_by_server {
+                    print("Subscription ended by server".into());
+                }
+                return failed;
+            }
+        };
+        let Some(line) = line else { continue };
+        loop {
+            let mut h = held.lock().await;
+            if !h.paused {
+                print(line);
+                break;
+            }
+            if h.lines.len() < MAX_PAUSED_EVENTS {
+                h.lines.push_back(line);
+                break;
+            }
+            drop(h);
+            tokio::select! {
+                _ = resumed.notified() => {}
+                _ = &mut stop => {
+                    print("Unsubscribing...".into());
+                    let _ = sub.close().await;
+                    print("✓ Unsubscribed".into());
+                    return failed;
+                }
+            }
+        }
+    }
+    print("Unsubscribing...".into());
+    let _ = sub.close().await;
+    print("✓ Unsubscribed".into());
+    failed
 }
 
 #[cfg(test)]

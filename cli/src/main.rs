@@ -27,7 +27,8 @@ use crate::session::{Outcome, Session};
 use crate::settings::{Flags, Settings};
 use crate::split::LineBuffer;
 
-#[derive(Debug, Parser)]
+// No `Debug`: it holds credentials.
+#[derive(Parser)]
 #[command(name = "kalam", version, about = "KalamDB SQL client", disable_help_flag = true)]
 struct Args {
     /// Server URL (`http://host:port`), or a bare host name combined with --port.
@@ -129,9 +130,7 @@ fn init_logging(verbose: bool) {
         return;
     }
     use tracing_subscriber::fmt::writer::MakeWriterExt;
-    let dir = config::kalam_dir();
-    let _ = std::fs::create_dir_all(&dir);
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("kalam.log"));
+    let file = config::open_private_file(&config::kalam_dir().join("kalam.log"));
     let filter = tracing_subscriber::EnvFilter::new("warn,kalam=debug,kalam_cli=debug,kalam_link=debug");
     match file {
         Ok(f) => {

@@ -165,7 +165,9 @@ pub fn run(session: &mut Session) -> i32 {
             let printer = printer.clone();
             Some(Box::new(move |line: String| {
                 let mut p = printer.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = p.print(line);
+                // Outside the prompt (while a statement runs) rustyline writes the text as
+                // it is, so each line brings its own newline.
+                let _ = p.print(format!("{line}\n"));
             }) as crate::live::Printer)
         }));
     }

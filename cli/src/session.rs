@@ -10,9 +10,9 @@ use kalam_link::{KalamLinkClient, KalamLinkError, QueryResponse, QueryResult, Su
 
 use crate::complete::Catalog;
 use crate::format::{self, Format, Style};
-use crate::live::{self, Background, Printer};
+use crate::live::{self, Live, Printer};
 use crate::settings::Settings;
-use crate::split::{Input, split_statements};
+use crate::split::Input;
 
 /// Requests slower than this show a spinner (cli.md §1.4).
 const SPINNER_AFTER: Duration = Duration::from_millis(200);
@@ -50,7 +50,7 @@ pub struct Session {
     /// Statements after `BEGIN`, sent together at `COMMIT` / `ROLLBACK`.
     transaction: Option<Vec<String>>,
     /// The interactive shell's subscription, printing behind the prompt.
-    background: Option<Background>,
+    background: Option<Live>,
     /// Makes a printer that writes above the prompt (interactive shell only).
     pub printer: Option<Box<dyn FnMut() -> Option<Printer>>>,
 }
@@ -82,9 +82,9 @@ Meta-commands:
   \kill <live_id>            KILL LIVE QUERY '<live_id>'
   \refresh-tables            re-read table names for completion (\refresh)";
 
+/// The first word of a statement from the splitter (its comments are already blanked).
 fn first_word(sql: &str) -> String {
-    crate::split::strip_comments(sql)
-        .trim_start()
+    sql.trim_start()
         .split(|c: char| c.is_whitespace() || c == ';' || c == '(')
         .next()
         .unwrap_or_default()
@@ -132,7 +132,7 @@ impl Session {
 
     /// True while a subscription prints behind the prompt.
     pub fn has_subscription(&mut self) -> bool {
-        if self.background.as_ref().is_some_and(Background::is_finished) {
+        if self.background.as_ref().is_some_and(Live::is_finished) {
             self.background = None;
         }
         self.background.is_some()
@@ -150,7 +150,14 @@ impl Session {
         match input {
             Input::Meta(line) => self.meta(&line),
             Input::Sql(text) => {
-                for statement in split_statements(&text) {
+                let statements = match kalam_types::split::split_statements(&text) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.error(&format::error_lines(&e.code.as_str(), &e.message, None, false));
+                        return Outcome::Failed;
+                    }
+                };
+                for statement in statements {
                     if self.statement(statement) == Outcome::Failed {
                         return Outcome::Failed;
                     }
@@ -317,14 +324,15 @@ impl Session {
             None => return false,
         };
         let printer = if self.interactive { self.printer.as_mut().and_then(|make| make()) } else { None };
+        let _guard = self.rt.enter();
         match printer {
             Some(print) => {
-                let _guard = self.rt.enter();
-                self.background = Some(Background::start(sub, table, print));
+                self.background = Some(Live::start(sub, table, print));
                 true
             }
             None => {
-                !matches!(self.rt.block_on(live::run_foreground(sub, &table)), live::Ended::ByServer { failed: true })
+                let stdout: Printer = Box::new(|line| println!("{line}"));
+                !self.rt.block_on(Live::start(sub, table, stdout).run_until_interrupted())
             }
         }
     }
@@ -375,12 +383,18 @@ impl Session {
             "\\dt" | "\\tables" => self.request("SHOW TABLES"),
             "\\dn" => self.request("SHOW NAMESPACES"),
             "\\d" | "\\describe" if arg.is_empty() => self.request("SHOW TABLES"),
-            "\\d" | "\\describe" => self.request(&format!("DESCRIBE TABLE {arg}")),
+            "\\d" | "\\describe" => match table_name(arg) {
+                Some(t) => self.request(&format!("DESCRIBE TABLE {t}")),
+                None => self.usage("\\d <namespace>.<table>"),
+            },
             "\\live" => self.request("SELECT * FROM system.live_queries"),
             "\\kill" if arg.is_empty() => self.usage("\\kill <live_id>"),
             "\\kill" => self.request(&format!("KILL LIVE QUERY {}", quote(arg.trim_matches('\'')))),
             "\\flush" if arg.is_empty() => self.request("FLUSH ALL TABLES"),
-            "\\flush" => self.request(&format!("FLUSH TABLE {arg}")),
+            "\\flush" => match table_name(arg) {
+                Some(t) => self.request(&format!("FLUSH TABLE {t}")),
+                None => self.usage("\\flush [<namespace>.<table>]"),
+            },
             "\\format" => match Format::parse(arg) {
                 Some(f) => {
                     self.style.format = f;
@@ -419,8 +433,11 @@ impl Session {
             }
             "\\pause" => match &self.background {
                 Some(bg) => {
-                    bg.pause();
-                    println!("Paused: events are held (up to {}) until \\continue", live::MAX_PAUSED_EVENTS);
+                    let held = self.rt.block_on(bg.pause());
+                    println!(
+                        "Paused: {held} event(s) held (up to {}; then the subscription waits) until \\continue",
+                        live::MAX_PAUSED_EVENTS
+                    );
                     true
                 }
                 None => {
@@ -430,16 +447,8 @@ impl Session {
             },
             "\\continue" => match &self.background {
                 Some(bg) => {
-                    let (lines, dropped) = self.rt.block_on(bg.resume());
-                    for l in lines {
-                        println!("{l}");
-                    }
-                    if dropped > 0 {
-                        self.error(&format!(
-                            "{dropped} events were dropped while paused (more than {})",
-                            live::MAX_PAUSED_EVENTS
-                        ));
-                    }
+                    let n = self.rt.block_on(bg.resume(|line| println!("{line}")));
+                    println!("Printed {n} held event(s); printing resumed");
                     true
                 }
                 None => {
@@ -494,7 +503,7 @@ impl Session {
         let Some(host) = parts.next() else {
             return self.usage("\\connect <url> [user]");
         };
-        let url = crate::settings::server_url(host, 8080);
+        let url = crate::settings::server_url(host, None);
         let user = parts.next().map(str::to_owned);
         let client = match self.settings.client_for(&url, user.as_deref()) {
             Ok(c) => c,
@@ -532,6 +541,15 @@ impl Session {
     pub fn close(&mut self) {
         self.unsubscribe();
     }
+}
+
+/// `arg` when it is a table name (`ns.table` or `table`, letters, digits and `_`), so a
+/// meta-command argument never carries more SQL.
+fn table_name(arg: &str) -> Option<&str> {
+    let ok = !arg.is_empty()
+        && arg.split('.').count() <= 3
+        && arg.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'));
+    ok.then_some(arg)
 }
 
 /// `ERROR <code>: <message>` for a subscription that could not start.
@@ -583,7 +601,10 @@ mod tests {
 
     #[test]
     fn statements_are_told_by_their_first_word() {
-        assert_eq!(first_word("  -- c\n begin;"), "BEGIN");
+        assert_eq!(first_word("   begin;"), "BEGIN");
+        assert_eq!(table_name("app.notes"), Some("app.notes"));
+        assert_eq!(table_name("app.notes; DROP TABLE x"), None);
+        assert_eq!(table_name(""), None);
         assert_eq!(first_word("CREATE TABLE x(a INT)"), "CREATE");
         assert_eq!(quote("it's"), "'it''s'");
         assert_eq!(uptime(93_784), "1d 2h 3m 4s");

@@ -24,7 +24,8 @@ pub struct Settings {
 }
 
 /// What the command line says about the connection and output (each `None` when not given).
-#[derive(Debug, Default, Clone)]
+/// No `Debug`: it holds credentials.
+#[derive(Default, Clone)]
 pub struct Flags {
     pub host: Option<String>,
     pub port: Option<u16>,
@@ -35,22 +36,38 @@ pub struct Flags {
     pub color: Option<bool>,
 }
 
-/// `http://host:port` from `--host` (URL or bare name) and `--port`.
-pub fn server_url(host: &str, port: u16) -> String {
+/// The server URL from `--host` (URL or bare name) and `--port`: a bare name gets `http://`
+/// and the port (8080 by default); a URL without a port gets `--port` when one is given.
+pub fn server_url(host: &str, port: Option<u16>) -> String {
     let host = host.trim().trim_end_matches('/');
     if host.contains("://") {
-        host.to_owned()
-    } else if host.contains(':') {
+        match port {
+            Some(p) if !has_port(host) => with_port(host, p),
+            _ => host.to_owned(),
+        }
+    } else if has_port(host) {
         format!("http://{host}")
     } else {
-        format!("http://{host}:{port}")
+        format!("http://{host}:{}", port.unwrap_or(8080))
     }
+}
+
+/// The `host[:port]` part of a URL or bare address.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+fn has_port(url: &str) -> bool {
+    let a = authority(url);
+    // A bracketed IPv6 address keeps its colons.
+    a.rfind(':').is_some_and(|i| !a[i..].contains(']'))
 }
 
 /// `url` with its port replaced by `port`.
 fn with_port(url: &str, port: u16) -> String {
-    let url = server_url(url, port);
-    let (scheme, rest) = url.split_once("://").unwrap_or(("http", &url));
+    let url = url.trim().trim_end_matches('/');
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -66,10 +83,10 @@ fn with_port(url: &str, port: u16) -> String {
 impl Settings {
     pub fn resolve(flags: &Flags, file: &FileValues, config_path: PathBuf, stdout_is_terminal: bool) -> Settings {
         let url = match (&flags.host, flags.port) {
-            (Some(h), port) => server_url(h, port.unwrap_or(8080)),
+            (Some(h), port) => server_url(h, port),
             // `--port` alone changes the port of the configured host.
-            (None, Some(port)) => with_port(file.host.as_deref().unwrap_or("localhost"), port),
-            (None, None) => server_url(file.host.as_deref().unwrap_or("localhost"), 8080),
+            (None, Some(port)) => with_port(&server_url(file.host.as_deref().unwrap_or("localhost"), None), port),
+            (None, None) => server_url(file.host.as_deref().unwrap_or("localhost"), None),
         };
         let credentials = match (&flags.token, &flags.apikey) {
             (Some(t), _) => Credentials::Jwt(t.clone()),
@@ -145,9 +162,12 @@ mod tests {
 
     #[test]
     fn host_accepts_urls_and_bare_names() {
-        assert_eq!(server_url("http://db:9000/", 8080), "http://db:9000");
-        assert_eq!(server_url("db", 9000), "http://db:9000");
-        assert_eq!(server_url("db:7000", 9000), "http://db:7000");
+        assert_eq!(server_url("http://db:9000/", Some(8080)), "http://db:9000");
+        assert_eq!(server_url("http://db", Some(9000)), "http://db:9000");
+        assert_eq!(server_url("https://db.example", None), "https://db.example");
+        assert_eq!(server_url("db", Some(9000)), "http://db:9000");
+        assert_eq!(server_url("db", None), "http://db:8080");
+        assert_eq!(server_url("db:7000", Some(9000)), "http://db:7000");
     }
 
     #[test]

@@ -33,6 +33,25 @@ impl std::fmt::Debug for Credentials {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default retries of a request that could not reach the server.
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// A failed try of a request.
+enum Failure {
+    /// The request did not reach the server (or is safe to repeat): it may be retried.
+    Unsent(KalamLinkError),
+    Other(KalamLinkError),
+}
+
+/// True when `e` says the request never reached the server (connection refused or not
+/// established). The browser's fetch does not tell, so on wasm32 nothing is retried.
+fn never_reached_server(e: &reqwest::Error) -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    return e.is_connect();
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = e;
+        false
+    }
+}
+
 /// First wait between retries; doubled each time.
 const RETRY_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Longest wait between retries.
@@ -93,7 +112,8 @@ impl KalamLinkClientBuilder {
         self
     }
 
-    /// Retries of a request that could not reach the server or timed out.
+    /// Retries of a request that could not reach the server (a statement that may have run
+    /// is never sent again; the health check also retries timeouts).
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.max_retries = retries;
         self
@@ -110,7 +130,7 @@ impl KalamLinkClientBuilder {
                 "base URL '{base_url}' must start with http:// or https://"
             )));
         }
-        let headers = auth_headers(self.user_id.as_deref(), &self.credentials)?;
+        let headers = auth_headers(self.user_id.as_deref(), &self.credentials);
         let http = http_client(&headers, self.timeout)?;
         Ok(KalamLinkClient {
             base_url,
@@ -125,7 +145,7 @@ impl KalamLinkClientBuilder {
 }
 
 /// The request headers that carry the acting user and the credential.
-fn auth_headers(user: Option<&str>, credentials: &Credentials) -> Result<Vec<(&'static str, String)>, KalamLinkError> {
+fn auth_headers(user: Option<&str>, credentials: &Credentials) -> Vec<(&'static str, String)> {
     let mut headers = Vec::new();
     if let Some(u) = user {
         headers.push(("X-USER-ID", u.to_owned()));
@@ -135,12 +155,7 @@ fn auth_headers(user: Option<&str>, credentials: &Credentials) -> Result<Vec<(&'
         Credentials::ApiKey(k) => headers.push(("X-API-KEY", k.clone())),
         Credentials::Jwt(t) => headers.push(("Authorization", format!("Bearer {t}"))),
     }
-    for (name, value) in &headers {
-        if reqwest::header::HeaderValue::from_str(value).is_err() {
-            return Err(KalamLinkError::ConfigurationError(format!("the {name} value is not a valid header value")));
-        }
-    }
-    Ok(headers)
+    headers
 }
 
 fn http_client(headers: &[(&'static str, String)], timeout: Duration) -> Result<reqwest::Client, KalamLinkError> {
@@ -213,26 +228,29 @@ impl KalamLinkClient {
         Self::builder().base_url(base_url).build().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// This client acting as `user_id` (sent as `X-USER-ID`).
-    pub fn with_user(self, user_id: impl Into<String>) -> Self {
+    /// This client acting as `user_id` (sent as `X-USER-ID`); `Err` when it cannot be a
+    /// header value.
+    pub fn with_user(self, user_id: impl Into<String>) -> Result<Self, KalamLinkError> {
         self.rebuilt(|b| b.user_id(user_id))
     }
 
-    /// This client with another credential.
-    pub fn with_credentials(self, credentials: Credentials) -> Self {
+    /// This client with another credential; `Err` when it cannot be a header value.
+    pub fn with_credentials(self, credentials: Credentials) -> Result<Self, KalamLinkError> {
         self.rebuilt(|b| b.credentials(credentials))
     }
 
-    fn rebuilt(self, change: impl FnOnce(KalamLinkClientBuilder) -> KalamLinkClientBuilder) -> Self {
-        let mut builder = KalamLinkClientBuilder {
+    fn rebuilt(
+        self,
+        change: impl FnOnce(KalamLinkClientBuilder) -> KalamLinkClientBuilder,
+    ) -> Result<Self, KalamLinkError> {
+        let builder = KalamLinkClientBuilder {
             base_url: Some(self.base_url),
             user_id: self.user_id,
             credentials: self.credentials,
             timeout: self.timeout,
             max_retries: self.max_retries,
         };
-        builder = change(builder);
-        builder.build().unwrap_or_else(|e| panic!("{e}"))
+        change(builder).build()
     }
 
     pub fn base_url(&self) -> &str {
@@ -305,45 +323,60 @@ impl KalamLinkClient {
     async fn send(&self, request: &QueryRequest) -> Result<(u16, QueryResponse), KalamLinkError> {
         let url = format!("{}/v1/api/sql", self.base_url);
         self.with_retries(|| async {
-            let resp = self.http.post(&url).json(request).send().await?;
+            // Only a request that never reached the server is sent again: once it may have
+            // run, a retry could run a write twice.
+            let resp = self.http.post(&url).json(request).send().await.map_err(|e| {
+                if never_reached_server(&e) { Failure::Unsent(e.into()) } else { Failure::Other(e.into()) }
+            })?;
             let status = resp.status().as_u16();
-            let body = resp.bytes().await?;
+            let body = resp.bytes().await.map_err(|e| Failure::Other(e.into()))?;
             let envelope: QueryResponse = serde_json::from_slice(&body).map_err(|e| {
-                KalamLinkError::SerializationError(format!("HTTP {status} without a KalamDB envelope ({e})"))
+                Failure::Other(KalamLinkError::SerializationError(format!(
+                    "HTTP {status} without a KalamDB envelope ({e})"
+                )))
             })?;
             Ok((status, envelope))
         })
         .await
     }
 
-    /// `f` again after a transient failure, up to `max_retries` times with doubling waits.
+    /// `f` again after a failure that may be retried, up to `max_retries` times with doubling
+    /// waits.
     async fn with_retries<T, F, Fut>(&self, mut f: F) -> Result<T, KalamLinkError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, KalamLinkError>>,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
     {
         let mut attempt = 0;
         loop {
             match f().await {
-                Err(e) if e.is_transient() && attempt < self.max_retries => {
+                Ok(v) => return Ok(v),
+                Err(Failure::Unsent(_)) if attempt < self.max_retries => {
                     attempt += 1;
                     let wait = RETRY_BACKOFF_INITIAL.saturating_mul(1 << (attempt - 1).min(16)).min(RETRY_BACKOFF_MAX);
                     crate::rt::sleep(wait).await;
                 }
-                other => return other,
+                Err(Failure::Unsent(e) | Failure::Other(e)) => return Err(e),
             }
         }
     }
 
-    /// `GET /v1/api/healthcheck`. An unhealthy server (503) is an `Ok` whose status says so.
+    /// `GET /v1/api/healthcheck` (read-only, so timeouts are retried too). An unhealthy server
+    /// (503) is an `Ok` whose status says so.
     pub async fn health_check(&self) -> Result<HealthCheckResponse, KalamLinkError> {
         let url = format!("{}/v1/api/healthcheck", self.base_url);
+        let retry_if_transient = |e: reqwest::Error| {
+            let e = KalamLinkError::from(e);
+            if e.is_transient() { Failure::Unsent(e) } else { Failure::Other(e) }
+        };
         self.with_retries(|| async {
-            let resp = self.http.get(&url).send().await?;
+            let resp = self.http.get(&url).send().await.map_err(retry_if_transient)?;
             let status = resp.status().as_u16();
-            let body = resp.bytes().await?;
+            let body = resp.bytes().await.map_err(retry_if_transient)?;
             serde_json::from_slice(&body).map_err(|e| {
-                KalamLinkError::SerializationError(format!("HTTP {status} is not a KalamDB health check ({e})"))
+                Failure::Other(KalamLinkError::SerializationError(format!(
+                    "HTTP {status} is not a KalamDB health check ({e})"
+                )))
             })
         })
         .await

@@ -212,7 +212,12 @@ impl Driver {
                 _ = &mut self.close => return None,
                 _ = tokio::time::sleep(wait) => {}
             }
-            match self.client.open_socket(&self.url).await {
+            // Closing must not wait for a connection attempt to time out.
+            let opened = tokio::select! {
+                _ = &mut self.close => return None,
+                opened = self.client.open_socket(&self.url) => opened,
+            };
+            match opened {
                 Ok(ws) => return Some(ws),
                 // A refused credential will not get better by retrying.
                 Err(e @ KalamLinkError::AuthenticationError { .. }) => {
@@ -235,6 +240,11 @@ impl Driver {
     /// Runs one connection until it is lost or the subscription is over.
     async fn serve(&mut self, mut ws: Socket) -> Ended {
         let mut outputs = self.resumer.on_open();
+        // A subscribe the server never answers (dropped by its message rate limit, say) must
+        // not leave the subscription waiting forever: past this, the connection is dropped
+        // and opened again.
+        let ack_wait = self.client.timeout();
+        let mut ack_deadline = tokio::time::Instant::now() + ack_wait;
         loop {
             for out in std::mem::take(&mut outputs) {
                 match out {
@@ -242,6 +252,7 @@ impl Driver {
                         if let Err(e) = ws.send(Message::Text(frame.into())).await {
                             return Ended::Lost(e.to_string());
                         }
+                        ack_deadline = tokio::time::Instant::now() + ack_wait;
                     }
                     Output::Event(e) => {
                         if self.emit(Ok(e)).await.is_err() {
@@ -266,6 +277,10 @@ impl Driver {
             }
             let frame = tokio::select! {
                 _ = &mut self.close => return self.finish(ws).await,
+                _ = tokio::time::sleep_until(ack_deadline), if self.resumer.awaiting_ack() => {
+                    let _ = ws.close(None).await;
+                    return Ended::Lost(format!("no subscription_ack within {ack_wait:?}"));
+                }
                 frame = ws.next() => frame,
             };
             match frame {

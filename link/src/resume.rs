@@ -16,8 +16,10 @@ use crate::protocol::{ChangeKind, Row, ServerMessage, subscribe_message, unsubsc
 use crate::wire::SubscriptionOptions;
 
 /// Error codes that refuse a subscribe only for a moment (the server is restarting a part):
-/// the machine reconnects with back-off instead of giving up.
-const TRANSIENT_CODES: &[&str] = &["SERVICE_UNAVAILABLE", "SHUTTING_DOWN", "INTERNAL_ERROR", "RATE_LIMIT_EXCEEDED"];
+/// the machine reconnects with back-off instead of giving up. (A subscribe dropped by the
+/// connection's message rate limit is answered for `*`, not for the subscription; the
+/// driver's ack deadline covers it.)
+const TRANSIENT_CODES: &[&str] = &["SERVICE_UNAVAILABLE", "SHUTTING_DOWN", "INTERNAL_ERROR"];
 
 /// One event of a subscription, as the application sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,8 +178,10 @@ impl Resumer {
         self.phase == Phase::Finished
     }
 
-    fn wants_snapshot(&self) -> bool {
-        self.options.as_ref().is_some_and(SubscriptionOptions::wants_snapshot)
+    /// True between sending a subscribe and its ack: the driver gives up on the connection
+    /// (and reconnects) when no ack comes in time.
+    pub fn awaiting_ack(&self) -> bool {
+        self.phase == Phase::Subscribing
     }
 
     fn subscribe_frame(&mut self) -> String {
@@ -254,8 +258,9 @@ impl Resumer {
                     return vec![Output::Event(ChangeEvent::Resumed { subscription_id, from_seq })];
                 }
                 // Without a snapshot the server says where the subscription starts, so even a
-                // drop before the first change resumes without a gap.
-                if !self.wants_snapshot() {
+                // drop before the first change resumes without a gap. (With a snapshot the
+                // position comes from `initial_data`.)
+                if commit_seq.is_some() {
                     self.position = commit_seq;
                 }
                 vec![Output::Event(ChangeEvent::Ack { subscription_id, live_id })]
@@ -386,10 +391,19 @@ mod tests {
     }
 
     #[test]
+    fn last_rows_zero_is_no_snapshot_and_resumes_from_the_ack() {
+        let mut m = machine(Some(SubscriptionOptions { last_rows: Some(0), ..Default::default() }));
+        m.on_open();
+        m.on_text(r#"{"type":"subscription_ack","subscription_id":"s","live_id":"c/s","commit_seq":12}"#);
+        m.on_closed("gone");
+        assert_eq!(sent(&m.on_open())[0]["subscriptions"][0]["options"], json!({"from_seq": 12}));
+    }
+
+    #[test]
     fn a_drop_before_the_snapshot_subscribes_afresh() {
         let mut m = machine(Some(SubscriptionOptions { last_rows: Some(1), ..Default::default() }));
         m.on_open();
-        m.on_text(r#"{"type":"subscription_ack","subscription_id":"s","live_id":"c/s","commit_seq":3}"#);
+        m.on_text(r#"{"type":"subscription_ack","subscription_id":"s","live_id":"c/s"}"#);
         m.on_closed("gone");
         assert_eq!(sent(&m.on_open())[0]["subscriptions"][0]["options"], json!({"last_rows": 1}));
     }

@@ -49,6 +49,9 @@ impl QueryResult {
     }
 
     /// The `subscription` object of a `SUBSCRIBE TO` result (sql.md §12), if this is one.
+    /// Options that ask for no snapshot become `None`. The result's `ws_url` is not followed:
+    /// the WebSocket goes to the server the client already talks to (same host and scheme,
+    /// so credentials never travel to another address or over a weaker transport).
     pub fn subscription_required(&self) -> Option<SubscriptionConfig> {
         let row = self.rows.as_ref()?.first()?;
         if row.get("status").and_then(Json::as_str) != Some("subscription_required") {
@@ -57,14 +60,14 @@ impl QueryResult {
         let sub = row.get("subscription")?;
         let sql = sub.get("sql")?.as_str()?.to_owned();
         let options = match sub.get("options") {
-            Some(o) if !o.is_null() => Some(serde_json::from_value(o.clone()).ok()?),
+            Some(o) if !o.is_null() => Some(serde_json::from_value::<SubscriptionOptions>(o.clone()).ok()?),
             _ => None,
         };
         Some(SubscriptionConfig {
             id: sub.get("id").and_then(Json::as_str).map(str::to_owned),
             sql,
-            options,
-            ws_url: row.get("ws_url").and_then(Json::as_str).map(str::to_owned),
+            options: options.filter(SubscriptionOptions::wants_snapshot),
+            ws_url: None,
         })
     }
 }
@@ -117,9 +120,10 @@ pub struct SubscriptionOptions {
 }
 
 impl SubscriptionOptions {
-    /// True when the server will answer with `initial_data`.
+    /// True when the server will answer with `initial_data` (`last_rows = 0` alone asks for
+    /// none).
     pub fn wants_snapshot(&self) -> bool {
-        self.last_rows.is_some() || self.since.is_some() || self.from_id.is_some()
+        self.last_rows.is_some_and(|n| n > 0) || self.since.is_some() || self.from_id.is_some()
     }
 }
 
@@ -199,13 +203,11 @@ mod tests {
                    "message":"m"}]}"#;
         let r: QueryResult = serde_json::from_str(body).unwrap();
         let cfg = r.subscription_required().unwrap();
-        assert_eq!(
-            cfg,
-            SubscriptionConfig::new("SELECT * FROM app.m")
-                .with_id("sub-1")
-                .with_last_rows(10)
-                .with_ws_url("ws://h:1/v1/ws")
-        );
+        assert_eq!(cfg, SubscriptionConfig::new("SELECT * FROM app.m").with_id("sub-1").with_last_rows(10));
         assert!(cfg.options.unwrap().wants_snapshot());
+        let none = body.replace(r#"{"last_rows":10}"#, "{}");
+        let r: QueryResult = serde_json::from_str(&none).unwrap();
+        assert_eq!(r.subscription_required().unwrap().options, None);
+        assert!(!SubscriptionOptions { last_rows: Some(0), ..Default::default() }.wants_snapshot());
     }
 }

@@ -87,7 +87,7 @@ impl Cluster {
     }
 
     pub fn client(&self, user: &str) -> KalamLinkClient {
-        KalamLinkClient::new(self.url()).with_user(user)
+        KalamLinkClient::new(self.url()).with_user(user).expect("acting user")
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -341,4 +341,62 @@ pub fn files(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Vec<String> {
     let mut out = Vec::new();
     walk(dir, keep, &mut out);
     out
+}
+
+/// A TCP proxy on a free loopback port in front of `upstream`, which a test can cut (every
+/// connection closed, new ones refused) and open again: a network outage between one client
+/// and the server, with the server itself untouched.
+pub struct TcpProxy {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: u16) -> TcpProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, c) = (open.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                c.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            }
+        });
+        TcpProxy { port, open, conns, accept }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.port)
+    }
+
+    /// Closes every proxied connection and refuses new ones until [`TcpProxy::allow`].
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for conn in self.conns.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            conn.abort();
+        }
+    }
+
+    pub fn allow(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
 }

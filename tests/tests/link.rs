@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kalam_e2e::{Cluster, insert_through_faults, wait_for};
+use kalam_e2e::{Cluster, TcpProxy, insert_through_faults, wait_for};
 use kalam_link::{
     ChangeEvent, Credentials, KalamLinkClient, KalamLinkError, ReconnectPolicy, SubscriptionConfig, SubscriptionManager,
 };
@@ -85,7 +85,7 @@ async fn queries_parameters_batches_and_errors() {
     carol.execute_query("INSERT INTO app.notes VALUES (1, 'carol''s', 1)").await.expect("carol writes her partition");
     let resp = carol.execute_query("SELECT body FROM app.notes").await.unwrap();
     assert_eq!(resp.results[0].rows.as_ref().unwrap()[0]["body"], "carol's");
-    let wrong = carol.clone().with_credentials(Credentials::ApiKey("not-a-key-of-anyone".into()));
+    let wrong = carol.clone().with_credentials(Credentials::ApiKey("not-a-key-of-anyone".into())).unwrap();
     let err = wrong.execute_query("SELECT 1").await.unwrap_err();
     assert!(matches!(&err, KalamLinkError::AuthenticationError { status_code: 401, .. }), "{err:?}");
     let err = wrong.subscribe("SELECT * FROM app.notes").await.unwrap_err();
@@ -147,8 +147,8 @@ async fn subscriptions_deliver_typed_events_in_column_order() {
     assert!(bad.next().await.is_none());
 }
 
-/// Every change of a writer that runs through restarts of kalam-lived (the socket drops) and
-/// of kalamd (the socket stays, kalam-lived reconnects to it) arrives once, in order.
+/// Every change of writers that run while kalam-lived restarts (the socket drops) and while
+/// kalamd restarts (the socket stays, kalam-lived reconnects to it) arrives once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_and_resume_lose_and_duplicate_nothing_across_restarts() {
     let cluster = start().await;
@@ -162,52 +162,54 @@ async fn reconnect_and_resume_lose_and_duplicate_nothing_across_restarts() {
         alice.subscribe_with_policy(SubscriptionConfig::new("SELECT * FROM app.log"), FAST).await.expect("subscribe");
     assert!(matches!(next(&mut sub, "ack").await, ChangeEvent::Ack { .. }));
 
-    const ROWS: i64 = 300;
-    let writer = tokio::spawn(insert_through_faults(alice.clone(), "app.log", 0, ROWS));
+    // Each restart happens while a writer is inserting; the subscription's events wait in its
+    // buffer meanwhile.
+    let mut acked = insert_through_faults(alice.clone(), "app.log", 0, 100).await;
+    let writer = tokio::spawn(insert_through_faults(alice.clone(), "app.log", 100, 200));
+    cluster.kill_and_wait_restart("kalam-lived").await;
+    acked.extend(writer.await.expect("writer"));
+    let writer = tokio::spawn(insert_through_faults(alice.clone(), "app.log", 200, 300));
+    cluster.kill_and_wait_restart("kalamd").await;
+    acked.extend(writer.await.expect("writer"));
+    // A last row marks the end: nothing may come between the others and it.
+    insert_through_faults(alice.clone(), "app.log", 300, 301).await;
+
     let mut received: Vec<i64> = Vec::new();
     let mut commit_seqs: Vec<u64> = Vec::new();
     let (mut reconnects, mut resumes) = (0, 0);
-    let mut restarted = Vec::new();
-    while received.len() < ROWS as usize {
-        // Restart a daemon at one third and two thirds of the stream.
-        if received.len() >= 100 && restarted.is_empty() {
-            cluster.kill_and_wait_restart("kalam-lived").await;
-            restarted.push("kalam-lived");
-        }
-        if received.len() >= 200 && restarted.len() == 1 {
-            cluster.kill_and_wait_restart("kalamd").await;
-            restarted.push("kalamd");
-        }
-        let what = format!("change {} of {ROWS} (restarted: {restarted:?})", received.len() + 1);
+    while received.last() != Some(&300) {
+        let what = format!("change {} of 301", received.len() + 1);
         match next(&mut sub, &what).await {
             ChangeEvent::Insert { rows, commit_seq, .. } => {
                 received.push(rows[0]["id"].as_i64().expect("id"));
                 commit_seqs.push(commit_seq);
             }
-            ChangeEvent::Reconnecting { reason, .. } => {
-                eprintln!("reconnecting after {} changes: {reason}", received.len());
-                reconnects += 1;
-            }
-            ChangeEvent::Resumed { from_seq, .. } => {
-                eprintln!("resumed after commit_seq {from_seq}");
-                resumes += 1;
-            }
+            ChangeEvent::Reconnecting { .. } => reconnects += 1,
+            ChangeEvent::Resumed { .. } => resumes += 1,
             other => panic!("unexpected {other:?}"),
         }
     }
-    let acked = writer.await.expect("writer");
     let unique: BTreeSet<i64> = received.iter().copied().collect();
     assert_eq!(unique.len(), received.len(), "a change was delivered twice: {received:?}");
-    assert_eq!(received, (0..ROWS).collect::<Vec<_>>(), "changes arrive once, in commit order");
+    assert_eq!(received, (0..=300).collect::<Vec<_>>(), "changes arrive once, in commit order");
     assert!(acked.iter().all(|id| unique.contains(id)), "every acknowledged insert arrived");
     assert!(commit_seqs.windows(2).all(|w| w[0] < w[1]));
     assert!(
         reconnects >= 1 && resumes >= 1,
         "the lived restart dropped the socket ({reconnects} reconnects, {resumes} resumes)"
     );
-    // Nothing more is pending.
-    assert!(tokio::time::timeout(Duration::from_millis(500), sub.next()).await.is_err());
     sub.close().await.unwrap();
+}
+
+/// Subscribes over a raw socket with `from_seq`; true when the server refuses the resume.
+async fn resume_refused(cluster: &Cluster, user: &str, sql: &str, from_seq: u64) -> bool {
+    let mut ws = cluster.client(user).connect_live().await.expect("ws");
+    let msg =
+        json!({"type": "subscribe", "subscriptions": [{"id": "probe", "sql": sql, "options": {"from_seq": from_seq}}]});
+    ws.send_json(&msg).await.expect("probe");
+    let answer = tokio::time::timeout(Duration::from_secs(10), ws.next_message()).await.expect("answer").expect("read");
+    let _ = ws.close().await;
+    answer.is_some_and(|m| m["code"] == "RESUME_EXPIRED")
 }
 
 /// When the change log no longer reaches back to the last change seen, the application is
@@ -217,30 +219,75 @@ async fn an_expired_resume_is_reported_and_the_snapshot_taken_again() {
     let cluster = Cluster::start_with_config("[storage]\nchange_log_retention_seconds = 1\n").await;
     cluster.client("system").execute_query(SETUP).await.expect("setup");
     let alice = cluster.client("alice");
-    // Slow reconnects, so the log is purged while the socket is down.
-    let policy = ReconnectPolicy {
-        initial_delay: Duration::from_secs(10),
-        max_delay: Duration::from_secs(10),
-        max_attempts: 10,
-    };
-    let config = SubscriptionConfig::new("SELECT * FROM app.notes").with_last_rows(100);
-    let mut sub = alice.subscribe_with_policy(config, policy).await.expect("subscribe");
+    let proxy = TcpProxy::start(cluster.port).await;
+    let config = SubscriptionConfig::new("SELECT * FROM app.notes").with_last_rows(100).with_ws_url(proxy.ws_url());
+    let mut sub = alice.subscribe_with_policy(config, FAST).await.expect("subscribe");
     assert!(matches!(next(&mut sub, "ack").await, ChangeEvent::Ack { .. }));
     assert!(matches!(next(&mut sub, "snapshot").await, ChangeEvent::InitialData { .. }));
     alice.execute_query("INSERT INTO app.notes VALUES (1, 'seen', 1)").await.unwrap();
-    assert!(matches!(next(&mut sub, "insert").await, ChangeEvent::Insert { .. }));
+    let ChangeEvent::Insert { commit_seq: seen, .. } = next(&mut sub, "insert").await else { panic!("insert") };
 
-    cluster.kill_and_wait_restart("kalam-lived").await;
-    // Missed while disconnected, and purged before the client is back.
-    alice.execute_query("INSERT INTO app.notes VALUES (2, 'missed', 2)").await.unwrap();
+    // Cut off, a change is missed, and the log forgets it before the client is back.
+    proxy.cut();
     assert!(matches!(next(&mut sub, "reconnecting").await, ChangeEvent::Reconnecting { .. }));
-    let expired = next(&mut sub, "resume refused").await;
+    alice.execute_query("INSERT INTO app.notes VALUES (2, 'missed', 2)").await.unwrap();
+    wait_for(Duration::from_secs(30), "the change log purged past the last change seen", || async {
+        resume_refused(&cluster, "alice", "SELECT * FROM app.notes", seen).await.then_some(())
+    })
+    .await;
+    proxy.allow();
+    let expired = loop {
+        match next(&mut sub, "resume refused").await {
+            ChangeEvent::Reconnecting { .. } => {}
+            other => break other,
+        }
+    };
     assert!(matches!(&expired, ChangeEvent::ResumeExpired { .. }), "{expired:?}");
     assert!(matches!(next(&mut sub, "fresh ack").await, ChangeEvent::Ack { .. }));
     let ChangeEvent::InitialData { rows, .. } = next(&mut sub, "fresh snapshot").await else { panic!("snapshot") };
     let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, vec![1, 2], "the new snapshot holds the missed row");
     sub.close().await.unwrap();
+}
+
+/// A subscription without a snapshot (no options, or `last_rows = 0`) that loses its socket
+/// before its first change resumes from the position its ack gave: the change made while it
+/// was away arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_before_the_first_change_resumes_from_the_ack() {
+    let cluster = start().await;
+    let alice = cluster.client("alice");
+    let proxy = TcpProxy::start(cluster.port).await;
+    let plain = SubscriptionConfig::new("SELECT * FROM app.notes WHERE n < 100").with_ws_url(proxy.ws_url());
+    let zero = plain.clone().with_last_rows(0);
+    for (round, config) in [plain, zero].into_iter().enumerate() {
+        let base = 10 * round as i64;
+        let mut sub = alice.subscribe_with_policy(config, FAST).await.expect("subscribe");
+        assert!(matches!(next(&mut sub, "ack").await, ChangeEvent::Ack { .. }));
+        proxy.cut();
+        assert!(matches!(next(&mut sub, "reconnecting").await, ChangeEvent::Reconnecting { .. }));
+        alice.execute_query(&format!("INSERT INTO app.notes VALUES ({base}, 'while away', {base})")).await.unwrap();
+        proxy.allow();
+        let mut ids = Vec::new();
+        let mut resumed = false;
+        while ids.len() < 2 {
+            match next(&mut sub, "changes after the drop").await {
+                ChangeEvent::Reconnecting { .. } => {}
+                ChangeEvent::Resumed { .. } => {
+                    resumed = true;
+                    alice
+                        .execute_query(&format!("INSERT INTO app.notes VALUES ({}, 'after', 1)", base + 1))
+                        .await
+                        .unwrap();
+                }
+                ChangeEvent::Insert { rows, .. } => ids.push(rows[0]["id"].as_i64().unwrap()),
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+        }
+        assert!(resumed, "round {round}");
+        assert_eq!(ids, vec![base, base + 1], "round {round}: the missed change once, then the next");
+        sub.close().await.unwrap();
+    }
 }
 
 /// A JWT credential works for queries and for the WebSocket (sent as `Authorization: Bearer`).
@@ -264,7 +311,7 @@ async fn jwt_credentials_reach_http_and_the_websocket() {
     erin.execute_query("INSERT INTO app.notes VALUES (7, 'by jwt', 7)").await.expect("insert with a JWT");
     let ChangeEvent::Insert { rows, .. } = next(&mut sub, "insert").await else { panic!("insert") };
     assert_eq!(rows[0]["body"], "by jwt");
-    let forged = erin.clone().with_credentials(Credentials::Jwt(format!("{token}x")));
+    let forged = erin.clone().with_credentials(Credentials::Jwt(format!("{token}x"))).unwrap();
     let err = forged.execute_query("SELECT 1").await.unwrap_err();
     assert!(matches!(&err, KalamLinkError::AuthenticationError { status_code: 401, .. }), "{err:?}");
     sub.close().await.unwrap();

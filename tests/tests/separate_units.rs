@@ -92,7 +92,7 @@ async fn daemons_run_as_separate_units_with_socket_activation() {
         tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
     })
     .await;
-    let client = KalamLinkClient::new(format!("http://127.0.0.1:{port}")).with_user("u1");
+    let client = KalamLinkClient::new(format!("http://127.0.0.1:{port}")).with_user("u1").expect("acting user");
     let first = client.query("SELECT 1 AS one").await.expect("the first connection starts kalamd");
     assert_eq!(first.status, "success");
     let mut seen = Vec::new();

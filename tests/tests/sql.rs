@@ -50,7 +50,7 @@ fn cell(v: &Json) -> String {
 impl HttpDb {
     /// Runs `sql` as the acting user; returns the last statement's result.
     async fn query(&self, sql: &str) -> Result<QueryResult, SqlError> {
-        let client = KalamLinkClient::new(self.url.clone()).with_user(self.user.clone());
+        let client = KalamLinkClient::new(self.url.clone()).with_user(self.user.clone()).expect("acting user");
         let (_, resp) = client.query_raw(sql).await.map_err(|e| SqlError(e.to_string()))?;
         if let Some(e) = resp.error {
             return Err(SqlError(format!("{}: {}", e.code, e.message)));
@@ -62,7 +62,7 @@ impl HttpDb {
 /// `\flush <ns>.<table>`: starts a flush as the system user and waits for its job to complete.
 async fn flush_and_wait(url: &str, table: &str) -> Result<(), SqlError> {
     let fail = |what: String| SqlError(format!("\\flush {table}: {what}"));
-    let system = KalamLinkClient::new(url).with_user("system");
+    let system = KalamLinkClient::new(url).with_user("system").expect("acting user");
     let resp = system.query(&format!("FLUSH TABLE {table}")).await.map_err(|e| fail(e.to_string()))?;
     let job_id = resp
         .results

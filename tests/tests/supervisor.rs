@@ -124,7 +124,8 @@ async fn a_daemon_that_crashes_on_start_is_restarted_with_growing_delays_then_gi
     std::fs::write(dir.path().join("kalam.toml"), config).expect("config");
     let port = kalam_e2e::free_port();
     let mut supervisor = kalam_e2e::spawn_supervisor(dir.path(), port, &[("KALAMDB_BIN_DIR", bins.path())]);
-    let client = kalam_link::KalamLinkClient::new(format!("http://127.0.0.1:{port}")).with_user("u1");
+    let client =
+        kalam_link::KalamLinkClient::new(format!("http://127.0.0.1:{port}")).with_user("u1").expect("acting user");
     let failed = wait_for(Duration::from_secs(60), "kalam-flushd given up", || async {
         let procs = rows(&client, "SELECT name, state, restarts FROM system.processes").await;
         procs.into_iter().find(|p| p["name"] == "kalam-flushd" && p["state"] == "failed")
@@ -203,7 +204,8 @@ async fn sigterm_under_load_closes_sockets_cleanly_and_keeps_every_acknowledged_
     assert!(acked.len() > 10, "only {} writes before the shutdown", acked.len());
     let port = kalam_e2e::free_port();
     let mut again = kalam_e2e::spawn_supervisor(cluster.dir.path(), port, &[]);
-    let client = kalam_link::KalamLinkClient::new(format!("http://127.0.0.1:{port}")).with_user("u1");
+    let client =
+        kalam_link::KalamLinkClient::new(format!("http://127.0.0.1:{port}")).with_user("u1").expect("acting user");
     let stored = wait_for(Duration::from_secs(120), "restarted server", || async {
         client.query("SELECT id FROM app.t").await.ok()?.results.into_iter().next()?.rows
     })

@@ -76,7 +76,8 @@ async fn main() -> anyhow::Result<()> {
     let url = args.url.clone().unwrap_or_else(|| cluster.as_ref().map(Cluster::url).unwrap_or_default());
     let admin = KalamLinkClient::new(url.clone());
     admin.query("CREATE NAMESPACE IF NOT EXISTS bench; CREATE USER TABLE IF NOT EXISTS bench.t (id BIGINT PRIMARY KEY, payload TEXT)").await?;
-    let clients: Vec<_> = (0..args.users).map(|u| admin.clone().with_user(format!("bench{u}"))).collect();
+    let clients: Vec<_> =
+        (0..args.users).map(|u| admin.clone().with_user(format!("bench{u}")).expect("acting user")).collect();
     let total = args.rows / args.users * args.users;
 
     report(&format!("insert (batches of {})", args.batch), total, insert_rows(&clients, 0, &args).await?);

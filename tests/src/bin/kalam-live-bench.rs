@@ -264,7 +264,9 @@ async fn main() -> anyhow::Result<()> {
         let conns = args.conns;
         writers.push(tokio::spawn(async move {
             for c in (w..conns).step_by(4) {
-                let client = kalam_link::KalamLinkClient::new(cluster_url.clone()).with_user(format!("f{c}"));
+                let client = kalam_link::KalamLinkClient::new(cluster_url.clone())
+                    .with_user(format!("f{c}"))
+                    .expect("acting user");
                 client.query("INSERT INTO bench.t VALUES (1, 20, 'z')").await.expect("insert");
             }
         }));
