@@ -141,11 +141,10 @@ impl Live {
         let _ = (&mut self.task).await;
     }
 
-    /// Waits for Ctrl+C (then unsubscribes) or the end of the subscription; true when it failed.
-    pub async fn run_until_interrupted(mut self) -> bool {
-        use tokio::signal::unix::{SignalKind, signal};
-        // Registered once, before waiting, so no Ctrl+C is lost between events.
-        let mut sigint = signal(SignalKind::interrupt()).ok();
+    /// Waits for Ctrl+C on `sigint` (then unsubscribes) or the end of the subscription; true
+    /// when it failed. The caller registers `sigint` before the subscription starts printing,
+    /// so a Ctrl+C after the first line is never the default "terminate".
+    pub async fn run_until_interrupted(mut self, mut sigint: Option<tokio::signal::unix::Signal>) -> bool {
         let interrupted = async {
             match &mut sigint {
                 Some(s) => {

@@ -332,7 +332,8 @@ impl Session {
             }
             None => {
                 let stdout: Printer = Box::new(|line| println!("{line}"));
-                !self.rt.block_on(Live::start(sub, table, stdout).run_until_interrupted())
+                let sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+                !self.rt.block_on(Live::start(sub, table, stdout).run_until_interrupted(sigint))
             }
         }
     }

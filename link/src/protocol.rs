@@ -33,22 +33,8 @@ pub struct Change {
     pub timestamp: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeKind {
-    Insert,
-    Update,
-    Delete,
-}
-
-impl ChangeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Insert => "insert",
-            Self::Update => "update",
-            Self::Delete => "delete",
-        }
-    }
-}
+/// Kinds of change, as the change log and the protocol name them.
+pub use kalam_types::change::ChangeKind;
 
 /// Every field any server message has; absent ones are left at their defaults. Rows are read
 /// as [`Row`]s straight from the text, so they keep the server's column order.

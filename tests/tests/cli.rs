@@ -309,6 +309,8 @@ fn the_interactive_shell_through_a_pty() {
     sh.line("\\continue");
     sh.expect("INSERT {\"id\":11,\"body\":\"quiet-row\"");
     sh.expect("Printed 1 held event(s); printing resumed");
+    // Ctrl+C reaches the line editor only at the prompt (between prompts it is the signal).
+    sh.prompt();
     sh.ctrl_c();
     sh.expect("✓ Unsubscribed");
     sh.prompt();
