@@ -172,6 +172,16 @@ async fn sigterm_under_load_closes_sockets_cleanly_and_keeps_every_acknowledged_
             }
         }));
     }
+    // The subscriber reads as a client does, so it answers the server's close in time.
+    let reader = tokio::spawn(async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next_frame()).await {
+                Ok(Ok(Some(kalam_link::live::Frame::Close(code)))) => return code,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("the socket ended without a close frame: {other:?}"),
+            }
+        }
+    });
     tokio::time::sleep(Duration::from_millis(800)).await;
     let pids: Vec<u32> = cluster.processes().await.expect("process table").iter().filter_map(|p| p.pid).collect();
     assert_eq!(pids.len(), 3);
@@ -182,15 +192,7 @@ async fn sigterm_under_load_closes_sockets_cleanly_and_keeps_every_acknowledged_
         let _ = w.await;
     }
     // The subscriber sees a close with 1001 (going away) after whatever changes were queued.
-    let mut close_code = None;
-    while let Ok(Some(frame)) =
-        tokio::time::timeout(Duration::from_secs(10), ws.next_frame()).await.expect("close in time")
-    {
-        if let kalam_link::live::Frame::Close(code) = frame {
-            close_code = code;
-            break;
-        }
-    }
+    let close_code = reader.await.expect("reader");
     eprintln!("SIGTERM → exit {status:?} in {} ms; close code {close_code:?}", took.as_millis());
     assert!(status.success(), "{status:?}");
     assert!(took < Duration::from_secs(30), "shutdown took {took:?}");
