@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kalam_link::QueryResponse;
+use kalam_link::{QueryResponse, QueryResult};
 use tarpc::context;
 
 use crate::format::{self, Style};
@@ -122,9 +122,14 @@ async fn sql(run_dir: &Path, statement: &str, style: Style) -> anyhow::Result<i3
 }
 
 fn print_rows(columns: &[&str], rows: Vec<serde_json::Value>, style: Style) {
-    let result = serde_json::json!({"columns": columns, "rows": rows, "row_count": rows.len()});
-    let resp = serde_json::json!({"status": "success", "results": [result], "took_ms": 0});
-    if let Ok(resp) = serde_json::from_value::<QueryResponse>(resp) {
-        println!("{}", format::response(&resp, style, false));
-    }
+    let rows: Vec<_> = rows.into_iter().filter_map(|r| r.as_object().cloned()).collect();
+    let result = QueryResult {
+        columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+        row_count: rows.len() as u64,
+        rows: Some(rows),
+        message: None,
+        cache_hit: None,
+    };
+    let resp = QueryResponse { status: "success".into(), results: vec![result], took_ms: 0, error: None };
+    println!("{}", format::response(&resp, style, false));
 }

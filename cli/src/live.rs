@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use kalam_link::{ChangeEvent, Row, SubscriptionManager};
 use tokio::sync::{Mutex, Notify, oneshot};
@@ -85,7 +84,6 @@ struct Held {
 pub struct Live {
     held: Arc<Mutex<Held>>,
     resumed: Arc<Notify>,
-    finished: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
     /// True when the subscription failed (refused, or the reconnects ran out).
     task: tokio::task::JoinHandle<bool>,
@@ -96,20 +94,13 @@ impl Live {
     pub fn start(sub: SubscriptionManager, table: String, print: Printer) -> Live {
         let held = Arc::new(Mutex::new(Held::default()));
         let resumed = Arc::new(Notify::new());
-        let finished = Arc::new(AtomicBool::new(false));
         let (stop, stop_rx) = oneshot::channel();
         let task = tokio::spawn(print_events(sub, table, print, held.clone(), resumed.clone(), stop_rx));
-        let done = finished.clone();
-        let task = tokio::spawn(async move {
-            let failed = task.await.unwrap_or(true);
-            done.store(true, Ordering::SeqCst);
-            failed
-        });
-        Live { held, resumed, finished, stop: Some(stop), task }
+        Live { held, resumed, stop: Some(stop), task }
     }
 
     pub fn is_finished(&self) -> bool {
-        self.finished.load(Ordering::SeqCst)
+        self.task.is_finished()
     }
 
     /// Holds further lines; returns how many are held already.

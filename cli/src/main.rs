@@ -260,28 +260,29 @@ fn run(args: Args) -> anyhow::Result<i32> {
 /// (cli.md §1.7); returns the exit code.
 fn run_lines(mut session: Session, input: impl BufRead) -> i32 {
     let mut buffer = LineBuffer::new(false);
-    for line in input.lines() {
-        let line = match line {
-            Ok(l) => l,
-            Err(e) => {
+    let mut lines = input.lines();
+    loop {
+        let ready = match lines.next() {
+            Some(Ok(line)) => buffer.push_line(&line),
+            Some(Err(e)) => {
                 eprintln!("ERROR: cannot read input: {e}");
                 return 1;
             }
+            None => break,
         };
-        if let Some(input) = buffer.push_line(&line) {
-            match session.run(input) {
-                Outcome::Ok => {}
-                Outcome::Failed => return 1,
-                Outcome::Quit => return 0,
-            }
+        match ready.map(|input| session.run(input)) {
+            Some(Outcome::Failed) => return 1,
+            Some(Outcome::Quit) => return 0,
+            Some(Outcome::Ok) | None => {}
         }
     }
-    if let Some(input) = buffer.take() {
-        match session.run(input) {
-            Outcome::Ok => {}
-            Outcome::Failed => return 1,
-            Outcome::Quit => return 0,
-        }
+    let last = match buffer.take() {
+        Some(input) => session.run(input),
+        None => Outcome::Ok,
+    };
+    match last {
+        Outcome::Failed => 1,
+        Outcome::Quit => 0,
+        Outcome::Ok => i32::from(session.finish() == Outcome::Failed),
     }
-    if session.finish() == Outcome::Failed { 1 } else { 0 }
 }

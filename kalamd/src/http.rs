@@ -72,7 +72,7 @@ struct ErrorBody {
 }
 
 #[derive(Debug, Serialize)]
-struct Envelope {
+pub struct Envelope {
     status: &'static str,
     results: Vec<StatementResult>,
     took_ms: u64,
@@ -82,22 +82,22 @@ struct Envelope {
 
 /// The error envelope with the status derived from the code.
 pub fn error_response(error: &KalamError, took_ms: u64) -> Response {
-    failure_response(vec![], BatchError { error: error.clone(), statement_index: None, statement: None }, took_ms)
+    let failure = BatchError { error: error.clone(), statement_index: None, statement: None };
+    envelope_response(vec![], Some(failure), took_ms)
 }
 
-/// The error envelope: the results of the statements that succeeded, then the failure; the
-/// HTTP status comes from the error code.
-fn failure_response(results: Vec<StatementResult>, failure: BatchError, took_ms: u64) -> Response {
-    let (status, body) = envelope(results, Some(failure), took_ms);
+/// The envelope as the response: the HTTP status comes from the failure's code (200 without
+/// one).
+fn envelope_response(results: Vec<StatementResult>, failure: Option<BatchError>, took_ms: u64) -> Response {
+    let (status, body) = envelope(results, failure, took_ms);
     (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response()
 }
 
 /// The response envelope of api.md §2 and its HTTP status: the results of the statements that
 /// succeeded, then the failure if one stopped the request.
-pub fn envelope(results: Vec<StatementResult>, failure: Option<BatchError>, took_ms: u64) -> (u16, serde_json::Value) {
+pub fn envelope(results: Vec<StatementResult>, failure: Option<BatchError>, took_ms: u64) -> (u16, Envelope) {
     let Some(failure) = failure else {
-        let body = Envelope { status: "success", results, took_ms, error: None };
-        return (200, serde_json::to_value(body).unwrap_or_default());
+        return (200, Envelope { status: "success", results, took_ms, error: None });
     };
     let status = failure.error.code.http_status();
     let body = Envelope {
@@ -111,7 +111,7 @@ pub fn envelope(results: Vec<StatementResult>, failure: Option<BatchError>, took
             statement_index: failure.statement_index,
         }),
     };
-    (status, serde_json::to_value(body).unwrap_or_default())
+    (status, body)
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,11 +175,7 @@ async fn sql(
         }
     };
     let (results, failure) = execute_request(&engine, &request.sql, request.params.as_deref(), &identity).await;
-    match failure {
-        None => (StatusCode::OK, axum::Json(Envelope { status: "success", results, took_ms: took(), error: None }))
-            .into_response(),
-        Some(f) => failure_response(results, f, took()),
-    }
+    envelope_response(results, failure, took())
 }
 
 async fn health(State(engine): State<Arc<Engine>>) -> Response {

@@ -158,6 +158,6 @@ impl kalam_rpc::Engine for EngineService {
         let (results, failure) = crate::sql::execute_request(&self.0, &sql, None, &identity).await;
         let (_, body) = crate::http::envelope(results, failure, started.elapsed().as_millis() as u64);
         tracing::info!(sql_bytes = sql.len(), "admin SQL over the engine socket");
-        body.to_string()
+        serde_json::to_string(&body).unwrap_or_default()
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
+use reqwest::header::{HeaderMap, HeaderValue};
+
 use crate::error::KalamLinkError;
 use crate::wire::{HealthCheckResponse, QueryRequest, QueryResponse};
 
@@ -130,43 +132,39 @@ impl KalamLinkClientBuilder {
                 "base URL '{base_url}' must start with http:// or https://"
             )));
         }
-        let headers = auth_headers(self.user_id.as_deref(), &self.credentials);
-        let http = http_client(&headers, self.timeout)?;
-        Ok(KalamLinkClient {
-            base_url,
-            user_id: self.user_id,
-            credentials: self.credentials,
-            timeout: self.timeout,
-            max_retries: self.max_retries,
-            headers,
-            http,
-        })
+        let headers = auth_headers(self.user_id.as_deref(), &self.credentials)?;
+        let http = http_client(headers.clone(), self.timeout)?;
+        Ok(KalamLinkClient { config: KalamLinkClientBuilder { base_url: Some(base_url), ..self }, headers, http })
     }
 }
 
-/// The request headers that carry the acting user and the credential.
-fn auth_headers(user: Option<&str>, credentials: &Credentials) -> Vec<(&'static str, String)> {
-    let mut headers = Vec::new();
+/// The request headers that carry the acting user and the credential (credentials marked
+/// sensitive, so they never show in debug output).
+fn auth_headers(user: Option<&str>, credentials: &Credentials) -> Result<HeaderMap, KalamLinkError> {
+    let value = |name: &str, text: &str, sensitive: bool| {
+        let mut v = HeaderValue::from_str(text)
+            .map_err(|_| KalamLinkError::ConfigurationError(format!("the {name} value is not a valid header value")))?;
+        v.set_sensitive(sensitive);
+        Ok::<_, KalamLinkError>(v)
+    };
+    let mut headers = HeaderMap::new();
     if let Some(u) = user {
-        headers.push(("X-USER-ID", u.to_owned()));
+        headers.insert("X-USER-ID", value("X-USER-ID", u, false)?);
     }
     match credentials {
         Credentials::None => {}
-        Credentials::ApiKey(k) => headers.push(("X-API-KEY", k.clone())),
-        Credentials::Jwt(t) => headers.push(("Authorization", format!("Bearer {t}"))),
+        Credentials::ApiKey(k) => {
+            headers.insert("X-API-KEY", value("X-API-KEY", k, true)?);
+        }
+        Credentials::Jwt(t) => {
+            headers.insert("Authorization", value("Authorization", &format!("Bearer {t}"), true)?);
+        }
     }
-    headers
+    Ok(headers)
 }
 
-fn http_client(headers: &[(&'static str, String)], timeout: Duration) -> Result<reqwest::Client, KalamLinkError> {
-    let mut map = reqwest::header::HeaderMap::new();
-    for (name, value) in headers {
-        let mut v = reqwest::header::HeaderValue::from_str(value)
-            .map_err(|_| KalamLinkError::ConfigurationError(format!("the {name} value is not a valid header value")))?;
-        v.set_sensitive(*name != "X-USER-ID");
-        map.insert(*name, v);
-    }
-    let builder = reqwest::Client::builder().default_headers(map);
+fn http_client(headers: HeaderMap, timeout: Duration) -> Result<reqwest::Client, KalamLinkError> {
+    let builder = reqwest::Client::builder().default_headers(headers);
     #[cfg(not(target_arch = "wasm32"))]
     let builder = builder.timeout(timeout);
     #[cfg(target_arch = "wasm32")]
@@ -177,25 +175,17 @@ fn http_client(headers: &[(&'static str, String)], timeout: Duration) -> Result<
 /// A KalamDB client. Cheap to clone; clones share one connection pool.
 #[derive(Clone)]
 pub struct KalamLinkClient {
-    base_url: String,
-    user_id: Option<String>,
-    credentials: Credentials,
-    timeout: Duration,
-    max_retries: u32,
+    /// What it was built from (`base_url` always set and checked).
+    config: KalamLinkClientBuilder,
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    headers: Vec<(&'static str, String)>,
+    headers: HeaderMap,
     http: reqwest::Client,
 }
 
 impl std::fmt::Debug for KalamLinkClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KalamLinkClient")
-            .field("base_url", &self.base_url)
-            .field("user_id", &self.user_id)
-            .field("credentials", &self.credentials)
-            .field("timeout", &self.timeout)
-            .field("max_retries", &self.max_retries)
-            .finish_non_exhaustive()
+        // The builder's `Debug` masks the credential.
+        f.debug_struct("KalamLinkClient").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -243,35 +233,28 @@ impl KalamLinkClient {
         self,
         change: impl FnOnce(KalamLinkClientBuilder) -> KalamLinkClientBuilder,
     ) -> Result<Self, KalamLinkError> {
-        let builder = KalamLinkClientBuilder {
-            base_url: Some(self.base_url),
-            user_id: self.user_id,
-            credentials: self.credentials,
-            timeout: self.timeout,
-            max_retries: self.max_retries,
-        };
-        change(builder).build()
+        change(self.config).build()
     }
 
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        self.config.base_url.as_deref().unwrap_or_default()
     }
 
     pub fn user_id(&self) -> Option<&str> {
-        self.user_id.as_deref()
+        self.config.user_id.as_deref()
     }
 
     pub fn credentials(&self) -> &Credentials {
-        &self.credentials
+        &self.config.credentials
     }
 
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.config.timeout
     }
 
     /// Headers every request carries (acting user, credential); the WebSocket sends them too.
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub(crate) fn auth_headers(&self) -> &[(&'static str, String)] {
+    pub(crate) fn auth_headers(&self) -> &HeaderMap {
         &self.headers
     }
 
@@ -321,7 +304,7 @@ impl KalamLinkClient {
     }
 
     async fn send(&self, request: &QueryRequest) -> Result<(u16, QueryResponse), KalamLinkError> {
-        let url = format!("{}/v1/api/sql", self.base_url);
+        let url = format!("{}/v1/api/sql", self.base_url());
         self.with_retries(|| async {
             // Only a request that never reached the server is sent again: once it may have
             // run, a retry could run a write twice.
@@ -351,7 +334,7 @@ impl KalamLinkClient {
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
-                Err(Failure::Unsent(_)) if attempt < self.max_retries => {
+                Err(Failure::Unsent(_)) if attempt < self.config.max_retries => {
                     attempt += 1;
                     let wait = RETRY_BACKOFF_INITIAL.saturating_mul(1 << (attempt - 1).min(16)).min(RETRY_BACKOFF_MAX);
                     crate::rt::sleep(wait).await;
@@ -364,7 +347,7 @@ impl KalamLinkClient {
     /// `GET /v1/api/healthcheck` (read-only, so timeouts are retried too). An unhealthy server
     /// (503) is an `Ok` whose status says so.
     pub async fn health_check(&self) -> Result<HealthCheckResponse, KalamLinkError> {
-        let url = format!("{}/v1/api/healthcheck", self.base_url);
+        let url = format!("{}/v1/api/healthcheck", self.base_url());
         let retry_if_transient = |e: reqwest::Error| {
             let e = KalamLinkError::from(e);
             if e.is_transient() { Failure::Unsent(e) } else { Failure::Other(e) }
@@ -389,7 +372,7 @@ impl KalamLinkClient {
 
     /// The WebSocket URL of this server.
     pub fn ws_url(&self) -> String {
-        let base = self.base_url.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
+        let base = self.base_url().replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
         format!("{base}/v1/ws")
     }
 }
@@ -428,10 +411,8 @@ mod tests {
     fn credentials_become_headers_and_stay_out_of_debug_output() {
         let c =
             KalamLinkClient::builder().base_url("http://h").user_id("u1").jwt_token("secret.jwt.x").build().unwrap();
-        assert_eq!(
-            c.auth_headers(),
-            &[("X-USER-ID", "u1".to_owned()), ("Authorization", "Bearer secret.jwt.x".to_owned())]
-        );
+        assert_eq!(c.auth_headers()["X-USER-ID"], "u1");
+        assert_eq!(c.auth_headers()["Authorization"], "Bearer secret.jwt.x");
         assert!(!format!("{c:?}").contains("secret"), "{c:?}");
         assert_eq!(format!("{:?}", Credentials::ApiKey("k".into())), "ApiKey(***)");
     }

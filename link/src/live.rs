@@ -63,10 +63,7 @@ fn handshake_err(e: tungstenite::Error) -> KalamLinkError {
 impl KalamLinkClient {
     async fn open_socket(&self, url: &str) -> Result<Socket, KalamLinkError> {
         let mut req = url.into_client_request().map_err(|e| KalamLinkError::ConfigurationError(e.to_string()))?;
-        for (name, value) in self.auth_headers() {
-            let v = value.parse().map_err(|_| KalamLinkError::ConfigurationError(format!("invalid {name} value")))?;
-            req.headers_mut().insert(*name, v);
-        }
+        req.headers_mut().extend(self.auth_headers().clone());
         let connect = tokio_tungstenite::connect_async(req);
         match tokio::time::timeout(self.timeout(), connect).await {
             Ok(Ok((ws, _))) => Ok(ws),
