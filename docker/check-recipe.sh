@@ -90,7 +90,8 @@ query "CREATE NAMESPACE app; CREATE SHARED TABLE app.kv (k TEXT PRIMARY KEY, v T
   || fail "cannot write through the container's entrypoint"
 stop
 start
-query "SELECT v FROM app.kv WHERE k = 'volume'" | grep -q '"kept"' || fail "data did not survive a restart"
+kept=$(query "SELECT v FROM app.kv WHERE k = 'volume'") || fail "cannot read after a restart"
+grep -q '"kept"' <<<"$kept" || fail "data did not survive a restart"
 [ -s "$data/logs/kalamd.log" ] || fail "no log file under the volume"
 stop
 echo "docker recipe: build steps, runtime libraries, entrypoint, health check and volume OK"

@@ -92,7 +92,7 @@ pub async fn run(data_dir: &Path, command: AdminCommand, style: Style) -> anyhow
                 .map_err(|e| rpc_failed("kalam-lived", e))?
             {
                 Ok(sub) => {
-                    println!("Killed live query {} (user {}, {})", sub.live_id, sub.user_id, sub.sql);
+                    outln!("Killed live query {} (user {}, {})", sub.live_id, sub.user_id, sub.sql);
                     Ok(0)
                 }
                 Err(e) => {
@@ -110,7 +110,7 @@ async fn sql(run_dir: &Path, statement: &str, style: Style) -> anyhow::Result<i3
     let text = engine.admin_sql(context::current(), statement.to_owned()).await.map_err(|e| rpc_failed("kalamd", e))?;
     let resp: QueryResponse = serde_json::from_str(&text)?;
     if !resp.results.is_empty() {
-        println!("{}", format::response(&resp, style, true));
+        outln!("{}", format::response(&resp, style, true));
     }
     match &resp.error {
         Some(e) => {
@@ -131,5 +131,5 @@ fn print_rows(columns: &[&str], rows: Vec<serde_json::Value>, style: Style) {
         cache_hit: None,
     };
     let resp = QueryResponse { status: "success".into(), results: vec![result], took_ms: 0, error: None };
-    println!("{}", format::response(&resp, style, false));
+    outln!("{}", format::response(&resp, style, false));
 }

@@ -5,6 +5,9 @@
 //! this crate holds the terminal UI, command parsing and formatting. `kalam admin …` is the
 //! exception: it talks to the daemons' internal RPC sockets on the server's machine.
 
+#[macro_use]
+mod out;
+
 mod admin;
 mod complete;
 mod config;

@@ -130,12 +130,12 @@ fn banner(session: &Session) {
     let client = session.client();
     let version =
         session.rt.block_on(client.health_check()).ok().and_then(|h| h.version).unwrap_or_else(|| "unknown".into());
-    println!("KalamDB CLI {} — connected to {}", env!("CARGO_PKG_VERSION"), client.base_url());
+    outln!("KalamDB CLI {} — connected to {}", env!("CARGO_PKG_VERSION"), client.base_url());
     if let Some(u) = client.user_id() {
-        println!("Acting user: {u}");
+        outln!("Acting user: {u}");
     }
-    println!("Server version: {version}");
-    println!("Type \\help for help, \\quit to exit");
+    outln!("Server version: {version}");
+    outln!("Type \\help for help, \\quit to exit");
 }
 
 /// Runs the shell until `\quit` or end of input; returns the exit code.
@@ -203,13 +203,13 @@ pub fn run(session: &mut Session) -> i32 {
             Err(ReadlineError::Interrupted) => {
                 if buffer.is_pending() || !session.has_subscription() {
                     buffer.clear();
-                    println!("Command cancelled");
+                    outln!("Command cancelled");
                 } else {
                     session.unsubscribe();
                 }
             }
             Err(ReadlineError::Eof) => {
-                println!("Goodbye!");
+                outln!("Goodbye!");
                 break;
             }
             Err(e) => {

@@ -1,7 +1,6 @@
 //! One CLI session: runs SQL and meta-commands against a server and prints the outcome. The
 //! interactive shell, `-c`, `-f` and standard input all go through it.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -189,7 +188,7 @@ impl Session {
         }
         if word == "BEGIN" || (word == "START" && statement.to_ascii_uppercase().contains("TRANSACTION")) {
             if self.interactive {
-                println!("Transaction started: statements are sent together at COMMIT or ROLLBACK.");
+                outln!("Transaction started: statements are sent together at COMMIT or ROLLBACK.");
             }
             self.transaction = Some(vec![statement]);
             return Outcome::Ok;
@@ -287,20 +286,18 @@ impl Session {
         let page = self.settings.page_size.max(1);
         let lines: Vec<&str> = text.lines().collect();
         if !self.interactive || lines.len() <= page + 4 {
-            println!("{text}");
+            outln!("{text}");
             return;
         }
-        let mut stdout = std::io::stdout();
         for (i, chunk) in lines.chunks(page).enumerate() {
             if i > 0 {
-                print!("Press Enter for more... (q to stop) ");
-                let _ = stdout.flush();
+                out!("Press Enter for more... (q to stop) ");
                 let mut answer = String::new();
                 if std::io::stdin().read_line(&mut answer).is_err() || answer.trim().eq_ignore_ascii_case("q") {
                     return;
                 }
             }
-            let _ = writeln!(stdout, "{}", chunk.join("\n"));
+            outln!("{}", chunk.join("\n"));
         }
     }
 
@@ -331,7 +328,7 @@ impl Session {
                 true
             }
             None => {
-                let stdout: Printer = Box::new(|line| println!("{line}"));
+                let stdout: Printer = Box::new(|line| outln!("{line}"));
                 let sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
                 !self.rt.block_on(Live::start(sub, table, stdout).run_until_interrupted(sigint))
             }
@@ -363,7 +360,7 @@ impl Session {
                 let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
                 shared.catalog = Catalog { tables, ..Default::default() };
                 if verbose {
-                    println!("{n} tables loaded for completion");
+                    outln!("{n} tables loaded for completion");
                 }
             }
             Err(e) => eprintln!("Warning: cannot load table names for completion: {e}"),
@@ -378,7 +375,7 @@ impl Session {
         let ok = match cmd {
             "\\q" | "\\quit" => return Outcome::Quit,
             "\\help" | "\\?" | "\\h" => {
-                println!("{HELP}");
+                outln!("{HELP}");
                 true
             }
             "\\dt" | "\\tables" => self.request("SHOW TABLES"),
@@ -399,7 +396,7 @@ impl Session {
             "\\format" => match Format::parse(arg) {
                 Some(f) => {
                     self.style.format = f;
-                    println!("Output format is {}", f.as_str());
+                    outln!("Output format is {}", f.as_str());
                     true
                 }
                 None => self.usage("\\format table|json|csv"),
@@ -411,13 +408,13 @@ impl Session {
                     "" => !self.timing,
                     _ => return Outcome::from_ok(self.usage("\\timing [on|off]")),
                 };
-                println!("Timing is {}", if self.timing { "on" } else { "off" });
+                outln!("Timing is {}", if self.timing { "on" } else { "off" });
                 true
             }
             "\\config" => {
                 let mut s = self.settings.clone();
                 s.format = self.style.format;
-                println!("{}", s.describe());
+                outln!("{}", s.describe());
                 true
             }
             "\\health" => self.health(),
@@ -428,32 +425,32 @@ impl Session {
             "\\subscribe" | "\\watch" => self.subscribe(SubscriptionConfig::new(arg.trim_end_matches(';'))),
             "\\unsubscribe" | "\\unwatch" => {
                 if !self.unsubscribe() {
-                    println!("No active subscription");
+                    outln!("No active subscription");
                 }
                 true
             }
             "\\pause" => match &self.background {
                 Some(bg) => {
                     let held = self.rt.block_on(bg.pause());
-                    println!(
+                    outln!(
                         "Paused: {held} event(s) held (up to {}; then the subscription waits) until \\continue",
                         live::MAX_PAUSED_EVENTS
                     );
                     true
                 }
                 None => {
-                    println!("No active subscription");
+                    outln!("No active subscription");
                     true
                 }
             },
             "\\continue" => match &self.background {
                 Some(bg) => {
-                    let n = self.rt.block_on(bg.resume(|line| println!("{line}")));
-                    println!("Printed {n} held event(s); printing resumed");
+                    let n = self.rt.block_on(bg.resume(|line| outln!("{line}")));
+                    outln!("Printed {n} held event(s); printing resumed");
                     true
                 }
                 None => {
-                    println!("No active subscription");
+                    outln!("No active subscription");
                     true
                 }
             },
@@ -479,14 +476,14 @@ impl Session {
         match self.wait(client.health_check()) {
             Some(Ok(h)) => {
                 self.online.store(h.is_healthy(), Ordering::SeqCst);
-                println!("Status:  {}", h.status);
-                println!("Server:  {}", client.base_url());
-                println!("Version: {}", h.version.as_deref().unwrap_or("unknown"));
+                outln!("Status:  {}", h.status);
+                outln!("Server:  {}", client.base_url());
+                outln!("Version: {}", h.version.as_deref().unwrap_or("unknown"));
                 if let Some(up) = h.uptime_seconds {
-                    println!("Uptime:  {}", uptime(up));
+                    outln!("Uptime:  {}", uptime(up));
                 }
                 if let Some(e) = &h.error {
-                    println!("Error:   {e}");
+                    outln!("Error:   {e}");
                 }
                 h.is_healthy()
             }
@@ -531,8 +528,8 @@ impl Session {
         self.settings.user = user.clone();
         self.online.store(true, Ordering::SeqCst);
         match user {
-            Some(u) => println!("Connected to {url} as {u}"),
-            None => println!("Connected to {url}"),
+            Some(u) => outln!("Connected to {url} as {u}"),
+            None => outln!("Connected to {url}"),
         }
         self.refresh_catalog(false);
         true

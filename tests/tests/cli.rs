@@ -90,6 +90,17 @@ fn one_shot_modes_print_formats_and_exit_codes() {
     let (_, out, _) = run(cmd);
     assert_eq!(out, "id,body\n1,\"hello, \"\"world\"\"\"\n2,\n");
 
+    // A reader that goes away (`kalam -c … | head -1`) ends kalam quietly, without a panic.
+    let mut cmd = kalam(&cluster, home.path(), "alice");
+    cmd.args(["--csv", "-c", "SELECT id FROM app.notes"]);
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn kalam");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("kalam output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
     // A file: statements and meta-commands run in order and stop at the first error.
     let file = home.path().join("script.sql");
     std::fs::write(
