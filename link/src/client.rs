@@ -332,7 +332,17 @@ impl KalamLinkClient {
     {
         let mut attempt = 0;
         loop {
-            match f().await {
+            // fetch has no timeout of its own; natively reqwest applies it.
+            #[cfg(target_arch = "wasm32")]
+            let result = crate::rt::timeout(self.config.timeout, f()).await.unwrap_or_else(|| {
+                Err(Failure::Other(KalamLinkError::TimeoutError(format!(
+                    "no answer within {} ms",
+                    self.config.timeout.as_millis()
+                ))))
+            });
+            #[cfg(not(target_arch = "wasm32"))]
+            let result = f().await;
+            match result {
                 Ok(v) => return Ok(v),
                 Err(Failure::Unsent(_)) if attempt < self.config.max_retries => {
                     attempt += 1;

@@ -13,18 +13,22 @@
 
 mod client;
 mod error;
+#[cfg(any(test, all(target_arch = "wasm32", feature = "wasm")))]
+mod js_json;
 pub mod protocol;
 pub mod resume;
 mod row;
 mod rt;
 mod wire;
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(not(target_arch = "wasm32"), feature = "tokio-runtime"))]
 pub mod live;
+#[cfg(all(target_arch = "wasm32", feature = "wasm"))]
+mod wasm;
 
 pub use client::{Credentials, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, KalamLinkClient, KalamLinkClientBuilder};
 pub use error::KalamLinkError;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(not(target_arch = "wasm32"), feature = "tokio-runtime"))]
 pub use live::{Frame, LiveConnection, SubscriptionManager};
 pub use resume::{ChangeEvent, ReconnectPolicy};
 pub use row::Row;

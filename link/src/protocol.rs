@@ -58,6 +58,19 @@ struct RawMessage {
 }
 
 impl ServerMessage {
+    /// The subscription the message is about (`*` for the connection); `None` for pongs and
+    /// unknown messages.
+    pub fn subscription_id(&self) -> Option<&str> {
+        match self {
+            ServerMessage::Ack { subscription_id, .. }
+            | ServerMessage::InitialData { subscription_id, .. }
+            | ServerMessage::Change { subscription_id, .. }
+            | ServerMessage::Error { subscription_id, .. }
+            | ServerMessage::Unsubscribed { subscription_id, .. } => Some(subscription_id),
+            ServerMessage::Pong | ServerMessage::Unknown(_) => None,
+        }
+    }
+
     /// Parses one text frame; `Err` when it is not JSON. A message of a known type with a
     /// malformed body, or of a type this library does not know, is `Unknown`.
     pub fn parse(frame: &str) -> Result<ServerMessage, String> {

@@ -29,3 +29,14 @@ pub async fn sleep(d: Duration) {
     });
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
+
+/// `f`'s output, or `None` when `d` passes first (`f` is dropped, which aborts a fetch).
+#[cfg(target_arch = "wasm32")]
+pub async fn timeout<F: std::future::Future>(d: Duration, f: F) -> Option<F::Output> {
+    use futures::future::{Either, select};
+    let (f, sleep) = (std::pin::pin!(f), std::pin::pin!(sleep(d)));
+    match select(f, sleep).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(_) => None,
+    }
+}

@@ -1,0 +1,402 @@
+//! One WebSocket carrying any number of subscriptions, each driven by its own
+//! [`Resumer`](crate::resume::Resumer): the same reconnect-and-resume state machine the native
+//! driver uses. The connection reconnects with the machines' back-off while the application
+//! wants it (from `connect` until `disconnect`) and every subscription resumes after the last
+//! change it delivered.
+//!
+//! JavaScript is single-threaded: socket events and timers run one at a time. The state is
+//! borrowed only while the machines run; application callbacks are called after the borrow
+//! ends, so a callback may subscribe, unsubscribe or disconnect.
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use js_sys::Function;
+use wasm_bindgen::{JsCast, JsValue};
+
+use super::socket::{Socket, SocketEvent};
+use crate::js_json;
+use crate::protocol::ServerMessage;
+use crate::resume::{Output, ReconnectPolicy, Resumer};
+use crate::wire::SubscriptionOptions;
+
+struct Sub {
+    machine: Resumer,
+    callback: Function,
+}
+
+struct State {
+    url: String,
+    policy: ReconnectPolicy,
+    /// How long a subscribe waits for its ack before the connection is given up.
+    ack_timeout: Duration,
+    socket: Option<Socket>,
+    open: bool,
+    /// Bumped for every socket, so events and timers of an old one are ignored.
+    generation: u64,
+    /// Between `connect` and `disconnect`: lost connections are reopened.
+    wanted: bool,
+    /// A connection was open at least once since `connect`.
+    established: bool,
+    /// Consecutive failed connection attempts.
+    failures: u32,
+    /// `connect` calls waiting for the socket to open.
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    subs: Vec<Sub>,
+    on_status: Option<Function>,
+}
+
+/// Calls to make once the state is no longer borrowed.
+#[derive(Default)]
+struct Calls(Vec<(Function, JsValue)>);
+
+impl Calls {
+    fn push(&mut self, f: &Function, arg: JsValue) {
+        self.0.push((f.clone(), arg));
+    }
+
+    fn run(self) {
+        for (f, arg) in self.0 {
+            if let Err(e) = f.call1(&JsValue::NULL, &arg) {
+                // An application callback threw: report it, keep the connection.
+                web_log(&format!("kalam-link: a subscription callback threw: {}", super::socket::describe_js(&e)));
+            }
+        }
+    }
+}
+
+fn web_log(text: &str) {
+    let console = js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("console")).ok();
+    let error = console.as_ref().and_then(|c| js_sys::Reflect::get(c, &JsValue::from_str("error")).ok());
+    if let (Some(c), Some(f)) = (console, error.and_then(|f| f.dyn_into::<Function>().ok())) {
+        let _ = f.call1(&c, &JsValue::from_str(text));
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct Connection(Rc<RefCell<State>>);
+
+impl Connection {
+    pub(super) fn new(url: String, policy: ReconnectPolicy, ack_timeout: Duration) -> Self {
+        Self(Rc::new(RefCell::new(State {
+            url,
+            policy,
+            ack_timeout,
+            socket: None,
+            open: false,
+            generation: 0,
+            wanted: false,
+            established: false,
+            failures: 0,
+            waiters: Vec::new(),
+            subs: Vec::new(),
+            on_status: None,
+        })))
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        self.0.borrow().open
+    }
+
+    pub(super) fn set_on_status(&self, f: Option<Function>) {
+        self.0.borrow_mut().on_status = f;
+    }
+
+    /// Opens the connection (or waits for the one being opened) and resolves once it is open.
+    /// A first attempt that fails is an error and is not retried.
+    pub(super) async fn connect(&self) -> Result<(), String> {
+        let rx = {
+            let mut st = self.0.borrow_mut();
+            if st.open {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push(tx);
+            if !st.wanted {
+                st.wanted = true;
+                st.established = false;
+                st.failures = 0;
+            }
+            rx
+        };
+        let needs_socket = self.0.borrow().socket.is_none();
+        if needs_socket {
+            let generation = self.0.borrow().generation;
+            self.open_socket(generation);
+        }
+        rx.await.unwrap_or_else(|_| Err("disconnected before the connection opened".into()))
+    }
+
+    /// Ends every subscription (unsubscribing on an open socket) and closes the connection.
+    /// Their callbacks are dropped; nothing more is delivered.
+    pub(super) fn disconnect(&self) {
+        let status = {
+            let mut st = self.0.borrow_mut();
+            st.wanted = false;
+            let mut subs = std::mem::take(&mut st.subs);
+            for sub in &mut subs {
+                for out in sub.machine.close() {
+                    if let (Output::Send(frame), Some(s)) = (out, st.socket.as_ref().filter(|_| st.open)) {
+                        let _ = s.send(&frame);
+                    }
+                }
+            }
+            for w in st.waiters.drain(..) {
+                let _ = w.send(Err("disconnect() was called".into()));
+            }
+            let was_open = std::mem::replace(&mut st.open, false);
+            st.socket = None;
+            st.generation += 1;
+            st.on_status.clone().filter(|_| was_open)
+        };
+        if let Some(f) = status {
+            let mut calls = Calls::default();
+            calls.push(&f, JsValue::FALSE);
+            calls.run();
+        }
+    }
+
+    /// Adds a subscription; it is sent now when the socket is open, or when it next opens.
+    pub(super) fn subscribe(
+        &self,
+        id: String,
+        sql: String,
+        options: Option<SubscriptionOptions>,
+        callback: Function,
+    ) -> Result<(), String> {
+        let mut calls = Calls::default();
+        {
+            let mut st = self.0.borrow_mut();
+            if !st.wanted {
+                return Err("Not connected to server. Call connect() first.".into());
+            }
+            if st.subs.iter().any(|s| s.machine.subscription_id() == id) {
+                return Err(format!("a subscription with id '{id}' is already active"));
+            }
+            let policy = st.policy;
+            st.subs.push(Sub { machine: Resumer::new(id.clone(), sql, options, policy), callback });
+            if st.open {
+                let outs = st.subs.last_mut().map(|s| s.machine.on_open()).unwrap_or_default();
+                self.apply(&mut st, &id, outs, &mut calls);
+            }
+        }
+        calls.run();
+        Ok(())
+    }
+
+    /// Ends one subscription; its callback hears nothing more. Unknown ids are ignored.
+    pub(super) fn unsubscribe(&self, id: &str) {
+        let mut st = self.0.borrow_mut();
+        if let Some(i) = st.subs.iter().position(|s| s.machine.subscription_id() == id) {
+            let mut sub = st.subs.remove(i);
+            for out in sub.machine.close() {
+                if let (Output::Send(frame), Some(s)) = (out, st.socket.as_ref().filter(|_| st.open)) {
+                    let _ = s.send(&frame);
+                }
+            }
+        }
+    }
+
+    fn open_socket(&self, generation: u64) {
+        let weak: Weak<RefCell<State>> = Rc::downgrade(&self.0);
+        let url = {
+            let mut st = self.0.borrow_mut();
+            if !st.wanted || st.socket.is_some() || st.generation != generation {
+                return;
+            }
+            st.generation += 1;
+            st.url.clone()
+        };
+        let generation = generation + 1;
+        let handler = move |event: SocketEvent| {
+            if let Some(rc) = weak.upgrade() {
+                Connection(rc).on_socket(generation, event);
+            }
+        };
+        match Socket::open(&url, handler) {
+            Ok(socket) => self.0.borrow_mut().socket = Some(socket),
+            Err(reason) => {
+                // Could not even start (no WebSocket in this runtime, a bad URL).
+                let mut st = self.0.borrow_mut();
+                st.wanted = false;
+                for w in st.waiters.drain(..) {
+                    let _ = w.send(Err(reason.clone()));
+                }
+            }
+        }
+    }
+
+    fn on_socket(&self, generation: u64, event: SocketEvent) {
+        let mut calls = Calls::default();
+        {
+            let mut st = self.0.borrow_mut();
+            if st.generation != generation || st.socket.is_none() {
+                return;
+            }
+            match event {
+                SocketEvent::Open => self.on_open(&mut st, &mut calls),
+                SocketEvent::Text(text) => self.on_text(&mut st, &text, &mut calls),
+                SocketEvent::Closed(reason) => self.on_closed(&mut st, &reason, &mut calls),
+            }
+        }
+        calls.run();
+    }
+
+    fn on_open(&self, st: &mut State, calls: &mut Calls) {
+        st.open = true;
+        st.established = true;
+        st.failures = 0;
+        for w in st.waiters.drain(..) {
+            let _ = w.send(Ok(()));
+        }
+        if let Some(f) = &st.on_status {
+            calls.push(f, JsValue::TRUE);
+        }
+        let ids: Vec<String> = st.subs.iter().map(|s| s.machine.subscription_id().to_owned()).collect();
+        for id in ids {
+            let outs = match st.subs.iter_mut().find(|s| s.machine.subscription_id() == id) {
+                Some(s) => s.machine.on_open(),
+                None => continue,
+            };
+            self.apply(st, &id, outs, calls);
+        }
+    }
+
+    fn on_text(&self, st: &mut State, text: &str, calls: &mut Calls) {
+        let Ok(message) = ServerMessage::parse(text) else {
+            web_log(&format!("kalam-link: ignored a frame that is not JSON: {text}"));
+            return;
+        };
+        let targets: Vec<String> = match message.subscription_id() {
+            Some("*") | None => st.subs.iter().map(|s| s.machine.subscription_id().to_owned()).collect(),
+            Some(id) => vec![id.to_owned()],
+        };
+        if matches!(message, ServerMessage::Pong) {
+            return;
+        }
+        for id in targets {
+            let outs = match st.subs.iter_mut().find(|s| s.machine.subscription_id() == id) {
+                Some(s) => s.machine.on_message(message.clone()),
+                None => continue,
+            };
+            self.apply(st, &id, outs, calls);
+        }
+    }
+
+    fn on_closed(&self, st: &mut State, reason: &str, calls: &mut Calls) {
+        let was_open = std::mem::replace(&mut st.open, false);
+        st.socket = None;
+        st.generation += 1;
+        if was_open && let Some(f) = &st.on_status {
+            calls.push(f, JsValue::FALSE);
+        }
+        if !st.wanted {
+            return;
+        }
+        if !st.established {
+            // The first attempt of `connect` failed: tell the caller, do not retry.
+            st.wanted = false;
+            for w in st.waiters.drain(..) {
+                let _ = w.send(Err(reason.to_owned()));
+            }
+            return;
+        }
+        st.failures += 1;
+        let mut delay = st.policy.delay(st.failures);
+        let ids: Vec<String> = st.subs.iter().map(|s| s.machine.subscription_id().to_owned()).collect();
+        for id in ids {
+            let outs = match st.subs.iter_mut().find(|s| s.machine.subscription_id() == id) {
+                Some(s) => s.machine.on_closed(reason),
+                None => continue,
+            };
+            for out in &outs {
+                if let Output::ReconnectAfter(d) = out {
+                    delay = delay.min(*d);
+                }
+            }
+            self.apply(st, &id, outs, calls);
+        }
+        let generation = st.generation;
+        let this = Rc::downgrade(&self.0);
+        wasm_bindgen_futures::spawn_local(async move {
+            crate::rt::sleep(delay).await;
+            if let Some(rc) = this.upgrade() {
+                Connection(rc).open_socket(generation);
+            }
+        });
+    }
+
+    /// Carries out what subscription `id`'s machine answered.
+    fn apply(&self, st: &mut State, id: &str, outs: Vec<Output>, calls: &mut Calls) {
+        let mut drop_reason = None;
+        let mut finished = false;
+        let mut sent_any = false;
+        for out in outs {
+            match out {
+                Output::Send(frame) => {
+                    let sent = match st.socket.as_ref().filter(|_| st.open) {
+                        Some(s) => s.send(&frame),
+                        None => Err("not connected".into()),
+                    };
+                    match sent {
+                        Ok(()) => sent_any = true,
+                        Err(e) => {
+                            drop_reason.get_or_insert(format!("send failed: {e}"));
+                        }
+                    }
+                }
+                Output::Event(e) => {
+                    if let Some(s) = st.subs.iter().find(|s| s.machine.subscription_id() == id) {
+                        calls.push(&s.callback, JsValue::from_str(&js_json::event(&e)));
+                    }
+                }
+                Output::Disconnect(reason) => {
+                    drop_reason.get_or_insert(reason);
+                }
+                // The connection schedules its own reconnect (see `on_closed`).
+                Output::ReconnectAfter(_) => {}
+                Output::Fail(message) => {
+                    if let Some(s) = st.subs.iter().find(|s| s.machine.subscription_id() == id) {
+                        let text = js_json::client_error(id, "RECONNECT_FAILED", &message);
+                        calls.push(&s.callback, JsValue::from_str(&text));
+                    }
+                }
+                Output::Finish => finished = true,
+            }
+        }
+        if finished {
+            st.subs.retain(|s| s.machine.subscription_id() != id);
+        } else if sent_any && st.subs.iter().any(|s| s.machine.subscription_id() == id && s.machine.awaiting_ack()) {
+            self.watch_ack(st, id);
+        }
+        if let Some(reason) = drop_reason
+            && st.socket.is_some()
+        {
+            self.on_closed(st, &reason, calls);
+        }
+    }
+
+    /// Gives up the connection when subscription `id` is still waiting for its ack after the
+    /// timeout (a subscribe the server never answered).
+    fn watch_ack(&self, st: &State, id: &str) {
+        let (generation, timeout) = (st.generation, st.ack_timeout);
+        let (this, id) = (Rc::downgrade(&self.0), id.to_owned());
+        wasm_bindgen_futures::spawn_local(async move {
+            crate::rt::sleep(timeout).await;
+            let Some(rc) = this.upgrade() else { return };
+            let conn = Connection(rc);
+            let mut calls = Calls::default();
+            {
+                let mut st = conn.0.borrow_mut();
+                let waiting = st.subs.iter().any(|s| s.machine.subscription_id() == id && s.machine.awaiting_ack());
+                if st.generation == generation && st.socket.is_some() && waiting {
+                    let reason = format!("no subscription_ack for '{id}' within {} ms", timeout.as_millis());
+                    conn.on_closed(&mut st, &reason, &mut calls);
+                }
+            }
+            calls.run();
+        });
+    }
+}
