@@ -257,7 +257,10 @@ impl Connection {
     async fn serve(mut self, ws: tokio_tungstenite::WebSocketStream<TcpStream>, mut rx: mpsc::Receiver<Outgoing>) {
         let (mut sink, mut stream) = ws.split();
         let cfg = self.shared.cfg.websocket.clone();
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(cfg.heartbeat_interval_seconds.max(1)));
+        // The first ping goes one period after the handshake, not with it: Node 20's WebSocket
+        // (undici) fails a handshake whose 101 arrives together with a frame.
+        let period = Duration::from_secs(cfg.heartbeat_interval_seconds.max(1));
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let client_timeout = Duration::from_secs(cfg.client_timeout_seconds.max(1));
         let mut last_seen = Instant::now();
         let slow = self.conn.slow.clone();

@@ -43,6 +43,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/api/sql", post(sql))
         .route("/v1/api/healthcheck", get(health))
         .route("/health", get(health))
+        .route("/v1/ws", get(ws_on_reused_connection))
         .layer(DefaultBodyLimit::max(limit));
     let router = match allow_origin {
         Some(origin) => router.layer(
@@ -59,6 +60,21 @@ pub fn router(engine: Arc<Engine>) -> Router {
         None => router,
     };
     router.with_state(engine)
+}
+
+/// `GET /v1/ws` reaches the router only as a later request on a kept-alive HTTP connection
+/// (the listener hands a connection whose first request is the upgrade to kalam-lived). Some
+/// clients do that: Node's WebSocket shares fetch's connection pool. The answer closes the
+/// connection, so the client's next attempt comes on a fresh one, which is handed off.
+async fn ws_on_reused_connection() -> Response {
+    let error = KalamError::new(
+        ErrorCode::ServiceUnavailable,
+        "a WebSocket must be opened on a new connection, not on a kept-alive HTTP one: try again",
+    );
+    let mut resp = error_response(&error, 0);
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
+    resp
 }
 
 #[derive(Debug, Serialize)]

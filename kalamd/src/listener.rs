@@ -195,6 +195,14 @@ mod tests {
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
         assert!(resp.contains("\"status\":\"healthy\""));
 
+        // An upgrade as the second request of a kept-alive connection cannot be handed off: it
+        // is refused and the connection closed, so the client retries on a fresh one.
+        let kept = "GET /v1/api/healthcheck HTTP/1.1\r\nHost: x\r\n\r\n".to_owned() + ws;
+        let resp = roundtrip(addr, &kept).await;
+        let second = resp.rfind("HTTP/1.1 ").map(|i| &resp[i..]).unwrap_or_default();
+        assert!(resp.starts_with("HTTP/1.1 200") && second.starts_with("HTTP/1.1 503"), "{resp}");
+        assert!(second.contains("connection: close") && second.contains("SERVICE_UNAVAILABLE"), "{second}");
+
         shutdown.cancel();
         task.await.unwrap();
     }

@@ -10,24 +10,61 @@ pub async fn sleep(d: Duration) {
 
 #[cfg(target_arch = "wasm32")]
 pub async fn sleep(d: Duration) {
-    use wasm_bindgen::{JsCast, JsValue};
-    let ms = d.as_millis().min(i32::MAX as u128) as i32;
-    let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+    Timer::new(d).await
+}
+
+/// A `setTimeout` as a future; dropping it clears the timeout, so a cancelled wait does not
+/// keep a Node.js process alive.
+#[cfg(target_arch = "wasm32")]
+struct Timer {
+    handle: wasm_bindgen::JsValue,
+    done: wasm_bindgen_futures::JsFuture,
+}
+
+#[cfg(target_arch = "wasm32")]
+impl Timer {
+    fn new(d: Duration) -> Self {
+        use wasm_bindgen::{JsCast, JsValue};
+        let ms = d.as_millis().min(i32::MAX as u128) as i32;
+        let mut handle = JsValue::UNDEFINED;
+        let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+            let global = js_sys::global();
+            let set_timeout = js_sys::Reflect::get(&global, &JsValue::from_str("setTimeout"))
+                .ok()
+                .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+            match set_timeout {
+                Some(f) => handle = f.call2(&global, &resolve, &JsValue::from(ms)).unwrap_or(JsValue::UNDEFINED),
+                // A host without timers: do not wait rather than never resume.
+                None => {
+                    let _ = resolve.call0(&JsValue::NULL);
+                }
+            }
+        });
+        Timer { handle, done: wasm_bindgen_futures::JsFuture::from(promise) }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl std::future::Future for Timer {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::pin::Pin::new(&mut self.done).poll(cx).map(|_| ())
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl Drop for Timer {
+    fn drop(&mut self) {
+        use wasm_bindgen::{JsCast, JsValue};
         let global = js_sys::global();
-        let set_timeout = js_sys::Reflect::get(&global, &JsValue::from_str("setTimeout"))
+        if let Some(clear) = js_sys::Reflect::get(&global, &JsValue::from_str("clearTimeout"))
             .ok()
-            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
-        match set_timeout {
-            Some(f) => {
-                let _ = f.call2(&global, &resolve, &JsValue::from(ms));
-            }
-            // A host without timers: do not wait rather than never resume.
-            None => {
-                let _ = resolve.call0(&JsValue::NULL);
-            }
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        {
+            let _ = clear.call1(&global, &self.handle);
         }
-    });
-    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+    }
 }
 
 /// `f`'s output, or `None` when `d` passes first (`f` is dropped, which aborts a fetch).

@@ -22,6 +22,9 @@ use crate::protocol::ServerMessage;
 use crate::resume::{Output, ReconnectPolicy, Resumer};
 use crate::wire::SubscriptionOptions;
 
+/// Attempts `connect` makes before it reports a failure.
+const FIRST_CONNECT_ATTEMPTS: u32 = 3;
+
 struct Sub {
     machine: Resumer,
     callback: Function,
@@ -46,6 +49,8 @@ struct State {
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     subs: Vec<Sub>,
     on_status: Option<Function>,
+    /// One per pending timer (reconnect, ack deadline); dropping them cancels the timers.
+    timers: Vec<oneshot::Sender<()>>,
 }
 
 /// Calls to make once the state is no longer borrowed.
@@ -93,6 +98,7 @@ impl Connection {
             waiters: Vec::new(),
             subs: Vec::new(),
             on_status: None,
+            timers: Vec::new(),
         })))
     }
 
@@ -149,6 +155,7 @@ impl Connection {
             let was_open = std::mem::replace(&mut st.open, false);
             st.socket = None;
             st.generation += 1;
+            st.timers.clear();
             st.on_status.clone().filter(|_| was_open)
         };
         if let Some(f) = status {
@@ -295,8 +302,16 @@ impl Connection {
         if !st.wanted {
             return;
         }
+        if !st.established && st.failures + 1 < FIRST_CONNECT_ATTEMPTS {
+            // A refused first attempt is tried again at once a few times: Node's WebSocket may
+            // have sent it on a kept-alive fetch connection, which the server closes.
+            st.failures += 1;
+            let generation = st.generation;
+            self.after(st, Duration::from_millis(20), move |conn| conn.open_socket(generation));
+            return;
+        }
         if !st.established {
-            // The first attempt of `connect` failed: tell the caller, do not retry.
+            // `connect` failed: tell the caller (who decides whether to try again).
             st.wanted = false;
             for w in st.waiters.drain(..) {
                 let _ = w.send(Err(reason.to_owned()));
@@ -319,11 +334,22 @@ impl Connection {
             self.apply(st, &id, outs, calls);
         }
         let generation = st.generation;
+        self.after(st, delay, move |conn| conn.open_socket(generation));
+    }
+
+    /// Runs `f` after `delay` unless `disconnect` comes first.
+    fn after(&self, st: &mut State, delay: Duration, f: impl FnOnce(Connection) + 'static) {
+        let (tx, rx) = oneshot::channel::<()>();
+        st.timers.retain(|t| !t.is_canceled());
+        st.timers.push(tx);
         let this = Rc::downgrade(&self.0);
         wasm_bindgen_futures::spawn_local(async move {
-            crate::rt::sleep(delay).await;
-            if let Some(rc) = this.upgrade() {
-                Connection(rc).open_socket(generation);
+            let timer = std::pin::pin!(crate::rt::sleep(delay));
+            // The sender is only ever dropped (by `disconnect`), never used.
+            if let futures::future::Either::Left(_) = futures::future::select(timer, rx).await
+                && let Some(rc) = this.upgrade()
+            {
+                f(Connection(rc));
             }
         });
     }
@@ -380,13 +406,9 @@ impl Connection {
 
     /// Gives up the connection when subscription `id` is still waiting for its ack after the
     /// timeout (a subscribe the server never answered).
-    fn watch_ack(&self, st: &State, id: &str) {
-        let (generation, timeout) = (st.generation, st.ack_timeout);
-        let (this, id) = (Rc::downgrade(&self.0), id.to_owned());
-        wasm_bindgen_futures::spawn_local(async move {
-            crate::rt::sleep(timeout).await;
-            let Some(rc) = this.upgrade() else { return };
-            let conn = Connection(rc);
+    fn watch_ack(&self, st: &mut State, id: &str) {
+        let (generation, timeout, id) = (st.generation, st.ack_timeout, id.to_owned());
+        self.after(st, timeout, move |conn| {
             let mut calls = Calls::default();
             {
                 let mut st = conn.0.borrow_mut();

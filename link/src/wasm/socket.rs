@@ -21,6 +21,7 @@ pub(super) struct Socket {
     _on_open: Closure<dyn FnMut(Event)>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
+    _on_error: Closure<dyn FnMut(Event)>,
 }
 
 /// True when the host has a global `WebSocket` constructor.
@@ -29,8 +30,10 @@ pub(super) fn available() -> bool {
 }
 
 impl Socket {
-    /// Starts opening `url`; `on_event` hears the outcome and every frame. (An `error` event is
-    /// always followed by `close`, so only `close` is reported.)
+    /// Starts opening `url`; `on_event` hears the outcome and every frame. An `error` counts as
+    /// the end of the socket: browsers follow it with `close`, but Node's WebSocket does not
+    /// after a refused handshake. The owner drops the socket at the first `Closed`, so the other
+    /// event is never heard.
     pub(super) fn open(url: &str, on_event: impl Fn(SocketEvent) + 'static) -> Result<Socket, String> {
         if !available() {
             return Err("this JavaScript runtime has no global WebSocket (Node.js 20 needs \
@@ -48,6 +51,10 @@ impl Socket {
                 h(SocketEvent::Text(text));
             }
         });
+        let h = handler.clone();
+        let on_error = Closure::<dyn FnMut(Event)>::new(move |_: Event| {
+            h(SocketEvent::Closed("connection failed or refused".into()));
+        });
         let h = handler;
         let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
             let reason = match (e.code(), e.reason()) {
@@ -60,7 +67,8 @@ impl Socket {
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        Ok(Socket { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close })
+        ws.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        Ok(Socket { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close, _on_error: on_error })
     }
 
     pub(super) fn send(&self, text: &str) -> Result<(), String> {
@@ -73,6 +81,7 @@ impl Drop for Socket {
         self.ws.set_onopen(None);
         self.ws.set_onmessage(None);
         self.ws.set_onclose(None);
+        self.ws.set_onerror(None);
         let _ = self.ws.close_with_code(1000);
     }
 }
