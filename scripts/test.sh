@@ -12,6 +12,15 @@ if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v systemd-socket-a
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq systemd
 fi
+# The TypeScript SDK's tests: Node.js (20 or newer, with npm) and Debian's Chromium.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1 || [ ! -x /usr/bin/chromium ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  pkgs=(chromium)
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkgs[@]}"
+fi
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 
 # One target directory outside the clone, reused across runs and clones (RocksDB's C++ build
@@ -32,6 +41,16 @@ if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep 
   rustup target add wasm32-unknown-unknown
 fi
 
+# wasm-bindgen's CLI must be the version of the wasm-bindgen crate in Cargo.lock; installed
+# once from crates.io into a directory outside the clone.
+TOOLS="${KALAMDB_TOOLS:-/var/tmp/kalamdb-tools}"
+wasm_bindgen_version=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
+if [ "$("$TOOLS/bin/wasm-bindgen" --version 2>/dev/null | awk '{print $2}')" != "$wasm_bindgen_version" ]; then
+  # Without --locked: the CLI's own lockfile pins a crate version the index no longer has.
+  cargo install wasm-bindgen-cli --version "=$wasm_bindgen_version" --root "$TOOLS"
+fi
+export WASM_BINDGEN="$TOOLS/bin/wasm-bindgen"
+
 started=$(date +%s)
 cargo fmt --all -- --check
 cargo build --workspace --locked --bins
@@ -41,6 +60,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+# The TypeScript SDK, built from source, then its Node.js and headless-Chromium tests
+# against the binaries just built.
+(cd link/sdk/typescript && npm ci --no-audit --no-fund --loglevel=error && ./build.sh && npm test)
 # The systemd units must verify cleanly against the binaries just built (warnings count).
 unit_dir=$(mktemp -d)
 for unit in systemd/*.service systemd/*.socket; do

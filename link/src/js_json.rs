@@ -303,4 +303,21 @@ mod tests {
             r#"{"results":[{"columns":["b","a"],"rows":[{"b":2,"a":1}],"rowCount":1}],"tookMs":1}"#
         );
     }
+
+    #[test]
+    fn the_raw_envelope_keeps_the_error_and_the_server_names() {
+        let resp: QueryResponse = serde_json::from_str(
+            r#"{"status":"error","took_ms":2,"results":[{"columns":["n"],"rows":[{"n":12345678901234567}],"row_count":1}],
+                "error":{"code":"TABLE_NOT_FOUND","message":"no t","statement_index":2}}"#,
+        )
+        .unwrap();
+        let out: Json = serde_json::from_str(&envelope(&resp)).unwrap();
+        assert_eq!(out["error"]["statement_index"], 2);
+        assert_eq!(out["results"][0]["row_count"], 1);
+        assert_eq!(out["results"][0]["rows"][0]["n"], "12345678901234567");
+        let h: HealthCheckResponse = serde_json::from_str(r#"{"status":"healthy","version":"0.1.0"}"#).unwrap();
+        assert_eq!(serde_json::from_str::<Json>(&health(&h)).unwrap()["status"], "healthy");
+        let e: Json = serde_json::from_str(&client_error("s", "RECONNECT_FAILED", "gave up")).unwrap();
+        assert_eq!(e, json!({"type":"error","subscriptionId":"s","code":"RECONNECT_FAILED","message":"gave up"}));
+    }
 }
