@@ -8,7 +8,8 @@
 //! borrowed only while the machines run; application callbacks are called after the borrow
 //! ends, so a callback may subscribe, unsubscribe or disconnect.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -23,11 +24,14 @@ use crate::resume::{Output, ReconnectPolicy, Resumer};
 use crate::wire::SubscriptionOptions;
 
 /// Attempts `connect` makes before it reports a failure.
-const FIRST_CONNECT_ATTEMPTS: u32 = 3;
+const FIRST_CONNECT_ATTEMPTS: u32 = 8;
 
 struct Sub {
     machine: Resumer,
     callback: Function,
+    /// Cleared when the application ends the subscription, so events already queued for its
+    /// callback are not delivered.
+    alive: Alive,
 }
 
 struct State {
@@ -51,19 +55,33 @@ struct State {
     on_status: Option<Function>,
     /// One per pending timer (reconnect, ack deadline); dropping them cancels the timers.
     timers: Vec<oneshot::Sender<()>>,
+    /// Ids unsubscribed on the current socket whose `unsubscribed` reply has not come yet: the
+    /// reply belongs to the old subscription, not to a new one with the same id.
+    closing: HashSet<String>,
 }
 
-/// Calls to make once the state is no longer borrowed.
+/// Calls to make once the state is no longer borrowed. A call for a subscription is skipped
+/// when the application ended it meanwhile (from an earlier callback of the same batch).
 #[derive(Default)]
-struct Calls(Vec<(Function, JsValue)>);
+struct Calls(Vec<(Function, JsValue, Option<Alive>)>);
+
+/// A subscription's "still wanted by the application" flag.
+type Alive = Rc<Cell<bool>>;
 
 impl Calls {
     fn push(&mut self, f: &Function, arg: JsValue) {
-        self.0.push((f.clone(), arg));
+        self.0.push((f.clone(), arg, None));
+    }
+
+    fn push_for(&mut self, sub: &Sub, arg: JsValue) {
+        self.0.push((sub.callback.clone(), arg, Some(sub.alive.clone())));
     }
 
     fn run(self) {
-        for (f, arg) in self.0 {
+        for (f, arg, alive) in self.0 {
+            if alive.is_some_and(|a| !a.get()) {
+                continue;
+            }
             if let Err(e) = f.call1(&JsValue::NULL, &arg) {
                 // An application callback threw: report it, keep the connection.
                 web_log(&format!("kalam-link: a subscription callback threw: {}", super::socket::describe_js(&e)));
@@ -99,6 +117,7 @@ impl Connection {
             subs: Vec::new(),
             on_status: None,
             timers: Vec::new(),
+            closing: HashSet::new(),
         })))
     }
 
@@ -111,7 +130,7 @@ impl Connection {
     }
 
     /// Opens the connection (or waits for the one being opened) and resolves once it is open.
-    /// A first attempt that fails is an error and is not retried.
+    /// A connection refused `FIRST_CONNECT_ATTEMPTS` times in a row is an error.
     pub(super) async fn connect(&self) -> Result<(), String> {
         let rx = {
             let mut st = self.0.borrow_mut();
@@ -143,6 +162,7 @@ impl Connection {
             st.wanted = false;
             let mut subs = std::mem::take(&mut st.subs);
             for sub in &mut subs {
+                sub.alive.set(false);
                 for out in sub.machine.close() {
                     if let (Output::Send(frame), Some(s)) = (out, st.socket.as_ref().filter(|_| st.open)) {
                         let _ = s.send(&frame);
@@ -156,6 +176,7 @@ impl Connection {
             st.socket = None;
             st.generation += 1;
             st.timers.clear();
+            st.closing.clear();
             st.on_status.clone().filter(|_| was_open)
         };
         if let Some(f) = status {
@@ -172,18 +193,19 @@ impl Connection {
         sql: String,
         options: Option<SubscriptionOptions>,
         callback: Function,
-    ) -> Result<(), String> {
+    ) -> Result<(), (&'static str, String)> {
         let mut calls = Calls::default();
         {
             let mut st = self.0.borrow_mut();
             if !st.wanted {
-                return Err("Not connected to server. Call connect() first.".into());
+                return Err(("NOT_CONNECTED", "Not connected to server. Call connect() first.".into()));
             }
             if st.subs.iter().any(|s| s.machine.subscription_id() == id) {
-                return Err(format!("a subscription with id '{id}' is already active"));
+                return Err(("DUPLICATE_SUBSCRIPTION_ID", format!("a subscription with id '{id}' is already active")));
             }
             let policy = st.policy;
-            st.subs.push(Sub { machine: Resumer::new(id.clone(), sql, options, policy), callback });
+            let machine = Resumer::new(id.clone(), sql, options, policy);
+            st.subs.push(Sub { machine, callback, alive: Rc::new(Cell::new(true)) });
             if st.open {
                 let outs = st.subs.last_mut().map(|s| s.machine.on_open()).unwrap_or_default();
                 self.apply(&mut st, &id, outs, &mut calls);
@@ -198,9 +220,12 @@ impl Connection {
         let mut st = self.0.borrow_mut();
         if let Some(i) = st.subs.iter().position(|s| s.machine.subscription_id() == id) {
             let mut sub = st.subs.remove(i);
+            sub.alive.set(false);
             for out in sub.machine.close() {
-                if let (Output::Send(frame), Some(s)) = (out, st.socket.as_ref().filter(|_| st.open)) {
-                    let _ = s.send(&frame);
+                if let (Output::Send(frame), Some(s)) = (out, st.socket.as_ref().filter(|_| st.open))
+                    && s.send(&frame).is_ok()
+                {
+                    st.closing.insert(id.to_owned());
                 }
             }
         }
@@ -283,6 +308,18 @@ impl Connection {
         if matches!(message, ServerMessage::Pong) {
             return;
         }
+        let reply_to_unsubscribe = match &message {
+            ServerMessage::Unsubscribed { subscription_id, .. } => Some(subscription_id),
+            ServerMessage::Error { subscription_id, code, .. } if code == "SUBSCRIPTION_NOT_FOUND" => {
+                Some(subscription_id)
+            }
+            _ => None,
+        };
+        if let Some(id) = reply_to_unsubscribe
+            && st.closing.remove(id.as_str())
+        {
+            return;
+        }
         for id in targets {
             let outs = match st.subs.iter_mut().find(|s| s.machine.subscription_id() == id) {
                 Some(s) => s.machine.on_message(message.clone()),
@@ -296,6 +333,8 @@ impl Connection {
         let was_open = std::mem::replace(&mut st.open, false);
         st.socket = None;
         st.generation += 1;
+        // The server forgets a connection's subscriptions with it.
+        st.closing.clear();
         if was_open && let Some(f) = &st.on_status {
             calls.push(f, JsValue::FALSE);
         }
@@ -311,12 +350,21 @@ impl Connection {
             return;
         }
         if !st.established {
-            // `connect` failed: tell the caller (who decides whether to try again).
+            // `connect` failed: tell the caller (who decides whether to try again), and end the
+            // subscriptions that were waiting for it.
             st.wanted = false;
             for w in st.waiters.drain(..) {
                 let _ = w.send(Err(reason.to_owned()));
             }
+            for sub in std::mem::take(&mut st.subs) {
+                let id = sub.machine.subscription_id();
+                calls.push_for(&sub, JsValue::from_str(&js_json::client_error(id, "NOT_CONNECTED", reason)));
+            }
             return;
+        }
+        // A `connect` made during an outage hears about this attempt; reconnecting goes on.
+        for w in st.waiters.drain(..) {
+            let _ = w.send(Err(reason.to_owned()));
         }
         st.failures += 1;
         let mut delay = st.policy.delay(st.failures);
@@ -327,8 +375,9 @@ impl Connection {
                 None => continue,
             };
             for out in &outs {
+                // The machines' back-off grows while sockets open but subscriptions fail.
                 if let Output::ReconnectAfter(d) = out {
-                    delay = delay.min(*d);
+                    delay = delay.max(*d);
                 }
             }
             self.apply(st, &id, outs, calls);
@@ -375,7 +424,7 @@ impl Connection {
                 }
                 Output::Event(e) => {
                     if let Some(s) = st.subs.iter().find(|s| s.machine.subscription_id() == id) {
-                        calls.push(&s.callback, JsValue::from_str(&js_json::event(&e)));
+                        calls.push_for(s, JsValue::from_str(&js_json::event(&e)));
                     }
                 }
                 Output::Disconnect(reason) => {
@@ -386,7 +435,7 @@ impl Connection {
                 Output::Fail(message) => {
                     if let Some(s) = st.subs.iter().find(|s| s.machine.subscription_id() == id) {
                         let text = js_json::client_error(id, "RECONNECT_FAILED", &message);
-                        calls.push(&s.callback, JsValue::from_str(&text));
+                        calls.push_for(s, JsValue::from_str(&text));
                     }
                 }
                 Output::Finish => finished = true,

@@ -117,7 +117,8 @@ impl WasmClient {
         let r = o.reconnect.unwrap_or_default();
         let default = ReconnectPolicy::default();
         let policy = ReconnectPolicy {
-            initial_delay: r.initial_delay_ms.map_or(default.initial_delay, Duration::from_millis),
+            // At least 10 ms: a zero delay would spin while the server is down.
+            initial_delay: r.initial_delay_ms.map_or(default.initial_delay, |ms| Duration::from_millis(ms.max(10))),
             max_delay: r.max_delay_ms.map_or(default.max_delay, Duration::from_millis),
             max_attempts: r.max_attempts.unwrap_or(u32::MAX),
         };
@@ -239,9 +240,9 @@ impl WasmClient {
         let options = SubscriptionOptions { last_rows: o.last_rows, since: o.since, from_id: o.from_id };
         let options = (options != SubscriptionOptions::default()).then_some(options);
         let id = id.filter(|i| !i.is_empty()).unwrap_or_else(|| format!("sub-{}", uuid::Uuid::new_v4()));
-        self.conn.subscribe(id.clone(), sql, options, callback).map_err(|m| {
+        self.conn.subscribe(id.clone(), sql, options, callback).map_err(|(code, m)| {
             let err = js_sys::Error::new(&m);
-            let _ = js_sys::Reflect::set(&err, &"code".into(), &"NOT_CONNECTED".into());
+            let _ = js_sys::Reflect::set(&err, &"code".into(), &code.into());
             JsValue::from(err)
         })?;
         Ok(id)

@@ -105,11 +105,12 @@ export type SubscriptionEvent =
 
 export type Row = Record<string, unknown>;
 
-/** A live subscription. */
+/** A live subscription. `String(sub)` is its id, so `client.unsubscribe(sub)` works too. */
 export interface Subscription {
   readonly id: string;
   /** Ends it; the callback hears nothing more. */
   unsubscribe(): Promise<void>;
+  toString(): string;
 }
 
 /** An error from the server (`code` is its error code) or from the client (`NETWORK_ERROR`,
@@ -163,6 +164,8 @@ export class KalamLinkClient {
   private options: ClientOptions;
   private core?: WasmClient;
   private statusListener?: (connected: boolean) => void;
+  /** `subscribe` calls waiting for the server's answer, by subscription id. */
+  private pending = new Map<string, (error?: Error) => void>();
 
   /** `new KalamLinkClient(url, apiKey?)` or `new KalamLinkClient({url, apiKey | token, userId, …})`. */
   constructor(urlOrOptions: string | ClientOptions, apiKey?: string) {
@@ -203,7 +206,10 @@ export class KalamLinkClient {
         if (jwt) next.token = credential;
         else next.apiKey = credential;
       }
-      if (JSON.stringify(next) !== JSON.stringify(this.options)) {
+      const same = next.userId === this.options.userId && next.apiKey === this.options.apiKey &&
+        next.token === this.options.token;
+      if (!same) {
+        this.abandonPending('the client was reconnected with other credentials');
         this.core?.disconnect();
         this.core?.free();
         this.core = undefined;
@@ -215,7 +221,12 @@ export class KalamLinkClient {
 
   /** Ends every subscription and closes the WebSocket. `connect` may be called again. */
   async disconnect(): Promise<void> {
+    this.abandonPending('disconnect() was called');
     this.core?.disconnect();
+  }
+
+  private abandonPending(reason: string): void {
+    for (const settle of [...this.pending.values()]) settle(clientError(reason, 'NOT_CONNECTED'));
   }
 
   /** True while the WebSocket is open. */
@@ -253,11 +264,13 @@ export class KalamLinkClient {
 
   /** `INSERT INTO table (keys…) VALUES ($1…)`: values are parameters, never SQL text. */
   async insert(table: string, row: Record<string, unknown>): Promise<QueryResult> {
-    const keys = Object.keys(row);
-    if (keys.length === 0) throw clientError('KalamLinkClient: insert needs at least one column', 'CONFIGURATION_ERROR');
-    const columns = keys.map((k) => identifier(k, 'column')).join(', ');
-    const slots = keys.map((_, i) => `$${i + 1}`).join(', ');
-    return this.query(`INSERT INTO ${identifier(table, 'table')} (${columns}) VALUES (${slots})`, Object.values(row));
+    // An `undefined` value leaves the column to its default, as if it were not there.
+    const entries = Object.entries(row).filter(([, v]) => v !== undefined);
+    if (entries.length === 0) throw clientError('KalamLinkClient: insert needs at least one column', 'CONFIGURATION_ERROR');
+    const columns = entries.map(([k]) => identifier(k, 'column')).join(', ');
+    const slots = entries.map((_, i) => `$${i + 1}`).join(', ');
+    const values = entries.map(([, v]) => v);
+    return this.query(`INSERT INTO ${identifier(table, 'table')} (${columns}) VALUES (${slots})`, values);
   }
 
   /** `DELETE FROM table WHERE pkColumn = $1` (`pkColumn` defaults to `id`). */
@@ -286,28 +299,40 @@ export class KalamLinkClient {
     const core = await this.wasm();
     const sql = /\s/.test(sqlOrTable.trim()) ? sqlOrTable : `SELECT * FROM ${identifier(sqlOrTable.trim(), 'table')}`;
     const { id, ...snapshot } = options;
-    let settle: { resolve: () => void; reject: (e: Error) => void } | undefined;
+    let subscriptionId = '';
+    let settle: ((error?: Error) => void) | undefined;
     const accepted = new Promise<void>((resolve, reject) => {
-      settle = { resolve, reject };
+      settle = (error) => {
+        settle = undefined;
+        this.pending.delete(subscriptionId);
+        if (error) reject(error);
+        else resolve();
+      };
     });
-    const subscriptionId = core.subscribe(id, sql, JSON.stringify(snapshot), (text: string) => {
+    subscriptionId = core.subscribe(id, sql, JSON.stringify(snapshot), (text: string) => {
       const event = JSON.parse(text) as SubscriptionEvent;
-      if (settle && event.type === 'ack') {
-        settle.resolve();
-        settle = undefined;
-      } else if (settle && event.type === 'error' && event.subscriptionId !== '*') {
-        settle.reject(Object.assign(new Error(event.message), { code: event.code }));
-        settle = undefined;
+      if (settle && event.type === 'ack') settle();
+      else if (settle && event.type === 'error' && event.subscriptionId !== '*') {
+        settle(Object.assign(new Error(event.message), { code: event.code }));
+      } else if (settle && event.type === 'unsubscribed') {
+        settle(clientError(`the subscription ended before it started (${event.reason})`, 'UNSUBSCRIBED'));
       }
       onEvent(event);
     });
+    if (settle) this.pending.set(subscriptionId, settle);
     await accepted;
-    return { id: subscriptionId, unsubscribe: () => this.unsubscribe(subscriptionId) };
+    return {
+      id: subscriptionId,
+      unsubscribe: () => this.unsubscribe(subscriptionId),
+      toString: () => subscriptionId,
+    };
   }
 
-  /** Ends a subscription by id. */
-  async unsubscribe(subscriptionId: string): Promise<void> {
-    this.core?.unsubscribe(subscriptionId);
+  /** Ends a subscription (by id or handle); a `subscribe` still waiting for it rejects. */
+  async unsubscribe(subscription: string | Subscription): Promise<void> {
+    const id = String(subscription);
+    this.pending.get(id)?.(clientError('unsubscribe() was called', 'UNSUBSCRIBED'));
+    this.core?.unsubscribe(id);
   }
 
   /** `GET /v1/api/healthcheck`. */

@@ -156,6 +156,34 @@ test('subscriptions deliver the snapshot, inserts, updates and deletes until uns
   await client.disconnect();
 });
 
+test('subscriptions end cleanly: ids can be reused, and a pending subscribe rejects on disconnect', async () => {
+  const client = track({ url: cluster.url, apiKey: key });
+  await client.connect();
+
+  // The server's late `unsubscribed` for the old subscription does not end the new one.
+  const first = await client.subscribe('SELECT n FROM app.log WHERE n >= 5000', () => {}, { id: 'again' });
+  await client.unsubscribe(first);
+  const events = new Events();
+  const second = await client.subscribe('SELECT n FROM app.log WHERE n >= 5000', events.push, { id: 'again' });
+  assert.equal(String(second), 'again');
+  await client.query('INSERT INTO app.log (n) VALUES (5001)');
+  await events.next('the insert on the reused id', (e) => e.type === 'insert' && e.rows[0].n === 5001);
+  assert.ok(!events.all.some((e) => e.type === 'unsubscribed'), JSON.stringify(events.all));
+  await assert.rejects(client.subscribe('app.log', () => {}, { id: 'again' }), (e) => e.code === 'DUPLICATE_SUBSCRIPTION_ID');
+
+  // kalam-lived frozen: the subscribe waits for its ack; disconnect must settle it.
+  const lived = await cluster.pid('kalam-lived');
+  process.kill(lived, 'SIGSTOP');
+  try {
+    const waiting = client.subscribe('app.log', () => {});
+    await waitFor('the subscribe to be sent', () => client.pending.size === 1);
+    await client.disconnect();
+    await assert.rejects(waiting, (e) => e.code === 'NOT_CONNECTED');
+  } finally {
+    process.kill(lived, 'SIGCONT');
+  }
+});
+
 test('a subscription resumes across a kalam-lived restart without losing or repeating a change', async () => {
   const client = track({ url: cluster.url, apiKey: key, reconnect: { initialDelayMs: 200 } });
   await client.connect();

@@ -81,8 +81,10 @@ function apply(event) {
       for (const row of event.oldRows) todos.delete(String(row.id));
       break;
     case 'resume_expired':
-      // Changes were missed: a fresh snapshot follows.
-      todos.clear();
+      // Changes were missed and the snapshot of the original options follows. A `since`
+      // snapshot brings every row changed since (deleted ones included), so what is held stays
+      // right; a `lastRows` snapshot replaces the list.
+      if (!subscribedSince) todos.clear();
       break;
     case 'error':
       $('error').textContent = `${event.code}: ${event.message}`;
@@ -95,6 +97,8 @@ function apply(event) {
 }
 
 const client = new KalamLinkClient(url);
+/** The `since` the subscription was made with (none: a `lastRows` snapshot). */
+let subscribedSince;
 client.onConnectionChange(() => render());
 
 async function start() {
@@ -104,13 +108,22 @@ async function start() {
     $('error').textContent = 'Add ?key=<API key> (or ?token=<JWT>) to the address.';
     return;
   }
-  try {
-    await client.connect(undefined, credential);
-    const newest = [...todos.values()].map((t) => t._updated).filter(Boolean).sort().pop();
-    const options = newest ? { since: newest } : { lastRows: 1000 };
-    await client.subscribe('SELECT id, title, completed, created_at FROM app.todos', apply, options);
-  } catch (e) {
-    $('error').textContent = `${e.code ?? 'ERROR'}: ${e.message}`;
+  // Until the first connection: once connected, the client reconnects and resumes by itself.
+  for (let wait = 1000; ; wait = Math.min(wait * 2, 30_000)) {
+    try {
+      await client.connect(undefined, credential);
+      subscribedSince = [...todos.values()].map((t) => t._updated).filter(Boolean).sort().pop();
+      const options = subscribedSince ? { since: subscribedSince } : { lastRows: 1000 };
+      await client.subscribe('SELECT id, title, completed, created_at FROM app.todos', apply, options);
+      $('error').textContent = '';
+      break;
+    } catch (e) {
+      $('error').textContent = `${e.code ?? 'ERROR'}: ${e.message}`;
+      // Refused credentials will not get better by waiting.
+      if (e.statusCode === 401 || e.statusCode === 403) break;
+      await client.disconnect();
+      await new Promise((r) => setTimeout(r, wait));
+    }
   }
   render();
 }
