@@ -286,13 +286,32 @@ impl Connection {
         if let Some(f) = &st.on_status {
             calls.push(f, JsValue::TRUE);
         }
-        let ids: Vec<String> = st.subs.iter().map(|s| s.machine.subscription_id().to_owned()).collect();
-        for id in ids {
-            let outs = match st.subs.iter_mut().find(|s| s.machine.subscription_id() == id) {
-                Some(s) => s.machine.on_open(),
-                None => continue,
-            };
-            self.apply(st, &id, outs, calls);
+        // Every subscription (re)subscribes in one message: the server limits client messages
+        // per second per connection, and a reconnect with many subscriptions would exceed it.
+        let mut entries = Vec::new();
+        for sub in &mut st.subs {
+            for out in sub.machine.on_open() {
+                if let Output::Send(frame) = out
+                    && let Ok(mut message) = serde_json::from_str::<serde_json::Value>(&frame)
+                    && let Some(serde_json::Value::Array(subs)) =
+                        message.get_mut("subscriptions").map(serde_json::Value::take)
+                {
+                    entries.extend(subs);
+                }
+            }
+        }
+        if entries.is_empty() {
+            return;
+        }
+        let frame = serde_json::json!({"type": "subscribe", "subscriptions": entries}).to_string();
+        match st.socket.as_ref().map(|s| s.send(&frame)) {
+            Some(Ok(())) => {
+                let ids: Vec<String> = st.subs.iter().map(|s| s.machine.subscription_id().to_owned()).collect();
+                for id in ids {
+                    self.watch_ack(st, &id);
+                }
+            }
+            _ => self.on_closed(st, "send failed", calls),
         }
     }
 

@@ -189,6 +189,9 @@ test('a subscription resumes across a kalam-lived restart without losing or repe
   await client.connect();
   const events = new Events();
   await client.subscribe('SELECT n FROM app.log WHERE n >= 1000', events.push);
+  // A second subscription on the same socket: after the restart both resume in one message.
+  const upper = new Events();
+  await client.subscribe('SELECT n FROM app.log WHERE n >= 1060', upper.push);
 
   const writer = track(cluster.url, key);
   const total = 120;
@@ -221,5 +224,9 @@ test('a subscription resumes across a kalam-lived restart without losing or repe
   assert.deepEqual(got, Array.from({ length: total }, (_, i) => 1000 + i), 'each change once, in commit order');
   assert.ok(events.all.some((e) => e.type === 'reconnecting'), 'the drop was reported');
   assert.ok(events.all.some((e) => e.type === 'resumed'), 'the subscription resumed');
+  await upper.next('the upper inserts', () => upper.all.filter((e) => e.type === 'insert').length >= 60, { timeoutMs: 60_000 });
+  const high = upper.all.filter((e) => e.type === 'insert').flatMap((e) => e.rows.map((r) => r.n));
+  assert.deepEqual(high, Array.from({ length: 60 }, (_, i) => 1060 + i));
+  assert.ok(upper.all.some((e) => e.type === 'resumed'), 'the second subscription resumed too');
   await client.disconnect();
 });
