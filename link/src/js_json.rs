@@ -3,7 +3,6 @@
 //! Rows keep the server's column order, and an integer JavaScript cannot hold exactly (beyond
 //! ±(2^53 − 1), e.g. a SNOWFLAKE_ID) becomes a decimal string, so no precision is lost.
 
-use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value as Json, json};
 
@@ -27,20 +26,8 @@ impl Serialize for Safe<'_> {
                     .or_else(|| n.as_i64().map(|i| i.unsigned_abs() > MAX_SAFE_INTEGER));
                 if unsafe_int == Some(true) { s.serialize_str(&n.to_string()) } else { n.serialize(s) }
             }
-            Json::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for v in items {
-                    seq.serialize_element(&Safe(v))?;
-                }
-                seq.end()
-            }
-            Json::Object(map) => {
-                let mut m = s.serialize_map(Some(map.len()))?;
-                for (k, v) in map {
-                    m.serialize_entry(k, &Safe(v))?;
-                }
-                m.end()
-            }
+            Json::Array(items) => s.collect_seq(items.iter().map(Safe)),
+            Json::Object(map) => s.collect_map(map.iter().map(|(k, v)| (k, Safe(v)))),
             other => other.serialize(s),
         }
     }
@@ -51,11 +38,7 @@ struct SafeRow<'a>(&'a Row);
 
 impl Serialize for SafeRow<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in self.0.iter() {
-            m.serialize_entry(k, &Safe(v))?;
-        }
-        m.end()
+        s.collect_map(self.0.iter().map(|(k, v)| (k, Safe(v))))
     }
 }
 
@@ -75,50 +58,14 @@ struct ResultRow<'a> {
 
 impl Serialize for ResultRow<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.row.len()))?;
-        for c in self.columns {
-            if let Some(v) = self.row.get(c) {
-                m.serialize_entry(c, &Safe(v))?;
-            }
-        }
-        for (k, v) in self.row.iter().filter(|(k, _)| !self.columns.contains(k)) {
-            m.serialize_entry(k, &Safe(v))?;
-        }
-        m.end()
+        let in_order = self.columns.iter().filter_map(|c| Some((c, self.row.get(c)?)));
+        let others = self.row.iter().filter(|(k, _)| !self.columns.contains(k));
+        s.collect_map(in_order.chain(others).map(|(k, v)| (k, Safe(v))))
     }
 }
 
-/// The envelope for the SDK: `{results: [{columns, rows, rowCount, message?}], tookMs}`.
-pub(crate) fn response(resp: &QueryResponse) -> String {
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Result<'a> {
-        columns: &'a [String],
-        rows: Vec<ResultRow<'a>>,
-        row_count: u64,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        message: Option<&'a str>,
-    }
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Response<'a> {
-        results: Vec<Result<'a>>,
-        took_ms: u64,
-    }
-    let results = resp
-        .results
-        .iter()
-        .map(|r| Result {
-            columns: &r.columns,
-            rows: r.rows.iter().flatten().map(|row| ResultRow { columns: &r.columns, row }).collect(),
-            row_count: r.row_count,
-            message: r.message.as_deref(),
-        })
-        .collect();
-    serde_json::to_string(&Response { results, took_ms: resp.took_ms }).unwrap_or_default()
-}
-
-/// The server's envelope as it sent it (snake_case), rows in column order.
+/// The server's envelope as it sent it (snake_case), rows in column order: what `query`,
+/// `batch` and `queryRaw` resolve to (the SDK shapes its `QueryResult`s from it).
 pub(crate) fn envelope(resp: &QueryResponse) -> String {
     #[derive(Serialize)]
     struct Result<'a> {
@@ -299,8 +246,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            response(&resp),
-            r#"{"results":[{"columns":["b","a"],"rows":[{"b":2,"a":1}],"rowCount":1}],"tookMs":1}"#
+            envelope(&resp),
+            r#"{"status":"success","results":[{"columns":["b","a"],"rows":[{"b":2,"a":1}],"row_count":1}],"took_ms":1}"#
         );
     }
 

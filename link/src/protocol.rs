@@ -120,6 +120,11 @@ impl ServerMessage {
 /// `{"type":"subscribe",…}` for one subscription; `from_seq` replaces the snapshot options
 /// (the server refuses the two together).
 pub fn subscribe_message(id: &str, sql: &str, options: Option<&SubscriptionOptions>, from_seq: Option<u64>) -> String {
+    subscribe_message_for(vec![subscribe_entry(id, sql, options, from_seq)])
+}
+
+/// One entry of a `subscribe` message's `subscriptions` (see [`subscribe_message`]).
+pub fn subscribe_entry(id: &str, sql: &str, options: Option<&SubscriptionOptions>, from_seq: Option<u64>) -> Json {
     let mut sub = json!({"id": id, "sql": sql});
     let options = match from_seq {
         Some(seq) => Some(json!({"from_seq": seq})),
@@ -128,7 +133,12 @@ pub fn subscribe_message(id: &str, sql: &str, options: Option<&SubscriptionOptio
     if let Some(o) = options.filter(|o| o.as_object().is_some_and(|m| !m.is_empty())) {
         sub["options"] = o;
     }
-    json!({"type": "subscribe", "subscriptions": [sub]}).to_string()
+    sub
+}
+
+/// One `subscribe` message carrying several subscriptions.
+pub fn subscribe_message_for(entries: Vec<Json>) -> String {
+    json!({"type": "subscribe", "subscriptions": entries}).to_string()
 }
 
 pub fn unsubscribe_message(id: &str) -> String {

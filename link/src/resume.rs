@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use crate::protocol::{ChangeKind, Row, ServerMessage, subscribe_message, unsubscribe_message};
+use crate::protocol::{ChangeKind, Row, ServerMessage, subscribe_entry, subscribe_message_for, unsubscribe_message};
 use crate::wire::SubscriptionOptions;
 
 /// Error codes that refuse a subscribe only for a moment (the server is restarting a part):
@@ -184,19 +184,32 @@ impl Resumer {
         self.phase == Phase::Subscribing
     }
 
-    fn subscribe_frame(&mut self) -> String {
+    fn subscribe_entry(&mut self) -> Json {
         self.resuming = self.position.is_some();
         let from_seq = if self.resuming { self.position } else { None };
-        subscribe_message(&self.id, &self.sql, self.options.as_ref(), from_seq)
+        subscribe_entry(&self.id, &self.sql, self.options.as_ref(), from_seq)
+    }
+
+    fn subscribe_frame(&mut self) -> String {
+        subscribe_message_for(vec![self.subscribe_entry()])
     }
 
     /// A connection is open: the frame to send first.
     pub fn on_open(&mut self) -> Vec<Output> {
+        match self.open_entry() {
+            Some(entry) => vec![Output::Send(subscribe_message_for(vec![entry]))],
+            None => vec![Output::Finish],
+        }
+    }
+
+    /// Like [`Resumer::on_open`] for a driver that subscribes several machines in one message:
+    /// this machine's entry of `subscriptions` (`None` once it is finished).
+    pub fn open_entry(&mut self) -> Option<Json> {
         if self.phase == Phase::Finished {
-            return vec![Output::Finish];
+            return None;
         }
         self.phase = Phase::Subscribing;
-        vec![Output::Send(self.subscribe_frame())]
+        Some(self.subscribe_entry())
     }
 
     /// The connection closed (or could not be opened) for `reason`.

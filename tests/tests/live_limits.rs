@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use kalam_e2e::wait_for;
+use kalam_e2e::{rss_kb, wait_for};
 use kalam_link::KalamLinkClient;
 use serde_json::Value as Json;
 use tokio::sync::watch;
@@ -17,12 +17,6 @@ use live_support::*;
 // ---------------------------------------------------------------------------------------------
 // Slow consumers and resource clean-up
 // ---------------------------------------------------------------------------------------------
-
-/// Resident set size of `pid` in kB (`VmRSS` of /proc/<pid>/status); `None` once it is gone.
-fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_disconnected_without_hurting_others() {

@@ -20,14 +20,7 @@ fn open_fds(pid: u32) -> usize {
 }
 
 fn rss_mb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    kb / 1024
+    kalam_e2e::rss_kb(pid).unwrap_or(0) / 1024
 }
 
 async fn live_count(cluster: &Cluster) -> Option<i64> {

@@ -19,7 +19,7 @@ use wasm_bindgen::{JsCast, JsValue};
 
 use super::socket::{Socket, SocketEvent};
 use crate::js_json;
-use crate::protocol::ServerMessage;
+use crate::protocol::{ServerMessage, subscribe_message_for};
 use crate::resume::{Output, ReconnectPolicy, Resumer};
 use crate::wire::SubscriptionOptions;
 
@@ -58,6 +58,24 @@ struct State {
     /// Ids unsubscribed on the current socket whose `unsubscribed` reply has not come yet: the
     /// reply belongs to the old subscription, not to a new one with the same id.
     closing: HashSet<String>,
+}
+
+impl State {
+    fn sub_mut(&mut self, id: &str) -> Option<&mut Sub> {
+        self.subs.iter_mut().find(|s| s.machine.subscription_id() == id)
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.subs.iter().map(|s| s.machine.subscription_id().to_owned()).collect()
+    }
+
+    /// Sends a frame on the open socket.
+    fn send(&self, frame: &str) -> Result<(), String> {
+        match self.socket.as_ref().filter(|_| self.open) {
+            Some(s) => s.send(frame),
+            None => Err("not connected".into()),
+        }
+    }
 }
 
 /// Calls to make once the state is no longer borrowed. A call for a subscription is skipped
@@ -164,8 +182,8 @@ impl Connection {
             for sub in &mut subs {
                 sub.alive.set(false);
                 for out in sub.machine.close() {
-                    if let (Output::Send(frame), Some(s)) = (out, st.socket.as_ref().filter(|_| st.open)) {
-                        let _ = s.send(&frame);
+                    if let Output::Send(frame) = out {
+                        let _ = st.send(&frame);
                     }
                 }
             }
@@ -200,7 +218,7 @@ impl Connection {
             if !st.wanted {
                 return Err(("NOT_CONNECTED", "Not connected to server. Call connect() first.".into()));
             }
-            if st.subs.iter().any(|s| s.machine.subscription_id() == id) {
+            if st.sub_mut(&id).is_some() {
                 return Err(("DUPLICATE_SUBSCRIPTION_ID", format!("a subscription with id '{id}' is already active")));
             }
             let policy = st.policy;
@@ -222,8 +240,8 @@ impl Connection {
             let mut sub = st.subs.remove(i);
             sub.alive.set(false);
             for out in sub.machine.close() {
-                if let (Output::Send(frame), Some(s)) = (out, st.socket.as_ref().filter(|_| st.open))
-                    && s.send(&frame).is_ok()
+                if let Output::Send(frame) = out
+                    && st.send(&frame).is_ok()
                 {
                     st.closing.insert(id.to_owned());
                 }
@@ -288,30 +306,17 @@ impl Connection {
         }
         // Every subscription (re)subscribes in one message: the server limits client messages
         // per second per connection, and a reconnect with many subscriptions would exceed it.
-        let mut entries = Vec::new();
-        for sub in &mut st.subs {
-            for out in sub.machine.on_open() {
-                if let Output::Send(frame) = out
-                    && let Ok(mut message) = serde_json::from_str::<serde_json::Value>(&frame)
-                    && let Some(serde_json::Value::Array(subs)) =
-                        message.get_mut("subscriptions").map(serde_json::Value::take)
-                {
-                    entries.extend(subs);
-                }
-            }
-        }
+        let entries: Vec<_> = st.subs.iter_mut().filter_map(|s| s.machine.open_entry()).collect();
         if entries.is_empty() {
             return;
         }
-        let frame = serde_json::json!({"type": "subscribe", "subscriptions": entries}).to_string();
-        match st.socket.as_ref().map(|s| s.send(&frame)) {
-            Some(Ok(())) => {
-                let ids: Vec<String> = st.subs.iter().map(|s| s.machine.subscription_id().to_owned()).collect();
-                for id in ids {
+        match st.send(&subscribe_message_for(entries)) {
+            Ok(()) => {
+                for id in st.ids() {
                     self.watch_ack(st, &id);
                 }
             }
-            _ => self.on_closed(st, "send failed", calls),
+            Err(e) => self.on_closed(st, &format!("send failed: {e}"), calls),
         }
     }
 
@@ -320,8 +325,8 @@ impl Connection {
             web_log(&format!("kalam-link: ignored a frame that is not JSON: {text}"));
             return;
         };
-        let targets: Vec<String> = match message.subscription_id() {
-            Some("*") | None => st.subs.iter().map(|s| s.machine.subscription_id().to_owned()).collect(),
+        let targets = match message.subscription_id() {
+            Some("*") | None => st.ids(),
             Some(id) => vec![id.to_owned()],
         };
         if matches!(message, ServerMessage::Pong) {
@@ -340,10 +345,7 @@ impl Connection {
             return;
         }
         for id in targets {
-            let outs = match st.subs.iter_mut().find(|s| s.machine.subscription_id() == id) {
-                Some(s) => s.machine.on_message(message.clone()),
-                None => continue,
-            };
+            let Some(outs) = st.sub_mut(&id).map(|s| s.machine.on_message(message.clone())) else { continue };
             self.apply(st, &id, outs, calls);
         }
     }
@@ -387,12 +389,8 @@ impl Connection {
         }
         st.failures += 1;
         let mut delay = st.policy.delay(st.failures);
-        let ids: Vec<String> = st.subs.iter().map(|s| s.machine.subscription_id().to_owned()).collect();
-        for id in ids {
-            let outs = match st.subs.iter_mut().find(|s| s.machine.subscription_id() == id) {
-                Some(s) => s.machine.on_closed(reason),
-                None => continue,
-            };
+        for id in st.ids() {
+            let Some(outs) = st.sub_mut(&id).map(|s| s.machine.on_closed(reason)) else { continue };
             for out in &outs {
                 // The machines' back-off grows while sockets open but subscriptions fail.
                 if let Output::ReconnectAfter(d) = out {
@@ -429,20 +427,14 @@ impl Connection {
         let mut sent_any = false;
         for out in outs {
             match out {
-                Output::Send(frame) => {
-                    let sent = match st.socket.as_ref().filter(|_| st.open) {
-                        Some(s) => s.send(&frame),
-                        None => Err("not connected".into()),
-                    };
-                    match sent {
-                        Ok(()) => sent_any = true,
-                        Err(e) => {
-                            drop_reason.get_or_insert(format!("send failed: {e}"));
-                        }
+                Output::Send(frame) => match st.send(&frame) {
+                    Ok(()) => sent_any = true,
+                    Err(e) => {
+                        drop_reason.get_or_insert(format!("send failed: {e}"));
                     }
-                }
+                },
                 Output::Event(e) => {
-                    if let Some(s) = st.subs.iter().find(|s| s.machine.subscription_id() == id) {
+                    if let Some(s) = st.sub_mut(id) {
                         calls.push_for(s, JsValue::from_str(&js_json::event(&e)));
                     }
                 }
@@ -452,7 +444,7 @@ impl Connection {
                 // The connection schedules its own reconnect (see `on_closed`).
                 Output::ReconnectAfter(_) => {}
                 Output::Fail(message) => {
-                    if let Some(s) = st.subs.iter().find(|s| s.machine.subscription_id() == id) {
+                    if let Some(s) = st.sub_mut(id) {
                         let text = js_json::client_error(id, "RECONNECT_FAILED", &message);
                         calls.push_for(s, JsValue::from_str(&text));
                     }
@@ -462,7 +454,7 @@ impl Connection {
         }
         if finished {
             st.subs.retain(|s| s.machine.subscription_id() != id);
-        } else if sent_any && st.subs.iter().any(|s| s.machine.subscription_id() == id && s.machine.awaiting_ack()) {
+        } else if sent_any && st.sub_mut(id).is_some_and(|s| s.machine.awaiting_ack()) {
             self.watch_ack(st, id);
         }
         if let Some(reason) = drop_reason
@@ -480,7 +472,7 @@ impl Connection {
             let mut calls = Calls::default();
             {
                 let mut st = conn.0.borrow_mut();
-                let waiting = st.subs.iter().any(|s| s.machine.subscription_id() == id && s.machine.awaiting_ack());
+                let waiting = st.sub_mut(&id).is_some_and(|s| s.machine.awaiting_ack());
                 if st.generation == generation && st.socket.is_some() && waiting {
                     let reason = format!("no subscription_ack for '{id}' within {} ms", timeout.as_millis());
                     conn.on_closed(&mut st, &reason, &mut calls);

@@ -71,7 +71,11 @@ fn js_error(e: &KalamLinkError) -> JsValue {
         KalamLinkError::SerializationError(_) => ("SERIALIZATION_ERROR", None, e.to_string()),
         KalamLinkError::ConfigurationError(_) => ("CONFIGURATION_ERROR", None, e.to_string()),
     };
-    let err = js_sys::Error::new(&message);
+    coded_error(&message, code, status)
+}
+
+fn coded_error(message: &str, code: &str, status: Option<u16>) -> JsValue {
+    let err = js_sys::Error::new(message);
     let _ = js_sys::Reflect::set(&err, &"code".into(), &code.into());
     if let Some(s) = status {
         let _ = js_sys::Reflect::set(&err, &"statusCode".into(), &JsValue::from(s));
@@ -141,8 +145,8 @@ impl WasmClient {
         Ok(WasmClient { client, conn })
     }
 
-    /// Runs SQL (with `$1…` parameters given as a JSON array); resolves to the JSON of
-    /// `{results: [{columns, rows, rowCount, message?}], tookMs}`.
+    /// Runs SQL (with `$1…` parameters given as a JSON array); resolves to the envelope's
+    /// JSON, rejects with the server's error.
     pub fn query(&self, sql: String, params: Option<String>) -> Result<Promise, JsValue> {
         let params: Option<Vec<Json>> = params.as_deref().map(|p| parse("parameters", p)).transpose()?;
         let client = self.client.clone();
@@ -151,7 +155,7 @@ impl WasmClient {
                 Some(p) => client.execute_query_with_params(&sql, p).await,
                 None => client.execute_query(&sql).await,
             };
-            resp.map(|r| JsValue::from_str(&js_json::response(&r))).map_err(|e| js_error(&e))
+            resp.map(|r| JsValue::from_str(&js_json::envelope(&r))).map_err(|e| js_error(&e))
         }))
     }
 
@@ -162,7 +166,7 @@ impl WasmClient {
         let client = self.client.clone();
         Ok(future_to_promise(async move {
             let resp = client.execute_batch(&statements).await;
-            resp.map(|r| JsValue::from_str(&js_json::response(&r))).map_err(|e| js_error(&e))
+            resp.map(|r| JsValue::from_str(&js_json::envelope(&r))).map_err(|e| js_error(&e))
         }))
     }
 
@@ -240,11 +244,7 @@ impl WasmClient {
         let options = SubscriptionOptions { last_rows: o.last_rows, since: o.since, from_id: o.from_id };
         let options = (options != SubscriptionOptions::default()).then_some(options);
         let id = id.filter(|i| !i.is_empty()).unwrap_or_else(|| format!("sub-{}", uuid::Uuid::new_v4()));
-        self.conn.subscribe(id.clone(), sql, options, callback).map_err(|(code, m)| {
-            let err = js_sys::Error::new(&m);
-            let _ = js_sys::Reflect::set(&err, &"code".into(), &code.into());
-            JsValue::from(err)
-        })?;
+        self.conn.subscribe(id.clone(), sql, options, callback).map_err(|(code, m)| coded_error(&m, code, None))?;
         Ok(id)
     }
 

@@ -59,14 +59,7 @@ fn ms(d: Duration) -> String {
 }
 
 fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
+    kalam_e2e::rss_kb(pid).unwrap_or(0) as f64 / 1024.0
 }
 
 async fn next(ws: &mut LiveConnection) -> anyhow::Result<Json> {

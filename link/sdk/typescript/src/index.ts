@@ -150,10 +150,16 @@ function looksLikeJwt(credential: string): boolean {
   return /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/.test(credential);
 }
 
-function firstResult(text: string): QueryResult {
-  const parsed = JSON.parse(text) as { results: Omit<QueryResult, 'tookMs'>[]; tookMs: number };
-  const last = parsed.results[parsed.results.length - 1] ?? { columns: [], rows: [], rowCount: 0 };
-  return { ...last, tookMs: parsed.tookMs };
+/** Every statement's result, from the envelope the core resolves to. */
+function results(text: string): QueryResult[] {
+  const envelope = JSON.parse(text) as RawEnvelope;
+  return envelope.results.map((r) => ({
+    columns: r.columns,
+    rows: r.rows ?? [],
+    rowCount: r.row_count,
+    tookMs: envelope.took_ms,
+    ...(r.message === undefined ? {} : { message: r.message }),
+  }));
 }
 
 /**
@@ -242,19 +248,18 @@ export class KalamLinkClient {
 
   /** Runs SQL (`$1`, `$2` … are `params`) and resolves to the last statement's result. */
   async query(sql: string, params?: unknown[]): Promise<QueryResult> {
-    return firstResult(await (await this.wasm()).query(sql, paramsJson(params)));
+    const all = results(await (await this.wasm()).query(sql, paramsJson(params)));
+    return all[all.length - 1] ?? { columns: [], rows: [], rowCount: 0, tookMs: 0 };
   }
 
   /** Runs SQL and resolves to every statement's result. */
   async queryAll(sql: string, params?: unknown[]): Promise<QueryResult[]> {
-    const parsed = JSON.parse(await (await this.wasm()).query(sql, paramsJson(params)));
-    return parsed.results.map((r: Omit<QueryResult, 'tookMs'>) => ({ ...r, tookMs: parsed.tookMs }));
+    return results(await (await this.wasm()).query(sql, paramsJson(params)));
   }
 
   /** Runs statements in one request, in order, stopping at the first failure. */
   async batch(statements: string[]): Promise<QueryResult[]> {
-    const parsed = JSON.parse(await (await this.wasm()).batch(JSON.stringify(statements)));
-    return parsed.results.map((r: Omit<QueryResult, 'tookMs'>) => ({ ...r, tookMs: parsed.tookMs }));
+    return results(await (await this.wasm()).batch(JSON.stringify(statements)));
   }
 
   /** The server's whole envelope, also for a failed statement (no rejection). */
