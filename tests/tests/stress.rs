@@ -76,7 +76,9 @@ async fn websocket_connections_and_memory_are_released_after_a_burst() {
     // Half close cleanly, half vanish without a close frame.
     for (i, (_, ws)) in conns.into_iter().enumerate() {
         if i % 2 == 0 {
-            ws.close().await.expect("close");
+            // The server may already have closed an idle socket (heartbeat timeout on a loaded
+            // machine); either way the connection is gone, which is what is measured.
+            let _ = ws.close().await;
         } else {
             drop(ws);
         }
