@@ -43,7 +43,9 @@ async fn next_of(ws: &mut LiveConnection, kind: &str) -> Json {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_connections_and_memory_are_released_after_a_burst() {
-    let cluster = Cluster::start().await;
+    // The burst holds sockets unread for a while on a loaded machine: a heartbeat timeout
+    // must not close them before they are measured.
+    let cluster = Cluster::start_with_config("[websocket]\nclient_timeout_seconds = 300\n").await;
     let system = cluster.client("system");
     system.execute_query("CREATE NAMESPACE app; CREATE USER TABLE app.m (n BIGINT PRIMARY KEY)").await.expect("setup");
     let lived = cluster.running_pid("kalam-lived").await;
