@@ -7,6 +7,8 @@
 //!   exactly as an external `kill -9` at that moment would.
 //! - `fail_writes`: holds N. Every N-th Parquet file write (local or S3) of this process fails
 //!   with an I/O error before it touches the storage, as a flaky disk or network would.
+//! - `slow_writes_ms`: holds M. Every Parquet file write of this process first waits M ms, as
+//!   a slow disk or a distant object store would (`kalam-bench flushd --slow-ms`).
 //!
 //! Production never sets the variable; the cost when it is unset is one cached lookup per step.
 
@@ -66,10 +68,16 @@ pub fn at(step: Step) {
     }
 }
 
-/// Fails this write if the test asked for every N-th write to fail.
+/// Slows this write down, or fails it, if the test asked for it. Runs on the write's
+/// blocking thread.
 pub fn storage_write(path: &str) -> std::io::Result<()> {
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let Some(dir) = dir() else { return Ok(()) };
+    if let Some(ms) =
+        std::fs::read_to_string(dir.join("slow_writes_ms")).ok().and_then(|t| t.trim().parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     let Some(every) = std::fs::read_to_string(dir.join("fail_writes")).ok().and_then(|t| t.trim().parse::<u64>().ok())
     else {
         return Ok(());
