@@ -32,6 +32,7 @@ impl Percentiles {
 
 /// One benchmark's figures.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Measurement {
     /// Stable identifier, used to match results across runs (`insert.single.c1`).
     pub name: String,
@@ -129,6 +130,7 @@ impl Machine {
 
 /// A whole run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Results {
     /// RFC 3339 time the run started.
     pub started_at: String,

@@ -349,14 +349,19 @@ pub async fn flush_table(client: &KalamLinkClient, table: &str) -> anyhow::Resul
     let started = Instant::now();
     let job_id = kalam_e2e::flush(client, table).await;
     let status = wait_for(Duration::from_secs(1800), &format!("flush job {job_id}"), || async {
-        let status = job(client, &job_id).await["status"].as_str().unwrap_or_default().to_owned();
+        let status = job(client, &job_id).await.get("status").and_then(Json::as_str).unwrap_or_default().to_owned();
         matches!(status.as_str(), "completed" | "failed" | "cancelled").then_some(status)
     })
     .await;
     let wall_ms = started.elapsed().as_secs_f64() * 1e3;
     anyhow::ensure!(status == "completed", "flush job {job_id} ended {status}");
-    let record = job(client, &job_id).await;
-    let result: Json = serde_json::from_str(record["result"].as_str().unwrap_or("{}"))?;
+    let record = query_rows(client, &format!("SELECT result FROM system.jobs WHERE job_id = '{job_id}'")).await?;
+    // `result` is JSON text in system.jobs; accept it already parsed too.
+    let result: Json = match record.first().and_then(|r| r.get("result")) {
+        Some(Json::String(text)) => serde_json::from_str(text)?,
+        Some(other) => other.clone(),
+        None => Json::Null,
+    };
     Ok(FlushTimes {
         wall_ms,
         job_ms: result["duration_ms"].as_f64().unwrap_or(wall_ms),

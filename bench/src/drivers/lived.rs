@@ -101,7 +101,7 @@ impl LiveSide {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let head = self.head();
         let first = log.front().map_or(head + 1, |r| r.commit_seq);
-        let skip = (after + 1).saturating_sub(first) as usize;
+        let skip = after.saturating_add(1).saturating_sub(first).min(log.len() as u64) as usize;
         let records = log.iter().skip(skip).take(max as usize).cloned().collect();
         ChangeBatch { records, head_seq: head, floor_seq: first - 1, stream_floor_seq: first - 1 }
     }
