@@ -76,31 +76,22 @@ pub fn rocksdb_puts(results: &mut Results, single: u64, batches: u64) -> anyhow:
         lat.push(started.elapsed());
         Ok(())
     };
-    let mut lat = Vec::with_capacity(single as usize);
-    let started = Instant::now();
-    for _ in 0..single {
-        commit(1, &mut lat)?;
+    for (name, title, rows_per_commit, commits) in [
+        ("baseline.rocksdb.single", "raw RocksDB commit of one row + change record (storage ceiling)", 1, single),
+        (
+            "baseline.rocksdb.batch1000",
+            "raw RocksDB commit of 1,000 rows + change records (storage ceiling)",
+            1000,
+            batches,
+        ),
+    ] {
+        let mut lat = Vec::with_capacity(commits as usize);
+        let started = Instant::now();
+        for _ in 0..commits {
+            commit(rows_per_commit, &mut lat)?;
+        }
+        let elapsed = started.elapsed();
+        results.push(Measurement::new(name, title, "rows", commits * rows_per_commit, elapsed, &mut lat));
     }
-    results.push(Measurement::new(
-        "baseline.rocksdb.single",
-        "raw RocksDB commit of one row + change record (storage ceiling)",
-        "rows",
-        single,
-        started.elapsed(),
-        &mut lat,
-    ));
-    let mut lat = Vec::with_capacity(batches as usize);
-    let started = Instant::now();
-    for _ in 0..batches {
-        commit(1000, &mut lat)?;
-    }
-    results.push(Measurement::new(
-        "baseline.rocksdb.batch1000",
-        "raw RocksDB commit of 1,000 rows + change records (storage ceiling)",
-        "rows",
-        batches * 1000,
-        started.elapsed(),
-        &mut lat,
-    ));
     Ok(())
 }
