@@ -209,6 +209,7 @@ impl Drop for Counted<'_> {
 }
 
 type Sink = futures::stream::SplitSink<tokio_tungstenite::WebSocketStream<TcpStream>, Message>;
+type Source = futures::stream::SplitStream<tokio_tungstenite::WebSocketStream<TcpStream>>;
 
 /// The socket is gone (the connection ends).
 struct Closed;
@@ -238,6 +239,19 @@ async fn write(sink: &mut Sink, msg: Message, slow: &CancellationToken, limit: D
 
 /// How long the final frames of a closing connection may take.
 const CLOSING_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// After our close frame: waits (briefly) for the client's close reply, so the socket is not
+/// reset while the client still has our last frames to read.
+async fn close_reply(stream: &mut Source) {
+    let reply = async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, reply).await;
+}
 
 struct Connection {
     shared: Arc<Shared>,
@@ -271,16 +285,7 @@ impl Connection {
                 _ = self.shared.shutdown.cancelled() => {
                     let close = close_with(CloseCode::Away, "server shutting down");
                     if let Ok(Ok(())) = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, sink.send(close)).await {
-                        // Wait for the client's close reply, so the socket is not reset while
-                        // the client still has our close frame to read.
-                        let reply = async {
-                            while let Some(Ok(msg)) = stream.next().await {
-                                if matches!(msg, Message::Close(_)) {
-                                    break;
-                                }
-                            }
-                        };
-                        let _ = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, reply).await;
+                        close_reply(&mut stream).await;
                     }
                     break;
                 }
@@ -341,16 +346,25 @@ impl Connection {
                 }
             }
         }
-        if slow.is_cancelled() {
-            // Best effort: the client's buffer may still be full.
-            tracing::warn!(connection_id = %self.connection_id, "slow consumer; closing connection");
-            let msg = error_msg("*", ErrorCode::SlowConsumer, "Too many pending messages");
-            let _ = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, sink.send(Message::Text(msg.into()))).await;
-            let close = close_with(CloseCode::Policy, "slow consumer");
-            let _ = tokio::time::timeout(CLOSING_WRITE_TIMEOUT, sink.send(close)).await;
-        }
         for id in self.subscriptions.keys() {
             self.shared.registry.remove(&format!("{}/{id}", self.connection_id));
+        }
+        if slow.is_cancelled() {
+            // The subscriptions are gone and the queue is dropped, so what is left is the
+            // socket. A client that is behind but still reading gets the rest of what it was
+            // sent, then the error and the close, if it catches up within the client timeout;
+            // one that never reads is dropped after it.
+            drop(rx);
+            tracing::warn!(connection_id = %self.connection_id, "slow consumer; closing connection");
+            let msg = error_msg("*", ErrorCode::SlowConsumer, "Too many pending messages");
+            let close = close_with(CloseCode::Policy, "slow consumer");
+            let last_frames = async {
+                sink.send(Message::Text(msg.into())).await?;
+                sink.send(close).await
+            };
+            if let Ok(Ok(())) = tokio::time::timeout(client_timeout, last_frames).await {
+                close_reply(&mut stream).await;
+            }
         }
     }
 

@@ -141,12 +141,10 @@ async fn slow_consumer_is_disconnected_without_hurting_others() {
     );
     assert!(end != "still open after 15 s of reading", "the slow consumer's socket was never closed: {outcome}");
     assert!(delivered < ROWS as u64, "the slow consumer was never cut off: {outcome}");
-    if let Some(e) = &error {
-        assert_eq!(e["code"], "SLOW_CONSUMER", "{e}");
-    }
-    if let Some(code) = close {
-        assert_eq!(code, Some(1008), "close code for a slow consumer");
-    }
+    // It catches up well within the client timeout, so the last frames reach it.
+    let error = error.unwrap_or_else(|| panic!("no SLOW_CONSUMER error after what it was sent: {outcome}"));
+    assert_eq!(error["code"], "SLOW_CONSUMER", "{error}");
+    assert_eq!(close, Some(Some(1008)), "a 1008 close frame after the error: {outcome}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
