@@ -119,7 +119,9 @@ fn kalam_lived_alone_delivers_a_synthetic_change_log() {
     // 200 records/s for 2 s, each to its user's 5 subscriptions: all delivered.
     assert_eq!(fixed["ops"], 2000, "{fixed}");
     assert!(fixed["rss_mb"]["kalam-lived"].as_f64().unwrap() > 0.0);
-    assert!(measurement(&results, "lived.saturation")["ops"].as_u64().unwrap() > 0);
+    let saturation = measurement(&results, "lived.saturation");
+    assert!(saturation["ops"].as_u64().unwrap() > 0);
+    assert_eq!(saturation["extra"]["undelivered"], 0.0, "every saturation notification delivered: {saturation}");
 }
 
 #[test]

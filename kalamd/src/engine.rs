@@ -48,6 +48,8 @@ pub struct Engine {
     pub(crate) query_limiter: crate::ratelimit::QueryLimiter,
     pub(crate) plan_cache: crate::sql::plan_cache::PlanCache,
     pub(crate) valid_live_filters: std::sync::Mutex<std::collections::HashSet<(String, String, u32, String)>>,
+    /// Where SQL requests run (see `sql_runtime`).
+    pub(crate) sql_runtime: crate::sql_runtime::SqlRuntime,
 }
 
 impl Engine {
@@ -84,6 +86,7 @@ impl Engine {
             valid_live_filters: Default::default(),
             query_limiter: crate::ratelimit::QueryLimiter::new(query_rate),
             plan_cache: crate::sql::plan_cache::PlanCache::new(plan_cache_size),
+            sql_runtime: crate::sql_runtime::SqlRuntime::new().map_err(EngineError::internal)?,
         }))
     }
 

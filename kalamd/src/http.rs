@@ -190,8 +190,26 @@ async fn sql(
             );
         }
     };
-    let (results, failure) = execute_request(&engine, &request.sql, request.params.as_deref(), &identity).await;
-    envelope_response(results, failure, took())
+    // On the SQL runtime, the result's JSON included (see `sql_runtime`).
+    let sql_engine = engine.clone();
+    let work = async move {
+        let (results, failure) = execute_request(&sql_engine, &request.sql, request.params.as_deref(), &identity).await;
+        let (status, body) = envelope(results, failure, started.elapsed().as_millis() as u64);
+        (status, serde_json::to_vec(&body))
+    };
+    match engine.sql_runtime.run(work).await {
+        Ok((status, Ok(body))) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body,
+        )
+            .into_response(),
+        Ok((_, Err(e))) => {
+            tracing::error!(error = %e, "a SQL response could not be encoded");
+            error_response(&KalamError::internal(), took())
+        }
+        Err(e) => error_response(&e, took()),
+    }
 }
 
 async fn health(State(engine): State<Arc<Engine>>) -> Response {

@@ -26,6 +26,7 @@ mod rpc;
 mod scan;
 mod secrets;
 mod sql;
+mod sql_runtime;
 mod stats;
 mod storages;
 mod store;
@@ -83,9 +84,6 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-/// Stack of every runtime thread: room for planning the deepest expression the parser admits.
-const SQL_THREAD_STACK: usize = 32 << 20;
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Read before any thread exists: the inherited socket and its environment.
@@ -95,8 +93,8 @@ fn main() -> anyhow::Result<()> {
     let _log = kalam_config::logging::init(&cfg.logging, "kalamd");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // SQL planning recurses once per expression level (see sql::nesting::MAX_EXPRESSION_DEPTH).
-        .thread_stack_size(SQL_THREAD_STACK)
+        // Subscriptions are planned on its blocking threads.
+        .thread_stack_size(sql_runtime::SQL_THREAD_STACK)
         .build()?
         .block_on(run(cfg, inherited))
 }

@@ -155,9 +155,24 @@ impl kalam_rpc::Engine for EngineService {
     async fn admin_sql(self, _: Context, sql: String) -> String {
         let started = std::time::Instant::now();
         let identity = kalam_types::auth::Identity::system(UserId::system());
-        let (results, failure) = crate::sql::execute_request(&self.0, &sql, None, &identity).await;
-        let (_, body) = crate::http::envelope(results, failure, started.elapsed().as_millis() as u64);
-        tracing::info!(sql_bytes = sql.len(), "admin SQL over the engine socket");
-        serde_json::to_string(&body).unwrap_or_default()
+        let sql_bytes = sql.len();
+        let engine = self.0.clone();
+        let work = async move {
+            let (results, failure) = crate::sql::execute_request(&engine, &sql, None, &identity).await;
+            let (_, body) = crate::http::envelope(results, failure, started.elapsed().as_millis() as u64);
+            serde_json::to_string(&body).unwrap_or_default()
+        };
+        tracing::info!(sql_bytes, "admin SQL over the engine socket");
+        match self.0.sql_runtime.run(work).await {
+            Ok(body) => body,
+            Err(e) => {
+                let (_, body) = crate::http::envelope(
+                    vec![],
+                    Some(crate::sql::BatchError { error: e, statement_index: None, statement: None }),
+                    started.elapsed().as_millis() as u64,
+                );
+                serde_json::to_string(&body).unwrap_or_default()
+            }
+        }
     }
 }
