@@ -39,7 +39,8 @@ impl SqlRuntime {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let runtime = self.runtime.as_ref().expect("the SQL runtime lives as long as the engine");
+        // `None` only inside `drop`, which no caller can overlap.
+        let Some(runtime) = self.runtime.as_ref() else { return Err(KalamError::internal()) };
         AbortOnDropHandle::new(runtime.spawn(work)).await.map_err(|e| {
             tracing::error!(error = %e, "a SQL request failed");
             KalamError::internal()
