@@ -24,13 +24,16 @@ const LOAD: Duration = Duration::from_secs(10);
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Longest one WebSocket connect or one health check may take while the scans run. kalam-lived
 /// gives kalamd 2 s to answer a credential check before it refuses the connection with
-/// SERVICE_UNAVAILABLE; the supervisor's health checks have the same budget.
+/// SERVICE_UNAVAILABLE; the supervisor's health checks have the same budget. Measured (debug
+/// build): connects median 6 ms, max 28 ms; with the SQL work on the runtime that serves RPC,
+/// median 657 ms and max 1.55 s.
 const CONTROL_BOUND: Duration = Duration::from_millis(1500);
 /// kalamd's resident memory, within this long after the scans, must be back within this much
-/// of what it was before them. Each result is held as rows and then as JSON while it is sent,
-/// so the peak is several times the results in flight; what is freed must go back.
+/// of what it was before them: the results are not kept. glibc keeps part of what was freed in
+/// its per-thread arenas, so it does not go all the way back. Measured (debug build): 152 MB
+/// before, peak 266 MB, +84 MB after; +108 MB with the SQL work on the main runtime.
 const SETTLE: Duration = Duration::from_secs(30);
-const RSS_RETAINED_BOUND_MB: u64 = 100;
+const RSS_RETAINED_BOUND_MB: u64 = 160;
 
 fn max_and_median(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort_unstable();
