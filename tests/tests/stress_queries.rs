@@ -5,13 +5,15 @@
 //! constants, asserted, and what was measured is printed.
 
 mod live_support;
+mod stress_support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kalam_e2e::rss_kb;
 use live_support::*;
+use stress_support::{PeakRss, percentile};
 
 /// Clients scanning at once, each `SELECT *` of `ROWS` rows of `BODY` bytes (about 8 MB of
 /// JSON per result).
@@ -36,8 +38,11 @@ const SETTLE: Duration = Duration::from_secs(30);
 const RSS_RETAINED_BOUND_MB: u64 = 160;
 
 fn max_and_median(mut v: Vec<Duration>) -> (Duration, Duration) {
+    if v.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
     v.sort_unstable();
-    (v.last().copied().unwrap_or_default(), v.get(v.len() / 2).copied().unwrap_or_default())
+    (percentile(&v, 1.0), percentile(&v, 0.5))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -54,17 +59,8 @@ async fn connects_and_health_checks_stay_prompt_during_heavy_scans() {
     // One scan first, so caches and the plan of the statement are warm in the baseline.
     exec(&scan, "SELECT * FROM app.big").await;
     let rss_before = rss_kb(kalamd).expect("kalamd VmRSS");
-    let peak = Arc::new(AtomicU64::new(rss_before));
+    let sampler = PeakRss::start(kalamd);
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, stop) = (peak.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kb(kalamd).unwrap_or(0), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
     let scans = Arc::new(AtomicUsize::new(0));
     let scanners: Vec<_> = (0..SCANNERS)
         .map(|_| {
@@ -105,7 +101,7 @@ async fn connects_and_health_checks_stay_prompt_during_heavy_scans() {
     for s in scanners {
         s.await.expect("scanner");
     }
-    sampler.await.expect("sampler");
+    let (peak, _) = sampler.stop().await;
     let settled = Instant::now();
     let bound_kb = rss_before + RSS_RETAINED_BOUND_MB * 1024;
     let mut rss_after = rss_kb(kalamd).expect("kalamd VmRSS");
@@ -113,7 +109,7 @@ async fn connects_and_health_checks_stay_prompt_during_heavy_scans() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         rss_after = rss_kb(kalamd).expect("kalamd VmRSS");
     }
-    let (peak, settle_time) = (peak.load(Ordering::Relaxed), settled.elapsed());
+    let settle_time = settled.elapsed();
 
     let scans = scans.load(Ordering::Relaxed);
     let (connect_max, connect_median) = max_and_median(connects.clone());
